@@ -1,0 +1,254 @@
+"""Stochastic depth (Huang et al., ECCV 2016) that really skips dropped residual branches.
+
+timm's and torchvision's drop-path compute every residual branch and multiply dropped samples by
+zero. Here the residual branch is passed in as a callable, so that in ``batch`` mode a dropped
+block never runs its branch, forward or backward: that is where the paper's training-time saving
+comes from.
+
+Conventions:
+  * survival probability ``p_l`` of residual block ``l`` (1-based, network order, all L blocks);
+    the paper's linear decay is ``p_l = 1 - l / L * (1 - p_L)`` (the original ``main.lua``);
+  * timm's ``drop_path_rate`` is ``1 - p_L``;
+  * ``scaling='paper'``: train unscaled, eval multiplies the branch by ``p_l``;
+    ``scaling='inverted'``: train divides the branch by ``p_l``, eval unscaled (timm's DropPath).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Iterable, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    'SD_MODES', 'SD_SCALINGS', 'SD_SCHEDULES', 'survival_schedule', 'SDSampler', 'StochasticDepth',
+    'apply_stochastic_depth', 'sd_modules', 'sd_blocks', 'set_sd_seed',
+]
+
+SD_MODES = ('batch', 'row')
+SD_SCALINGS = ('paper', 'inverted')
+SD_SCHEDULES = ('linear', 'uniform')
+
+Schedule = Union[str, Sequence[float]]
+
+
+def survival_schedule(
+        num_blocks: int,
+        drop_path_rate: float = 0.5,
+        schedule: Schedule = 'linear',
+) -> List[float]:
+    """Survival probabilities ``p_1 … p_L`` for ``num_blocks`` residual blocks.
+
+    ``schedule`` is ``'linear'`` (the paper: ``p_l = 1 - l/L * drop_path_rate``, so block 1 is
+    already droppable and block L has ``p_L = 1 - drop_path_rate``), ``'uniform'`` (every block
+    ``1 - drop_path_rate``) or an explicit list of per-block *survival* probabilities.
+    """
+    if not isinstance(num_blocks, int) or isinstance(num_blocks, bool) or num_blocks < 1:
+        raise ValueError(f'num_blocks must be a positive int, got {num_blocks!r}')
+    if isinstance(schedule, str):
+        if schedule not in SD_SCHEDULES:
+            raise ValueError(f'unknown survival schedule {schedule!r}; expected one of {SD_SCHEDULES} '
+                             'or a list of per-block survival probabilities')
+        _check_rate(drop_path_rate)
+        if schedule == 'uniform':
+            return [1.0 - float(drop_path_rate)] * num_blocks
+        return [1.0 - (l / num_blocks) * float(drop_path_rate) for l in range(1, num_blocks + 1)]
+    probs = [float(p) for p in schedule]
+    if len(probs) != num_blocks:
+        raise ValueError(f'survival schedule has {len(probs)} entries but the network has '
+                         f'{num_blocks} droppable residual blocks')
+    for i, p in enumerate(probs):
+        if not (0.0 < p <= 1.0) or math.isnan(p):
+            raise ValueError(f'survival probability of block {i + 1} is {p}; it must lie in (0, 1]')
+    return probs
+
+
+def _check_rate(rate: float) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate):
+        raise ValueError(f'drop_path_rate must be a number in [0, 1), got {rate!r}')
+    if not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f'drop_path_rate must lie in [0, 1) (it is 1 - p_L), got {rate}')
+
+
+class SDSampler:
+    """The coin source shared by all blocks of one network.
+
+    A dedicated generator (not the global RNG) so that every DDP rank, seeded alike, draws the same
+    coins for the same step while data augmentation draws differ. Its state is saved in checkpoints.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.generator = torch.Generator(device='cpu')
+        self.seed = int(seed)
+        self.generator.manual_seed(self.seed)
+
+    def manual_seed(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.generator.manual_seed(self.seed)
+
+    def coin(self, survival_prob: float) -> bool:
+        """True when the block survives this step."""
+        return bool(torch.rand((), generator=self.generator).item() < survival_prob)
+
+    def state_dict(self) -> dict:
+        return {'seed': self.seed, 'rng_state': self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state['seed'])
+        self.generator.set_state(state['rng_state'])
+
+    def __deepcopy__(self, memo) -> 'SDSampler':
+        new = SDSampler(self.seed)
+        new.generator.set_state(self.generator.get_state())
+        return new
+
+    def __getstate__(self) -> dict:
+        return self.state_dict()
+
+    def __setstate__(self, state: dict) -> None:
+        self.generator = torch.Generator(device='cpu')
+        self.load_state_dict(state)
+
+
+class StochasticDepth(nn.Module):
+    """Residual connection with stochastic depth: ``shortcut + SD(branch(x))``.
+
+    Parameter-free, so state dicts match the plain (timm) architectures. In eval mode, under
+    tracing/export, or with ``survival_prob == 1`` it is a static full-depth residual add.
+    """
+
+    def __init__(
+            self,
+            survival_prob: float = 1.0,
+            mode: str = 'batch',
+            scaling: str = 'paper',
+            sampler: Optional[SDSampler] = None,
+    ):
+        super().__init__()
+        if mode not in SD_MODES:
+            raise ValueError(f'unknown stochastic-depth mode {mode!r}; expected one of {SD_MODES}')
+        if scaling not in SD_SCALINGS:
+            raise ValueError(f'unknown stochastic-depth scaling {scaling!r}; expected one of {SD_SCALINGS}')
+        if not 0.0 < float(survival_prob) <= 1.0:
+            raise ValueError(f'survival_prob must lie in (0, 1], got {survival_prob}')
+        self.survival_prob = float(survival_prob)
+        self.mode = mode
+        self.scaling = scaling
+        self.sampler = sampler if sampler is not None else SDSampler()
+        self.folded = False  # set by sdzoo.fold once p_l lives in the weights
+        self.last_kept: Optional[bool] = None  # batch mode: did the branch run on the last train step
+
+    @property
+    def eval_scale(self) -> float:
+        """Factor applied to the branch at test time (1 once folded or with inverted scaling)."""
+        if self.folded or self.scaling == 'inverted':
+            return 1.0
+        return self.survival_prob
+
+    def _static(self) -> bool:
+        return (not self.training or self.survival_prob >= 1.0 or torch.jit.is_scripting()
+                or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or torch.onnx.is_in_onnx_export())
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            branch: Callable[[torch.Tensor], torch.Tensor],
+            shortcut: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        identity = x if shortcut is None else shortcut
+        if self._static():
+            out = branch(x)
+            scale = self.eval_scale if not self.training else 1.0
+            if scale != 1.0:
+                out = out * scale
+            return identity + out
+
+        p = self.survival_prob
+        train_scale = 1.0 / p if self.scaling == 'inverted' else 1.0
+        if self.mode == 'batch':
+            kept = self.sampler.coin(p)
+            self.last_kept = kept
+            if not kept:
+                return identity
+            out = branch(x)
+            return identity + (out * train_scale if train_scale != 1.0 else out)
+
+        # row mode: an independent coin per sample, the branch runs only on the survivors
+        keep = torch.rand(x.shape[0], device=x.device) < p
+        n_keep = int(keep.sum())
+        if n_keep == 0:
+            return identity
+        if n_keep == x.shape[0]:
+            out = branch(x)
+            return identity + (out * train_scale if train_scale != 1.0 else out)
+        idx = keep.nonzero().squeeze(1)
+        out = branch(x.index_select(0, idx))
+        if train_scale != 1.0:
+            out = out * train_scale
+        return identity.index_add(0, idx, out.to(identity.dtype))
+
+    def extra_repr(self) -> str:
+        return f'survival_prob={self.survival_prob:.4f}, mode={self.mode}, scaling={self.scaling}'
+
+
+def sd_modules(model: nn.Module) -> List[StochasticDepth]:
+    """All stochastic-depth units of a model, in network order."""
+    return [m for m in model.modules() if isinstance(m, StochasticDepth)]
+
+
+def sd_blocks(model: nn.Module) -> List[List[StochasticDepth]]:
+    """SD units grouped by residual block (a ViT block has two: attention and MLP)."""
+    groups = getattr(model, 'sd_block_groups', None)
+    if callable(groups):
+        return groups()
+    return [[m] for m in sd_modules(model)]
+
+
+def apply_stochastic_depth(
+        model: nn.Module,
+        drop_path_rate: float = 0.5,
+        schedule: Schedule = 'linear',
+        mode: Optional[str] = None,
+        scaling: Optional[str] = None,
+        seed: Optional[int] = None,
+) -> List[float]:
+    """(Re)assign the survival schedule, mode and scaling of every SD unit of ``model``.
+
+    All units share one :class:`SDSampler` (attached as ``model.sd_sampler``). Returns ``p_1 … p_L``.
+    """
+    blocks = sd_blocks(model)
+    if not blocks:
+        raise ValueError(f'{type(model).__name__} has no StochasticDepth units')
+    if any(u.folded for g in blocks for u in g):
+        raise ValueError('model has been folded; its survival probabilities live in its weights now')
+    probs = survival_schedule(len(blocks), drop_path_rate, schedule)
+    if mode is not None and mode not in SD_MODES:
+        raise ValueError(f'unknown stochastic-depth mode {mode!r}; expected one of {SD_MODES}')
+    if scaling is not None and scaling not in SD_SCALINGS:
+        raise ValueError(f'unknown stochastic-depth scaling {scaling!r}; expected one of {SD_SCALINGS}')
+    sampler = getattr(model, 'sd_sampler', None)
+    if not isinstance(sampler, SDSampler):
+        sampler = SDSampler(0 if seed is None else seed)
+        model.sd_sampler = sampler
+    elif seed is not None:
+        sampler.manual_seed(seed)
+    for p, group in zip(probs, blocks):
+        for unit in group:
+            unit.survival_prob = p
+            unit.sampler = sampler
+            if mode is not None:
+                unit.mode = mode
+            if scaling is not None:
+                unit.scaling = scaling
+    model.sd_drop_path_rate = float(drop_path_rate) if isinstance(schedule, str) else None
+    return probs
+
+
+def set_sd_seed(model: nn.Module, seed: int) -> None:
+    """Seed the coin source of a model (use the same seed on every DDP rank)."""
+    sampler = getattr(model, 'sd_sampler', None)
+    if not isinstance(sampler, SDSampler):
+        raise ValueError(f'{type(model).__name__} has no stochastic-depth sampler')
+    sampler.manual_seed(seed)

@@ -1,0 +1,212 @@
+"""The stochastic-depth paper's CIFAR ResNets (6n+2 layers: 20, 32, 44, 56, 110, 1202).
+
+Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic Depth", ECCV 2016
+(arXiv:1603.09382), following the authors' Torch code (ResidualDrop.lua / main.lua):
+3 stages of 16/32/64 channels with n basic blocks each, parameter-free "option A" shortcuts
+(stride-2 average pooling plus zero channels), every block droppable including the transitions,
+and block l of L surviving with p_l = 1 - l/L * (1 - p_L).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
+from timm.models import generate_default_cfgs, register_model
+
+from ..layers import AvgPoolPadShortcut, SDSampler, StochasticDepth, apply_stochastic_depth
+from ._builder import build_sd_model, sd_cfg
+
+__all__ = ['CifarResNet', 'CifarBasicBlock']
+
+
+class CifarBasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN residual branch, ReLU after the add (as in ResidualDrop.lua)."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stride: int = 1,
+            act_layer: Type[nn.Module] = nn.ReLU,
+            norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = norm_layer(out_chs)
+        self.act1 = act_layer(inplace=True)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False)
+        self.bn2 = norm_layer(out_chs)
+        self.shortcut = (AvgPoolPadShortcut(in_chs, out_chs, stride)
+                         if stride > 1 or in_chs != out_chs else nn.Identity())
+        self.drop_path = StochasticDepth()
+        self.act2 = act_layer(inplace=True)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act2(self.drop_path(x, self.branch, self.shortcut(x)))
+
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet with compute-skipping stochastic depth, driven by timm's ``drop_path_rate``."""
+
+    def __init__(
+            self,
+            depth: int = 110,
+            num_classes: int = 10,
+            in_chans: int = 3,
+            widths: Sequence[int] = (16, 32, 64),
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.5,
+            sd_schedule: Union[str, Sequence[float]] = 'linear',
+            sd_mode: str = 'batch',
+            sd_scaling: str = 'paper',
+            sd_seed: int = 0,
+            act_layer: Type[nn.Module] = nn.ReLU,
+            norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+    ):
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f'CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202), got {depth}')
+        n = (depth - 2) // 6
+        self.depth = depth
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
+        self.bn1 = norm_layer(widths[0])
+        self.act1 = act_layer(inplace=True)
+
+        self.feature_info = [dict(num_chs=widths[0], reduction=1, module='act1')]
+        in_chs = widths[0]
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            blocks = [CifarBasicBlock(in_chs if j == 0 else w, w, stride if j == 0 else 1, act_layer, norm_layer)
+                      for j in range(n)]
+            self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=w, reduction=2 ** i, module=f'layer{i + 1}'))
+            in_chs = w
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+
+        self.sd_sampler = SDSampler(sd_seed)
+        self.survival_probs = apply_stochastic_depth(
+            self, drop_path_rate, sd_schedule, mode=sd_mode, scaling=sd_scaling)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def stages(self) -> List[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^conv1|bn1', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
+        self.num_classes = num_classes
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        for stage in self.stages:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                from timm.models import checkpoint_seq
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
+    return build_sd_model(CifarResNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True), **kwargs)
+
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return sd_cfg(
+        num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, crop_mode='center',
+        interpolation='bilinear', mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv='conv1',
+        classifier='fc', paper_ids='arXiv:1603.09382', paper_name='Deep Networks with Stochastic Depth',
+        **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'sd_resnet20.sd_cifar10': _cfg(hf_hub_id='sdzoo/'),
+    'sd_resnet32': _cfg(),
+    'sd_resnet44': _cfg(),
+    'sd_resnet56.sd_cifar10': _cfg(hf_hub_id='sdzoo/'),
+    'sd_resnet110.sd_cifar10': _cfg(hf_hub_id='sdzoo/'),
+    'sd_resnet1202': _cfg(),
+})
+
+
+@register_model
+def sd_resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-20 (n=3) for CIFAR with stochastic depth."""
+    return _create_cifar_resnet('sd_resnet20', pretrained, **dict(dict(depth=20), **kwargs))
+
+
+@register_model
+def sd_resnet32(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-32 (n=5) for CIFAR with stochastic depth."""
+    return _create_cifar_resnet('sd_resnet32', pretrained, **dict(dict(depth=32), **kwargs))
+
+
+@register_model
+def sd_resnet44(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-44 (n=7) for CIFAR with stochastic depth."""
+    return _create_cifar_resnet('sd_resnet44', pretrained, **dict(dict(depth=44), **kwargs))
+
+
+@register_model
+def sd_resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-56 (n=9) for CIFAR with stochastic depth."""
+    return _create_cifar_resnet('sd_resnet56', pretrained, **dict(dict(depth=56), **kwargs))
+
+
+@register_model
+def sd_resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-110 (n=18), the stochastic-depth paper's main CIFAR network (~1.7M params)."""
+    return _create_cifar_resnet('sd_resnet110', pretrained, **dict(dict(depth=110), **kwargs))
+
+
+@register_model
+def sd_resnet1202(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-1202 (n=200): the paper's 1202-layer network (~19.4M params)."""
+    return _create_cifar_resnet('sd_resnet1202', pretrained, **dict(dict(depth=1202), **kwargs))

@@ -1,0 +1,127 @@
+"""Vision Transformers with compute-skipping stochastic depth on both residual branches.
+
+Built on timm's ``VisionTransformer`` and ``Block`` so that state dicts match timm's ``vit_*``
+models. Every transformer block l is one residual block of the paper's schedule: its attention and
+MLP branches each survive with p_l, with independent coins.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from timm.models import generate_default_cfgs, register_model
+from timm.models._registry import get_pretrained_cfg
+from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
+
+from ..layers import SDSampler, StochasticDepth, apply_stochastic_depth
+from ._builder import build_sd_model, sd_cfg
+from .resnet_cifar import CIFAR10_MEAN, CIFAR10_STD
+
+__all__ = ['SDVisionTransformer', 'SDBlock']
+
+
+class SDBlock(Block):
+    """timm's pre-norm ViT block whose attention / MLP branches are skipped when dropped."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs['drop_path'] = 0.
+        super().__init__(*args, **kwargs)
+        self.drop_path1 = StochasticDepth()
+        self.drop_path2 = StochasticDepth()
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+    ) -> torch.Tensor:
+        x = self.drop_path1(
+            x, lambda t: self.ls1(self.attn(self.norm1(t), attn_mask=attn_mask, is_causal=is_causal)))
+        return self.drop_path2(x, lambda t: self.ls2(self.mlp(self.norm2(t))))
+
+
+class SDVisionTransformer(VisionTransformer):
+    """timm VisionTransformer whose ``drop_path_rate`` drives the paper's stochastic depth."""
+
+    def __init__(
+            self,
+            *args,
+            drop_path_rate: float = 0.5,
+            sd_schedule: Union[str, Sequence[float]] = 'linear',
+            sd_mode: str = 'batch',
+            sd_scaling: str = 'paper',
+            sd_seed: int = 0,
+            **kwargs,
+    ):
+        kwargs.setdefault('block_fn', SDBlock)
+        super().__init__(*args, drop_path_rate=0., **kwargs)
+        self.sd_sampler = SDSampler(sd_seed)
+        self.survival_probs = apply_stochastic_depth(
+            self, drop_path_rate, sd_schedule, mode=sd_mode, scaling=sd_scaling)
+
+    def sd_block_groups(self) -> List[List[StochasticDepth]]:
+        return [[blk.drop_path1, blk.drop_path2] for blk in self.blocks]
+
+
+def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> SDVisionTransformer:
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_sd_model(
+        SDVisionTransformer, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _timm_cfg(timm_name: str) -> Dict[str, Any]:
+    """timm's own pretrained cfg (weights trained by timm: a fine-tuning start)."""
+    cfg = get_pretrained_cfg(timm_name).to_dict()
+    cfg = {k: v for k, v in cfg.items() if v is not None and k not in ('architecture', 'tag')}
+    return sd_cfg(**dict(cfg, paper_ids='arXiv:1603.09382,arXiv:2010.11929'))
+
+
+def _cifar_cfg(**kwargs) -> Dict[str, Any]:
+    return sd_cfg(
+        num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, crop_mode='center', interpolation='bicubic',
+        mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv='patch_embed.proj', classifier='head',
+        paper_ids='arXiv:1603.09382,arXiv:2104.05704', **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'sd_vit_tiny_patch16_224.augreg_in21k_ft_in1k': _timm_cfg('vit_tiny_patch16_224.augreg_in21k_ft_in1k'),
+    'sd_vit_small_patch16_224.augreg_in21k_ft_in1k': _timm_cfg('vit_small_patch16_224.augreg_in21k_ft_in1k'),
+    'sd_vit_base_patch16_224.augreg2_in21k_ft_in1k': _timm_cfg('vit_base_patch16_224.augreg2_in21k_ft_in1k'),
+    'sd_vit_lite_patch4_32.sd_cifar10': _cifar_cfg(hf_hub_id='sdzoo/'),
+})
+
+
+@register_model
+def sd_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> SDVisionTransformer:
+    """ViT-Ti/16 with stochastic depth (state-dict compatible with timm's vit_tiny_patch16_224)."""
+    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create_vit('sd_vit_tiny_patch16_224', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sd_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> SDVisionTransformer:
+    """ViT-S/16 with stochastic depth (state-dict compatible with timm's vit_small_patch16_224)."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create_vit('sd_vit_small_patch16_224', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sd_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> SDVisionTransformer:
+    """ViT-B/16 with stochastic depth (state-dict compatible with timm's vit_base_patch16_224)."""
+    args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create_vit('sd_vit_base_patch16_224', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sd_vit_lite_patch4_32(pretrained: bool = False, **kwargs) -> SDVisionTransformer:
+    """CIFAR-size ViT (ViT-Lite-7/4 of Hassani et al. 2021: 7 blocks, dim 256, 4 heads, MLP x2).
+
+    Small enough to train from scratch on CPUs; 32x32 input, 4x4 patches, class token.
+    """
+    args = dict(img_size=32, patch_size=4, embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.,
+                num_classes=10)
+    return _create_vit('sd_vit_lite_patch4_32', pretrained, **dict(args, **kwargs))
