@@ -1,4 +1,19 @@
-"""Pretrained weights: shipped Hub-layout folders, Hugging Face Hub download, sha256 checks."""
+"""Pretrained weights: Hub-layout weight folders, offline/Hub loading with sha256 checks, publishing.
+
+- ``weights``: find (``$SDZOO_WEIGHTS``, the package, the repository, the Hub) and verify files.
+- ``publish``: ``save_weights_folder`` writes ``weights/<model>.<tag>/`` and records its sha256.
+- ``cli``: ``sdzoo push`` (upload with huggingface_hub, ``--dry-run`` checks a folder).
+- ``mirror``: a small Hub-compatible server (``python -m sdzoo.hub.mirror weights/``).
+"""
 from .weights import (
-    WeightsError, manifest, resolve_pretrained_file, sha256_file, verify_file, weights_dirs,
+    WeightsError, WeightsIntegrityError, WeightsNotFoundError, find_weights_folder, hub_repo_id, manifest,
+    manifest_path, resolve_pretrained_file, sha256_file, verify_file, weight_name, weights_dirs,
 )
+
+
+def __getattr__(name: str):
+    # publishing pulls in safetensors/huggingface_hub card code: import it when asked for
+    if name in ('save_weights_folder', 'validate_weights_folder', 'record_weights', 'sd_model_args'):
+        from . import publish
+        return getattr(publish, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

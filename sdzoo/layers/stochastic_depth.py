@@ -168,10 +168,15 @@ class StochasticDepth(nn.Module):
         p = self.survival_prob
         train_scale = 1.0 / p if self.scaling == 'inverted' else 1.0
         if self.mode == 'batch':
-            kept = self.sampler.coin(p)
-            self.last_kept = kept
+            if self.last_kept is not None and torch._C._current_graph_task_id() != -1:
+                # activation-checkpoint recomputation (runs inside backward): replay this step's
+                # coin; a fresh one would rebuild a different graph than the one being differentiated
+                kept = self.last_kept
+            else:
+                kept = self.sampler.coin(p)
+                self.last_kept = kept
             if not kept:
-                return identity
+                return _passthrough(identity, x)
             out = branch(x)
             return identity + (out * train_scale if train_scale != 1.0 else out)
 
@@ -179,7 +184,7 @@ class StochasticDepth(nn.Module):
         keep = torch.rand(x.shape[0], device=x.device) < p
         n_keep = int(keep.sum())
         if n_keep == 0:
-            return identity
+            return _passthrough(identity, x)
         if n_keep == x.shape[0]:
             out = branch(x)
             return identity + (out * train_scale if train_scale != 1.0 else out)
@@ -191,6 +196,11 @@ class StochasticDepth(nn.Module):
 
     def extra_repr(self) -> str:
         return f'survival_prob={self.survival_prob:.4f}, mode={self.mode}, scaling={self.scaling}'
+
+
+def _passthrough(identity: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # a block's in-place post-activation must not write into its input (autograd needs it)
+    return identity.clone() if identity is x else identity
 
 
 def sd_modules(model: nn.Module) -> List[StochasticDepth]:

@@ -9,6 +9,9 @@ from timm.models._builder import resolve_pretrained_cfg
 
 __all__ = ['sd_cfg', 'build_sd_model']
 
+# set by timm (create_model / _update_default_model_kwargs) or by the user; never taken from config.json
+_RUNTIME_KWARGS = ('device', 'dtype', 'pretrained_model_args', 'features_only', 'out_indices', 'feature_cls')
+
 
 def sd_cfg(**kwargs) -> Dict[str, Any]:
     """Defaults every sdzoo pretrained cfg shares."""
@@ -27,19 +30,50 @@ def build_sd_model(
 ) -> nn.Module:
     """``timm.models.build_model_with_cfg`` with sdzoo's weight resolution.
 
-    With ``pretrained=True`` the weight file is resolved (shipped with the package, else downloaded
-    from the Hugging Face Hub) and its sha256 checked *before* timm loads it, so a corrupt file is a
-    clear error, never a silently random model.
+    With ``pretrained=True`` the weight file is resolved (``$SDZOO_WEIGHTS``, shipped with the
+    package or the repository, else downloaded from the Hugging Face Hub) and its sha256 checked
+    *before* timm loads it, so a corrupt file is a clear error, never a silently random model.
+    timm then loads exactly that file with its own ``load_pretrained`` (head reset for another
+    ``num_classes``, first-conv adaptation for another ``in_chans``).
+
+    For registry names the weights' ``config.json`` ``model_args`` become defaults for the model
+    arguments, as timm does for ``hf-hub:``/``local-dir:`` names: with the paper's scaling the
+    survival probabilities (``drop_path_rate``, ``sd_schedule``) scale the branches at test time,
+    so the architecture must be rebuilt exactly as it was trained.
     """
-    if pretrained:
-        from ..hub import resolve_pretrained_file
-        cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay).to_dict()
-        path = resolve_pretrained_file(cfg, variant)
-        # timm then loads exactly the file that was verified (never fetches a second copy)
-        pretrained_cfg_overlay = dict(pretrained_cfg_overlay or {}, file=str(path), source='timm')
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay).to_dict()
+    overlay = dict(pretrained_cfg_overlay or {})
+    from ..hub.weights import hub_repo_id, read_weights_config, resolve_pretrained_file
+    hub_id = hub_repo_id(cfg, variant)
+    if hub_id and hub_id != cfg.get('hf_hub_id'):
+        overlay['hf_hub_id'] = hub_id  # 'sdzoo/' -> 'sdzoo/<model>.<tag>' (timm completes only 'timm/')
+    if pretrained and cfg.get('state_dict') is None:
+        path = resolve_pretrained_file(cfg, variant, cache_dir=kwargs.get('cache_dir'))
+        if cfg.get('source') not in ('hf-hub', 'local-dir') and not cfg.get('file'):
+            # registry name: the weights' own config.json (timm already applied it for hf-hub:/local-dir:
+            # names; a user's `file` overlay may sit next to an unrelated config.json, e.g. a training run's)
+            _apply_weights_config(read_weights_config(path), variant, path, kwargs)
+        # timm loads exactly the file that was verified (never fetches a second copy)
+        overlay.update(file=str(path), source='timm')
     return build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_cfg=pretrained_cfg,
-        pretrained_cfg_overlay=pretrained_cfg_overlay,
+        pretrained_cfg_overlay=overlay or None,
         **kwargs,
     )
+
+
+def _apply_weights_config(config: Optional[Dict[str, Any]], variant: str, path, kwargs: Dict[str, Any]) -> None:
+    """Use a weight folder's saved model arguments as defaults (explicit kwargs win)."""
+    if not isinstance(config, dict) or 'architecture' not in config:
+        return  # no timm Hub config (only weights shipped)
+    arch = config.get('architecture')
+    if arch and arch != variant:
+        from ..hub.weights import WeightsError
+        raise WeightsError(f'{path.parent / "config.json"} describes {arch}, not {variant}: '
+                           f'the weights at {path} belong to another architecture')
+    model_args = {k: v for k, v in (config.get('model_args') or {}).items() if k not in _RUNTIME_KWARGS}
+    for k, v in model_args.items():
+        kwargs.setdefault(k, v)
+    if model_args:
+        kwargs.setdefault('pretrained_model_args', model_args)

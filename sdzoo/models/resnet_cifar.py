@@ -151,7 +151,8 @@ class CifarResNet(nn.Module):
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
-    return build_sd_model(CifarResNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True), **kwargs)
+    # 4 feature levels (stem, 3 stages), not timm's default 5
+    return build_sd_model(CifarResNet, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
 
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

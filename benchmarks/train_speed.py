@@ -1,0 +1,228 @@
+"""Training-step time: compute-skipping stochastic depth vs timm-style drop-path vs none.
+
+Three copies of the same network with the same weights and the same survival schedule, measured
+side by side (round-robin, one step of each variant per round, rotating which goes first):
+
+* ``ours``        sdzoo's batch-mode StochasticDepth: a dropped block's branch is never run,
+                  forward or backward;
+* ``timm-style``  the branch always runs and is multiplied by a per-sample keep mask,
+                  ``timm.layers.drop_path(branch(x), 1 - p_l)`` (what timm/torchvision do);
+* ``no-SD``       ``drop_path_rate=0``: every block runs, no mask.
+
+A step is forward + cross-entropy + backward + SGD update on a fixed synthetic CIFAR-size batch
+(speed does not depend on pixel values). With the paper's linear decay to p_L = 0.5 over ResNet-110's
+54 blocks, on average 74.5 % of the blocks run, so the ideal ``no-SD / ours`` ratio is 1/0.745 = 1.34x.
+
+    python benchmarks/train_speed.py                     # the real run: machine otherwise idle
+    python benchmarks/train_speed.py --steps 3 --warmup 1   # smoke run
+
+Prints a markdown table of medians and ratios and writes it to benchmarks/results/train_speed.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import timm
+from timm.layers import drop_path
+
+import sdzoo  # noqa: F401  (registers the sd_* models)
+from sdzoo.layers import StochasticDepth, sd_blocks, sd_modules
+
+VARIANTS = ('ours', 'timm-style', 'no-SD')
+CONFIGS = {
+    'fp32': dict(amp=False, channels_last=False),
+    'bf16-cl': dict(amp=True, channels_last=True),  # channels_last + torch.autocast('cpu', bfloat16)
+}
+DEFAULT_OUT = Path(__file__).resolve().parent / 'results' / 'train_speed.md'
+
+
+class AlwaysComputeDropPath(StochasticDepth):
+    """timm's DropPath on sdzoo's schedule: the branch always runs, then a per-sample mask zeroes
+    dropped samples (``scale_by_keep``: inverted scaling, as timm does)."""
+
+    def forward(self, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor],
+                shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        identity = x if shortcut is None else shortcut
+        return identity + drop_path(branch(x), 1.0 - self.survival_prob, self.training, scale_by_keep=True)
+
+
+def to_timm_style(model: nn.Module) -> nn.Module:
+    """Swap every StochasticDepth unit for :class:`AlwaysComputeDropPath` with the same p_l."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, StochasticDepth):
+                setattr(parent, name, AlwaysComputeDropPath(child.survival_prob, 'batch', 'inverted', child.sampler))
+    return model
+
+
+def build_variants(model_name: str, drop_path_rate: float, seed: int) -> Dict[str, nn.Module]:
+    torch.manual_seed(seed)
+    ours = timm.create_model(model_name, drop_path_rate=drop_path_rate, sd_seed=seed)
+    state = ours.state_dict()
+    timm_style = to_timm_style(timm.create_model(model_name, drop_path_rate=drop_path_rate, sd_seed=seed))
+    no_sd = timm.create_model(model_name, drop_path_rate=0.0)
+    for m in (timm_style, no_sd):
+        m.load_state_dict(state, strict=True)
+    assert not any(isinstance(u, AlwaysComputeDropPath) for u in sd_modules(ours))
+    assert all(isinstance(u, AlwaysComputeDropPath) for u in sd_modules(timm_style))
+    assert [g[0].survival_prob for g in sd_blocks(ours)] == [g[0].survival_prob for g in sd_blocks(timm_style)]
+    return {'ours': ours, 'timm-style': timm_style, 'no-SD': no_sd}
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, amp: bool) -> None:
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def run_config(args: argparse.Namespace, name: str, amp: bool, channels_last: bool) -> Dict[str, dict]:
+    models = build_variants(args.model, args.drop_path_rate, args.seed)
+    mem = torch.channels_last if channels_last else torch.contiguous_format
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(memory_format=mem)
+    y = torch.randint(0, models['ours'].num_classes, (args.batch_size,), generator=g)
+    opts = {}
+    for v, m in models.items():
+        m.train().to(memory_format=mem)
+        opts[v] = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+    units = sd_modules(models['ours'])
+    times: Dict[str, List[float]] = {v: [] for v in VARIANTS}
+    kept_fraction: List[float] = []
+    for r in range(args.warmup + args.steps):
+        order = VARIANTS[r % 3:] + VARIANTS[:r % 3]  # rotate who goes first: no position bias
+        for v in order:
+            t0 = time.perf_counter()
+            train_step(models[v], opts[v], x, y, amp)
+            dt = time.perf_counter() - t0
+            if r >= args.warmup:
+                times[v].append(dt)
+                if v == 'ours':
+                    kept_fraction.append(sum(bool(u.last_kept) for u in units) / len(units))
+        print(f'  {name} round {r + 1}/{args.warmup + args.steps}'
+              f'{" (warm-up)" if r < args.warmup else ""}: '
+              + ', '.join(f'{v} {times[v][-1] * 1e3:.0f} ms' for v in VARIANTS if r >= args.warmup and times[v]),
+              file=sys.stderr, flush=True)
+    return {v: dict(median=statistics.median(t), mean=statistics.fmean(t), min=min(t), n=len(t),
+                    kept=statistics.fmean(kept_fraction) if v == 'ours' else None)
+            for v, t in times.items()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def render(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], expected_fraction: float,
+           load: tuple) -> str:
+    ideal = 1.0 / expected_fraction
+    lines = [
+        f'# Training-step time: {args.model}, batch {args.batch_size}, CPU',
+        '',
+        f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}; command: '
+        f'`python {" ".join(sys.argv)}`',
+        f'- {_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} '
+        f'({torch.get_num_threads()} threads), timm {timm.__version__}, sdzoo {sdzoo.__version__}',
+        f'- drop_path_rate {args.drop_path_rate} (p_L = {1 - args.drop_path_rate:g}, linear decay); '
+        f'expected fraction of blocks run {expected_fraction:.4f} -> ideal no-SD/ours = {ideal:.3f}x',
+        f'- {args.warmup} warm-up + {args.steps} timed steps per variant, round-robin; step = forward + '
+        'backward + SGD; medians; load average at start/end: '
+        f'{load[0]:.2f} / {load[1]:.2f}',
+    ]
+    if args.steps < 10:
+        lines.append(f'- **smoke run ({args.steps} steps): too few steps for conclusions**')
+    lines += ['', '| precision | variant | median ms/step | mean ms/step | blocks run | '
+              'speed-up of ours vs this |', '|---|---|---:|---:|---:|---:|']
+    for cfg, res in results.items():
+        ours = res['ours']['median']
+        for v in VARIANTS:
+            r = res[v]
+            kept = f'{r["kept"]:.3f}' if r['kept'] is not None else ('1.000' if v == 'no-SD' else '1.000 (masked)')
+            ratio = '-' if v == 'ours' else f'{r["median"] / ours:.2f}x'
+            lines.append(f'| {cfg} | {v} | {r["median"] * 1e3:.1f} | {r["mean"] * 1e3:.1f} | {kept} | {ratio} |')
+    lines += ['', '| precision | ours vs timm-style (target >= 1.30x) | ours vs no-SD (ideal '
+              f'{ideal:.2f}x; for the coins drawn) |', '|---|---:|---:|']
+    for cfg, res in results.items():
+        ours = res['ours']['median']
+        vs_timm = res['timm-style']['median'] / ours
+        vs_none = res['no-SD']['median'] / ours
+        drawn = 1.0 / res['ours']['kept']
+        lines.append(f'| {cfg} | {vs_timm:.2f}x {"(met)" if vs_timm >= 1.30 else "(NOT met)"} | '
+                     f'{vs_none:.2f}x ({drawn:.2f}x) |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--model', default='sd_resnet110')
+    p.add_argument('--batch-size', type=int, default=128)
+    p.add_argument('--img-size', type=int, default=32)
+    p.add_argument('--drop-path-rate', type=float, default=0.5, help='1 - p_L (paper: 0.5)')
+    p.add_argument('--steps', type=int, default=20, help='timed steps per variant')
+    p.add_argument('--warmup', type=int, default=3, help='untimed steps per variant first')
+    p.add_argument('--configs', default=','.join(CONFIGS), help=f'comma list of {list(CONFIGS)}')
+    p.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch\'s)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', type=Path, default=DEFAULT_OUT, help='markdown file to write')
+    args = p.parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(',') if c.strip()]
+    bad = [c for c in configs if c not in CONFIGS]
+    if bad or not configs:
+        p.error(f'unknown config(s) {bad}; choose from {list(CONFIGS)}')
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+        p.error('--steps and --batch-size must be >= 1, --warmup >= 0')
+    if not 0.0 <= args.drop_path_rate < 1.0:
+        p.error(f'--drop-path-rate must lie in [0, 1), got {args.drop_path_rate}')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    probe = timm.create_model(args.model, drop_path_rate=args.drop_path_rate)
+    probs = [g[0].survival_prob for g in sd_blocks(probe)]
+    expected_fraction = sum(probs) / len(probs)
+    del probe
+
+    load0 = os.getloadavg()[0]
+    results = {}
+    for c in configs:
+        results[c] = run_config(args, c, **CONFIGS[c])
+    text = render(args, results, expected_fraction, (load0, os.getloadavg()[0]))
+    print(text)
+    write_atomic(args.out, text)
+    print(f'written to {args.out}', file=sys.stderr)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

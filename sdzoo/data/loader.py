@@ -1,0 +1,183 @@
+"""Resumable loaders: every batch's order and augmentation is a pure function of (seed, epoch, batch).
+
+That makes ``--resume`` exact without saving sampler or augmentation RNG state, and makes the
+DDP shards (rank r takes every world-th index of the same permutation) agree across processes.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .sources import Split
+
+__all__ = ['epoch_order', 'TensorLoader', 'StreamLoader', 'create_loader']
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+def _gen(*keys: int) -> torch.Generator:
+    g = torch.Generator()
+    seed = 0
+    for k in keys:  # simple mix; distinct (seed, epoch, batch) -> distinct streams
+        seed = (seed * 1_000_003 + int(k) + 0x9E3779B1) % (2 ** 63 - 1)
+    g.manual_seed(seed)
+    return g
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Sample order of one epoch for one rank (padded to a multiple of ``world`` like DistributedSampler)."""
+    order = torch.randperm(n, generator=_gen(seed, epoch, 17)) if shuffle else torch.arange(n)
+    if world > 1:
+        pad = (-n) % world
+        if pad:
+            order = torch.cat([order, order[:pad]])
+        order = order[rank::world]
+    return order
+
+
+class TensorLoader:
+    """Batches from decoded uint8 images with the CIFAR recipe done on whole batches.
+
+    Augmentation (``pad``-pixel zero padding + random crop + horizontal flip, as in the paper) runs on
+    the batch tensor, which on a 2-core CPU is far cheaper than per-image PIL transforms.
+    """
+
+    def __init__(
+            self,
+            split: Split,
+            batch_size: int,
+            mean: Sequence[float],
+            std: Sequence[float],
+            train: bool = False,
+            pad: int = 4,
+            flip: bool = True,
+            seed: int = 0,
+            drop_last: Optional[bool] = None,
+            channels_last: bool = False,
+            rank: int = 0,
+            world: int = 1,
+    ):
+        if split.images is None:
+            raise ValueError('TensorLoader needs a split decoded into memory')
+        self.split, self.batch_size, self.train = split, batch_size, train
+        self.pad, self.flip, self.seed = pad, flip, seed
+        self.drop_last = train if drop_last is None else drop_last
+        self.channels_last = channels_last
+        self.rank, self.world = rank, world
+        c = split.images.shape[-1]
+        self.mean = torch.tensor(mean[:c] if len(mean) >= c else list(mean) * c).view(1, c, 1, 1) * 255
+        self.std = torch.tensor(std[:c] if len(std) >= c else list(std) * c).view(1, c, 1, 1) * 255
+
+    @property
+    def num_samples(self) -> int:
+        n = len(self.split)
+        return -(-n // self.world) if self.world > 1 else n
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if self.pad:
+            xp = F.pad(x, (self.pad,) * 4)
+            oy = torch.randint(0, 2 * self.pad + 1, (b,), generator=g)
+            ox = torch.randint(0, 2 * self.pad + 1, (b,), generator=g)
+            rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+            cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+            x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        if self.flip:
+            flip = torch.rand(b, generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x
+
+    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        order = epoch_order(len(self.split), self.seed, epoch, self.train, self.rank, self.world)
+        for i in range(start_batch, len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.split.images[idx].permute(0, 3, 1, 2).float()
+            if self.train:
+                x = self._augment(x, _gen(self.seed, epoch, i, 101))
+            x = (x - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.split.labels[idx]
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iter_epoch(0)
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    def __init__(self, split: Split, transform: Callable, in_chans: int):
+        self.split, self.transform, self.mode = split, transform, 'L' if in_chans == 1 else 'RGB'
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        path = self.split.files[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert(self.mode)
+        except Exception as e:
+            raise ValueError(f'cannot read image {path}: {e}') from e
+        return self.transform(img), int(self.split.labels[i])
+
+
+class _ListSampler(torch.utils.data.Sampler):
+    def __init__(self, indices: torch.Tensor):
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices.tolist())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class StreamLoader:
+    """Image files through timm's transforms and a DataLoader, with the same resumable order."""
+
+    def __init__(self, split: Split, batch_size: int, transform: Callable, in_chans: int = 3,
+                 train: bool = False, seed: int = 0, workers: int = 2, channels_last: bool = False,
+                 rank: int = 0, world: int = 1):
+        self.dataset = _FileDataset(split, transform, in_chans)
+        self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
+        self.workers, self.channels_last, self.rank, self.world = workers, channels_last, rank, world
+        self.drop_last = train
+
+    def __len__(self) -> int:
+        n = -(-len(self.split) // self.world)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        order = epoch_order(len(self.split), self.seed, epoch, self.train, self.rank, self.world)
+        order = order[start_batch * self.batch_size:len(self) * self.batch_size if self.drop_last else None]
+        dl = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=_ListSampler(order),
+            num_workers=self.workers, drop_last=self.drop_last, persistent_workers=False,
+            generator=_gen(self.seed, epoch, start_batch, 7))  # seeds the workers' augmentation
+        for x, y in dl:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iter_epoch(0)
+
+
+def create_loader(split: Split, batch_size: int, data_cfg: dict, train: bool, seed: int = 0,
+                  cifar_aug: bool = True, workers: int = 2, channels_last: bool = False,
+                  rank: int = 0, world: int = 1, in_chans: int = 3):
+    """In-memory loader for decoded splits, streaming loader (timm transforms) otherwise."""
+    if split.images is not None:
+        return TensorLoader(split, batch_size, data_cfg['mean'], data_cfg['std'], train=train,
+                            pad=4 if (train and cifar_aug) else 0, flip=train, seed=seed,
+                            channels_last=channels_last, rank=rank, world=world)
+    from timm.data import create_transform
+    transform = create_transform(**data_cfg, is_training=train)
+    return StreamLoader(split, batch_size, transform, in_chans=in_chans, train=train, seed=seed,
+                        workers=workers, channels_last=channels_last, rank=rank, world=world)

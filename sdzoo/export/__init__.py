@@ -1,0 +1,23 @@
+"""Deployment: survival folding, ONNX export with built-in validation, Triton model repositories.
+
+``fold`` is plain PyTorch; the ONNX pieces (``export_onnx``, ``validate_onnx``, ``write_triton_model``)
+import onnx / onnxruntime only when first used.
+"""
+from .fold import fold, fold_batchnorm, is_folded, timm_equivalent, to_timm
+
+__all__ = ['fold', 'fold_batchnorm', 'is_folded', 'timm_equivalent', 'to_timm', 'export_onnx', 'validate_onnx',
+           'write_triton_model']
+
+_LAZY = {
+    'export_onnx': ('sdzoo.export.onnx', 'export_onnx'),
+    'validate_onnx': ('sdzoo.export.validate', 'validate_onnx'),
+    'write_triton_model': ('sdzoo.export.triton', 'write_triton_model'),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,0 +1,239 @@
+"""``sdzoo export`` (validated ONNX files and Triton model repositories) and ``sdzoo predict``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+__all__ = ['add_parser', 'shipped_weights', 'repository_name']
+
+
+def shipped_weights() -> Tuple[List[str], List[str]]:
+    """``(registered, unregistered)`` ``<model>.<tag>`` names with a local ``model.safetensors``.
+
+    Local means ``weights/<model>.<tag>/model.safetensors`` in one of
+    :func:`sdzoo.hub.weights.weights_dirs` (no download).
+    """
+    import timm
+    import sdzoo  # noqa: F401
+    from ..hub.weights import weights_dirs
+    found: Dict[str, None] = {}
+    for d in weights_dirs():
+        if d.is_dir():
+            for sub in sorted(d.iterdir()):
+                if (sub / 'model.safetensors').is_file() and '.' in sub.name:
+                    found.setdefault(sub.name)
+    registered = set(timm.list_pretrained('sd_*'))
+    return [n for n in found if n in registered], [n for n in found if n not in registered]
+
+
+def repository_name(model_name: str) -> str:
+    """Repository entry for ``<model>.<tag>``: the bare model name for its default tag, else ``<model>_<tag>``."""
+    from timm.models import get_pretrained_cfg
+    arch, _, tag = model_name.partition('.')
+    if not tag:
+        return arch
+    cfg = get_pretrained_cfg(arch)
+    default_tag = cfg.to_dict().get('tag') if cfg is not None else None
+    return arch if tag == default_tag else f'{arch}_{tag}'
+
+
+def _read_labels(path: Optional[str]) -> Optional[List[str]]:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f'labels file {p} does not exist')
+    return [line.rstrip('\n') for line in p.read_text(encoding='utf-8').splitlines() if line.strip()]
+
+
+def _export_kwargs(args: argparse.Namespace) -> Dict:
+    kwargs = dict(fp16=args.fp16, preprocess=args.preprocess, opset=args.opset,
+                  dynamo=args.exporter == 'dynamo', data_dir=args.data, val_images=args.val_images,
+                  tolerance=args.tolerance, seed=args.seed)
+    return kwargs
+
+
+def _model_kwargs(args: argparse.Namespace) -> Dict:
+    kwargs = {}
+    for k in ('num_classes', 'in_chans', 'drop_path_rate', 'sd_scaling'):
+        v = getattr(args, k)
+        if v is not None:
+            kwargs[k] = v
+    return kwargs
+
+
+def _print_report(report: Dict, as_json: bool) -> None:
+    from .validate import format_report
+    print(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool, checkpoint: Optional[str],
+                tag: Optional[str]) -> Dict:
+    from .onnx import create_model, export_onnx
+    model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, **_model_kwargs(args))
+    if tag is None:
+        tag = ((model.pretrained_cfg or {}).get('tag') or '') if pretrained else ''
+    return export_onnx(model, out, model_name=name.split('.', 1)[0], tag=tag,
+                       labels=_read_labels(args.labels), **_export_kwargs(args))
+
+
+def _triton_kwargs(args: argparse.Namespace) -> Dict:
+    return dict(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+                instance_kind=args.instance_kind, tensorrt=args.tensorrt, tensorrt_fp16=not args.tensorrt_fp32)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..cli import CLIError
+    from .triton import MODEL_FILE, check_model_name, model_dir, write_triton_model
+    if args.val_images < 0:
+        raise CLIError(f'--val-images must be >= 0, got {args.val_images}')
+    if args.tolerance is not None and not args.tolerance > 0:
+        raise CLIError(f'--tolerance must be > 0, got {args.tolerance}')
+    if args.data is not None and not Path(args.data).is_dir():
+        raise CLIError(f'--data {args.data}: no such folder')
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise CLIError(f'--checkpoint {args.checkpoint}: no such file')
+    if args.out and args.repository:
+        raise CLIError('give either --out FILE.onnx or --repository DIR, not both')
+    if args.name and not args.repository:
+        raise CLIError('--name names a model repository entry: use it with --repository')
+
+    if args.model is None:
+        if not args.repository:
+            raise CLIError('give a MODEL to export (with --out FILE.onnx or --repository DIR), '
+                           'or --repository DIR alone to export every shipped weight')
+        if args.checkpoint or args.name:
+            raise CLIError('--checkpoint/--name need a MODEL')
+        names, unregistered = shipped_weights()
+        for n in unregistered:
+            print(f'skipping weights/{n}: {n} is not a registered pretrained tag', file=sys.stderr)
+        if not names:
+            from ..hub.weights import weights_dirs
+            raise CLIError('no shipped weights to export: no <model>.<tag>/model.safetensors in '
+                           f'{", ".join(str(d) for d in weights_dirs())}. Train and publish one first, or export a '
+                           'checkpoint: sdzoo export MODEL --checkpoint FILE --repository DIR --name NAME')
+        for n in names:
+            entry = repository_name(n)
+            out = model_dir(args.repository, entry) / '1' / MODEL_FILE
+            report = _export_one(args, n, out, pretrained=True, checkpoint=None, tag=None)
+            write_triton_model(args.repository, entry, **_triton_kwargs(args))
+            _print_report(report, args.json)
+            print(f'{n} -> {model_dir(args.repository, entry)}')
+        return 0
+
+    if not args.out and not args.repository:
+        raise CLIError('where to? give --out FILE.onnx, or --repository DIR for a Triton model repository')
+    weighted = args.pretrained or args.checkpoint
+    if args.repository:
+        if not weighted:
+            raise CLIError('a repository entry needs trained weights: add --pretrained or --checkpoint FILE')
+        entry = check_model_name(args.name) if args.name else repository_name(args.model)
+        out = model_dir(args.repository, entry) / '1' / MODEL_FILE
+    else:
+        out = Path(args.out)
+        if out.suffix != '.onnx':
+            raise CLIError(f'--out must name a .onnx file, got {out}')
+    if not weighted:
+        print(f'note: neither --pretrained nor --checkpoint given: exporting a randomly initialised {args.model}',
+              file=sys.stderr)
+    report = _export_one(args, args.model, out, bool(args.pretrained), args.checkpoint, args.tag)
+    if args.repository:
+        folder = write_triton_model(args.repository, entry, **_triton_kwargs(args))
+        _print_report(report, args.json)
+        print(f'{args.model} -> {folder}')
+    else:
+        _print_report(report, args.json)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+    from ..runtime import OrtModel
+    from ..cli import CLIError
+    if args.top_k < 1:
+        raise CLIError(f'--top-k must be >= 1, got {args.top_k}')
+    for p in args.images:
+        if not Path(p).is_file():
+            raise CLIError(f'image {p}: no such file')
+    model = OrtModel(args.model, require_gpu=args.require_gpu, allow_fallback=not args.require_gpu,
+                     intra_op_num_threads=args.threads)
+    images = []
+    for p in args.images:
+        try:
+            with Image.open(p) as img:
+                images.append(img.convert('RGB'))
+        except (UnidentifiedImageError, OSError) as e:
+            raise CLIError(f'image {p} cannot be read: {e}') from e
+    results = []
+    for i in range(0, len(images), args.batch_size):
+        results += model.predict(model.preprocess(images[i:i + args.batch_size]), top_k=args.top_k)
+    if args.json:
+        print(json.dumps({'model': str(args.model), 'provider': model.provider,
+                          'predictions': [{'image': str(p), 'top_k': [{'label': lab, 'prob': prob} for lab, prob in r]}
+                                          for p, r in zip(args.images, results)]}, indent=2))
+        return 0
+    width = max([len(lab) for r in results for lab, _ in r] + [5])
+    for p, r in zip(args.images, results):
+        print(p)
+        for rank, (lab, prob) in enumerate(r, 1):
+            print(f'  {rank:>2}. {lab:<{width}}  {prob:.4f}')
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        'export', help='export a model to a validated ONNX file or a Triton model repository',
+        description='Fold the survival factors and BatchNorms, export to ONNX (dynamic batch), check it with '
+                    'onnxruntime against PyTorch, and only then write it (plus MODEL.report.json).')
+    p.add_argument('model', nargs='?', help='registered model, e.g. sd_resnet110 or sd_resnet110.sd_cifar10; omit '
+                                            'with --repository to export every shipped weight')
+    w = p.add_mutually_exclusive_group()
+    w.add_argument('--pretrained', action='store_true', help='the shipped / published weights of MODEL')
+    w.add_argument('--checkpoint', metavar='FILE',
+                   help=".safetensors state dict or trainer checkpoint .pt (its 'model' entry)")
+    p.add_argument('--out', metavar='FILE.onnx', help='output file (the report goes next to it)')
+    p.add_argument('--repository', metavar='DIR', help='Triton model repository: writes DIR/NAME/{config.pbtxt,'
+                                                       'labels.txt,1/model.onnx}')
+    p.add_argument('--name', help='repository entry name (default: model name, or model_tag for other tags)')
+    p.add_argument('--num-classes', type=int, default=None, help='classes of the checkpoint (default: the model cfg)')
+    p.add_argument('--in-chans', type=int, default=None, help='input channels of the checkpoint')
+    p.add_argument('--drop-path-rate', type=float, default=None,
+                   help='1 - p_L the checkpoint was trained with (paper scaling uses it at test time; default: '
+                        'recorded in the checkpoint, else the model default)')
+    p.add_argument('--sd-scaling', choices=('paper', 'inverted'), default=None, help='scaling used in training')
+    p.add_argument('--tag', default=None, help='weights tag recorded in the metadata (default: the pretrained tag)')
+    p.add_argument('--labels', metavar='FILE', help='class names, one per line')
+    p.add_argument('--fp16', action='store_true', help='fp16 weights and compute (inputs/outputs stay float32)')
+    p.add_argument('--preprocess', action='store_true',
+                   help='normalization inside the graph: input "image" uint8 NHWC at the model input size')
+    from .onnx import DEFAULT_OPSET
+    p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset (default {DEFAULT_OPSET})')
+    p.add_argument('--exporter', choices=('dynamo', 'torchscript'), default='dynamo',
+                   help='torch.export-based exporter (default) or the legacy TorchScript one')
+    p.add_argument('--data', metavar='DIR', help='image folder (class sub-folders) for real-image parity')
+    p.add_argument('--val-images', type=int, default=64, help='real images to check with --data (default 64)')
+    p.add_argument('--tolerance', type=float, default=None,
+                   help='max |onnx - torch| relative to the logit scale (default 1e-4 fp32, 1e-2 fp16)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the random parity inputs')
+    p.add_argument('--max-batch-size', type=int, default=64, help='Triton max_batch_size (default 64)')
+    p.add_argument('--max-queue-delay-us', type=int, default=100, help='Triton dynamic batching delay')
+    p.add_argument('--instance-kind', choices=('gpu', 'cpu'), default='gpu', help='Triton instance group kind')
+    p.add_argument('--tensorrt', action='store_true', help='add the TensorRT accelerator to config.pbtxt')
+    p.add_argument('--tensorrt-fp32', action='store_true', help='TensorRT precision FP32 (default FP16)')
+    p.add_argument('--json', action='store_true', help='print the report as JSON')
+    p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser('predict', help='top-k classes of images with an exported ONNX model (onnxruntime)')
+    p.add_argument('model', metavar='MODEL.onnx', help='ONNX file written by sdzoo export')
+    p.add_argument('images', metavar='IMAGE', nargs='+')
+    p.add_argument('--top-k', type=int, default=5)
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads')
+    p.add_argument('--require-gpu', action='store_true', help='fail unless a GPU execution provider is used')
+    p.add_argument('--json', action='store_true', help='print JSON')
+    p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')
+    p.set_defaults(func=_cmd_predict)

@@ -1,0 +1,321 @@
+"""Run sdzoo ONNX files with onnxruntime: provider choice, input checks, preprocessing, top-k.
+
+Needs only numpy, Pillow and onnxruntime (no torch), so a server can use it as is. Everything it
+knows about a model (labels, mean/std, input size, crop) comes from the ONNX metadata written by
+``sdzoo export`` (keys ``sdzoo.*``, see ``notes/runtime_contract.md``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+__all__ = [
+    'PROVIDER_ORDER', 'GPU_PROVIDERS', 'ProviderUnavailableError', 'select_providers', 'OrtModel',
+    'softmax', 'resize_center_crop',
+]
+
+_logger = logging.getLogger(__name__)
+
+PROVIDER_ORDER = ('TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider')
+GPU_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
+_OPT_LEVELS = {
+    'disable': 'ORT_DISABLE_ALL', 'basic': 'ORT_ENABLE_BASIC', 'extended': 'ORT_ENABLE_EXTENDED',
+    'all': 'ORT_ENABLE_ALL',
+}
+_ORT_DTYPES = {
+    'tensor(float)': np.float32, 'tensor(float16)': np.float16, 'tensor(double)': np.float64,
+    'tensor(uint8)': np.uint8, 'tensor(int8)': np.int8, 'tensor(int32)': np.int32, 'tensor(int64)': np.int64,
+}
+
+
+class ProviderUnavailableError(RuntimeError):
+    """A GPU execution provider was required but onnxruntime cannot use one here."""
+
+
+def select_providers(
+        require_gpu: bool = False,
+        allow_fallback: bool = True,
+        available: Optional[List[str]] = None,
+) -> List[str]:
+    """Execution providers to ask onnxruntime for, best first: TensorRT -> CUDA -> CPU.
+
+    ``available`` defaults to ``onnxruntime.get_available_providers()``. With ``require_gpu`` and no
+    GPU provider installed this raises :class:`ProviderUnavailableError`, unless ``allow_fallback``,
+    in which case it logs a warning and returns the CPU provider.
+    """
+    if available is None:
+        import onnxruntime as ort
+        available = ort.get_available_providers()
+    chosen = [p for p in PROVIDER_ORDER if p in available]
+    has_gpu = any(p in GPU_PROVIDERS for p in chosen)
+    if require_gpu and not has_gpu:
+        msg = (f'a GPU execution provider ({" or ".join(GPU_PROVIDERS)}) is required but onnxruntime here '
+               f'only has {list(available)}; install onnxruntime-gpu (pip install "sdzoo[gpu]") on a machine '
+               'with CUDA')
+        if not allow_fallback:
+            raise ProviderUnavailableError(msg)
+        _logger.warning('%s; falling back to the CPU', msg)
+    if not chosen:
+        raise ProviderUnavailableError(f'none of {list(PROVIDER_ORDER)} is available (onnxruntime has {list(available)})')
+    return chosen
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _interp(name: str):
+    from PIL import Image
+    modes = {'bilinear': Image.Resampling.BILINEAR, 'bicubic': Image.Resampling.BICUBIC,
+             'nearest': Image.Resampling.NEAREST, 'lanczos': Image.Resampling.LANCZOS,
+             'box': Image.Resampling.BOX, 'hamming': Image.Resampling.HAMMING}
+    if name not in modes:
+        raise ValueError(f'unknown interpolation {name!r}; expected one of {sorted(modes)}')
+    return modes[name]
+
+
+def resize_center_crop(image, size: Tuple[int, int], crop_pct: float = 0.875, crop_mode: str = 'center',
+                       interpolation: str = 'bilinear'):
+    """timm's eval geometry (``transforms_imagenet_eval``) on a PIL image, without torch.
+
+    ``center``: resize the shorter edge to ``floor(size / crop_pct)`` keeping the aspect ratio, then
+    center-crop ``size``; ``squash``: resize both edges to ``floor(size / crop_pct)``, center-crop.
+    """
+    th, tw = size
+    scale = (math.floor(th / crop_pct), math.floor(tw / crop_pct))
+    w, h = image.size
+    if crop_mode == 'squash':
+        new_h, new_w = scale
+    elif crop_mode in ('center', None, ''):
+        if scale[0] == scale[1]:  # torchvision's Resize(int): shorter edge, long edge truncated
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = scale[0], int(scale[0] * long / short)
+            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        else:  # timm's ResizeKeepRatio(longest=0)
+            ratio = min(h / scale[0], w / scale[1])
+            new_h, new_w = round(h / ratio), round(w / ratio)
+    else:
+        raise ValueError(f'unsupported crop_mode {crop_mode!r} (sdzoo runtime knows center and squash)')
+    if (new_h, new_w) != (h, w):
+        image = image.resize((new_w, new_h), _interp(interpolation))
+    # torchvision CenterCrop: pad with zeros when the crop is larger, then crop the middle
+    if th > new_h or tw > new_w:
+        from PIL import Image
+        padded = Image.new(image.mode, (max(tw, new_w), max(th, new_h)))
+        padded.paste(image, ((max(tw, new_w) - new_w) // 2, (max(th, new_h) - new_h) // 2))
+        image, (new_w, new_h) = padded, padded.size
+    top, left = int(round((new_h - th) / 2.0)), int(round((new_w - tw) / 2.0))
+    return image.crop((left, top, left + tw, top + th))
+
+
+class OrtModel:
+    """An sdzoo ONNX classifier in an onnxruntime session.
+
+    ``provider`` is the execution provider the session actually got (onnxruntime silently drops a
+    GPU provider whose libraries fail to load; that counts as unavailable for ``require_gpu``).
+    ``optimized_model_path`` caches the graph onnxruntime optimized: written on first load (atomic),
+    reused while newer than the source model. An "all"-level optimized graph is specific to the
+    provider and machine that produced it. ``session_config`` adds onnxruntime session config
+    entries (``SessionOptions.add_session_config_entry``).
+    """
+
+    def __init__(
+            self,
+            path: Union[str, os.PathLike],
+            *,
+            providers: Optional[Sequence[str]] = None,
+            require_gpu: bool = False,
+            allow_fallback: bool = True,
+            intra_op_num_threads: Optional[int] = None,
+            inter_op_num_threads: Optional[int] = None,
+            graph_optimization_level: str = 'all',
+            optimized_model_path: Optional[Union[str, os.PathLike]] = None,
+            session_config: Optional[Dict[str, str]] = None,
+    ):
+        import onnxruntime as ort
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f'ONNX model {self.path} does not exist')
+        if graph_optimization_level not in _OPT_LEVELS:
+            raise ValueError(f'graph_optimization_level must be one of {sorted(_OPT_LEVELS)}, '
+                             f'got {graph_optimization_level!r}')
+        if providers is None:
+            providers = select_providers(require_gpu, allow_fallback)
+        else:
+            providers = list(providers)
+            missing = [p for p in providers if p not in ort.get_available_providers()]
+            if missing:
+                raise ProviderUnavailableError(f'execution provider(s) {missing} not available; onnxruntime '
+                                               f'has {ort.get_available_providers()}')
+        so = ort.SessionOptions()
+        if intra_op_num_threads is not None:
+            so.intra_op_num_threads = int(intra_op_num_threads)
+        if inter_op_num_threads is not None:
+            so.inter_op_num_threads = int(inter_op_num_threads)
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[graph_optimization_level])
+        for key, value in (session_config or {}).items():  # e.g. {'session.intra_op.allow_spinning': '0'}
+            so.add_session_config_entry(str(key), str(value))
+
+        source, tmp_cache = str(self.path), None
+        self.optimized_model_path = Path(optimized_model_path) if optimized_model_path else None
+        if self.optimized_model_path is not None:
+            cache = self.optimized_model_path
+            if cache.is_file() and cache.stat().st_mtime >= self.path.stat().st_mtime:
+                source = str(cache)
+            else:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp_cache = cache.with_name(f'.{cache.name}.{os.getpid()}.tmp')
+                so.optimized_model_filepath = str(tmp_cache)
+        try:
+            try:
+                self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
+            except Exception as e:  # onnxruntime's own exception types: InvalidProtobuf, Fail, …
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f'{source} is not a model onnxruntime can load: {first}') from e
+            if tmp_cache is not None and tmp_cache.is_file():
+                os.replace(tmp_cache, self.optimized_model_path)
+        finally:
+            if tmp_cache is not None and tmp_cache.exists():
+                tmp_cache.unlink()
+
+        self.provider: str = self.session.get_providers()[0]
+        if require_gpu and self.provider not in GPU_PROVIDERS:
+            msg = f'asked for a GPU but onnxruntime created the session on {self.provider}'
+            if not allow_fallback:
+                raise ProviderUnavailableError(msg)
+            _logger.warning('%s (fallback allowed)', msg)
+
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name: str = inp.name
+        self.output_name: str = out.name
+        self.input_shape: List[Union[int, str, None]] = list(inp.shape)
+        if inp.type not in _ORT_DTYPES:
+            raise ValueError(f'{self.path}: unsupported input type {inp.type}')
+        self.input_dtype = np.dtype(_ORT_DTYPES[inp.type])
+        self.metadata: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.labels: List[str] = list(json.loads(self.metadata.get('sdzoo.labels', '[]')))
+        n_out = out.shape[-1] if out.shape else None
+        self.num_classes: int = int(n_out) if isinstance(n_out, int) else len(self.labels)
+        self.channels_last = self.metadata.get('sdzoo.preprocess', '0') == '1' or self.input_dtype == np.uint8
+        if len(self.input_shape) != 4:
+            raise ValueError(f'{self.path}: expected a 4-d image input, the model has {self.input_shape}')
+
+    # -- metadata helpers
+    def _meta_json(self, key: str, default):
+        value = self.metadata.get(key)
+        return json.loads(value) if value else default
+
+    @property
+    def spatial_size(self) -> Tuple[int, int]:
+        dims = self.input_shape[1:3] if self.channels_last else self.input_shape[2:4]
+        if all(isinstance(d, int) for d in dims):
+            return int(dims[0]), int(dims[1])
+        size = self._meta_json('sdzoo.input_size', None)
+        if not size:
+            raise ValueError(f'{self.path}: input size is neither fixed in the graph nor in the metadata')
+        return int(size[1]), int(size[2])
+
+    @property
+    def in_chans(self) -> int:
+        c = self.input_shape[3] if self.channels_last else self.input_shape[1]
+        return int(c) if isinstance(c, int) else int(self._meta_json('sdzoo.input_size', [3])[0])
+
+    # -- inference
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as the session wants it, or a ValueError naming what is wrong with it."""
+        layout = '[batch, H, W, C] (uint8 NHWC)' if self.channels_last else '[batch, C, H, W] (NCHW)'
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f'input must be a numpy array shaped {layout}, got {type(x).__name__}')
+        if x.ndim != 4:
+            raise ValueError(f'input must have rank 4, {layout}; got rank {x.ndim} with shape {tuple(x.shape)}'
+                             + ('; add a batch dimension (x[None])' if x.ndim == 3 else ''))
+        want = self.input_dtype
+        if x.dtype != want:
+            if want.kind == 'f' and x.dtype.kind == 'f':
+                x = x.astype(want)
+            elif want == np.uint8:
+                raise ValueError(f'input dtype must be uint8 (raw pixels, the graph normalizes); got {x.dtype}')
+            else:
+                raise ValueError(f'input dtype must be {want} (normalized pixels); got {x.dtype}: preprocess '
+                                 'images first (OrtModel.preprocess)')
+        c_axis, hw_axes = (3, (1, 2)) if self.channels_last else (1, (2, 3))
+        if x.shape[c_axis] != self.in_chans:
+            raise ValueError(f'input must have {self.in_chans} channels on axis {c_axis} of {layout}; got shape '
+                             f'{tuple(x.shape)}' + ('' if self.channels_last or x.shape[3] != self.in_chans
+                                                    else ' (channels-last? transpose to NCHW)'))
+        hw = tuple(x.shape[a] for a in hw_axes)
+        if hw != self.spatial_size:
+            raise ValueError(f'input spatial size must be {self.spatial_size[0]}x{self.spatial_size[1]}; got '
+                             f'{hw[0]}x{hw[1]} (shape {tuple(x.shape)}); resize/crop with OrtModel.preprocess')
+        batch = self.input_shape[0]
+        if x.shape[0] < 1:
+            raise ValueError('input batch is empty')
+        if isinstance(batch, int) and x.shape[0] != batch:
+            raise ValueError(f'this model has a fixed batch size of {batch}; got {x.shape[0]}')
+        return np.ascontiguousarray(x)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits ``[batch, num_classes]`` as float32."""
+        x = self.check_input(x)
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        return out.astype(np.float32, copy=False)
+
+    def predict(self, x, top_k: int = 5) -> List[List[Tuple[str, float]]]:
+        """Softmax top-k ``(label, probability)`` per image; ``x`` is a batch array or PIL images."""
+        if isinstance(x, (list, tuple)):
+            x = self.preprocess(list(x))
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f'top_k must be a positive int, got {top_k!r}')
+        probs = softmax(self.run(x))
+        k = min(top_k, probs.shape[1])
+        order = np.argsort(-probs, axis=1, kind='stable')[:, :k]
+        names = self.labels if len(self.labels) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+        return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+    def preprocess(self, images: List['PIL.Image.Image']) -> np.ndarray:
+        """Resize / center-crop (timm's eval transform) and normalize PIL images into a batch.
+
+        For graphs with preprocessing inside (input ``image``) this stops at uint8 NHWC pixels.
+        """
+        from PIL import Image
+        if isinstance(images, Image.Image):
+            images = [images]
+        if not images:
+            raise ValueError('no images to preprocess')
+        size = self.spatial_size
+        crop_pct = float(self.metadata.get('sdzoo.crop_pct') or 0.875)
+        crop_mode = self.metadata.get('sdzoo.crop_mode') or 'center'
+        interpolation = self.metadata.get('sdzoo.interpolation') or 'bilinear'
+        mode = 'L' if self.in_chans == 1 else 'RGB'
+        if self.in_chans not in (1, 3):
+            raise ValueError(f'cannot make {self.in_chans}-channel inputs from images')
+        pixels = []
+        for img in images:
+            if not isinstance(img, Image.Image):
+                raise ValueError(f'expected PIL images, got {type(img).__name__}')
+            img = resize_center_crop(img.convert(mode), size, crop_pct, crop_mode, interpolation)
+            arr = np.asarray(img, dtype=np.uint8)
+            pixels.append(arr[..., None] if arr.ndim == 2 else arr)
+        batch = np.stack(pixels)  # NHWC uint8
+        if self.channels_last:
+            return batch
+        mean = np.asarray(self._meta_json('sdzoo.mean', [0.485, 0.456, 0.406]), dtype=np.float32)
+        std = np.asarray(self._meta_json('sdzoo.std', [0.229, 0.224, 0.225]), dtype=np.float32)
+        x = batch.astype(np.float32) / np.float32(255.0)
+        x = (x - mean) / std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(self.input_dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return (f'OrtModel({str(self.path)!r}, provider={self.provider}, input={self.input_name}'
+                f'{self.input_shape}, classes={self.num_classes})')

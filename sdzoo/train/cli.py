@@ -1,0 +1,219 @@
+"""``sdzoo train``, ``sdzoo finetune`` and ``sdzoo validate``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict
+
+from .trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingInterrupted, recipe
+
+# CLI flag -> TrainConfig field; None defaults mean "take the recipe's value"
+_FLAGS = [
+    ('--epochs', 'epochs', int), ('--batch-size', 'batch_size', int), ('--lr', 'lr', float),
+    ('--momentum', 'momentum', float), ('--weight-decay', 'weight_decay', float), ('--sched', 'sched', str),
+    ('--warmup-epochs', 'warmup_epochs', float), ('--min-lr', 'min_lr', float),
+    ('--smoothing', 'label_smoothing', float), ('--ema-decay', 'ema_decay', float),
+    ('--drop-path-rate', 'drop_path_rate', float), ('--sd-mode', 'sd_mode', str),
+    ('--sd-scaling', 'sd_scaling', str), ('--val-size', 'val_size', int),
+    ('--train-subset', 'train_subset', int), ('--val-subset', 'val_subset', int), ('--amp', 'amp', str),
+    ('--seed', 'seed', int), ('--workers', 'workers', int), ('--threads', 'threads', int),
+    ('--checkpoint-minutes', 'checkpoint_minutes', float), ('--device', 'device', str), ('--opt', 'optimizer', str),
+    ('--num-classes', 'num_classes', int), ('--in-chans', 'in_chans', int),
+]
+
+
+def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
+    p.add_argument('model', nargs='?', help='a registered sd_* model (omit with --resume)')
+    p.add_argument('--data', default=None,
+                   help="cifar10 (default location $SDZOO_DATA/cifar10 or ../shared/datasets/cifar10), "
+                        "fashion_mnist (Debian dataset-fashion-mnist IDX files), or an image-folder path")
+    p.add_argument('--data-dir', default=None, help='folder that contains cifar10/ (overrides $SDZOO_DATA)')
+    p.add_argument('--out', default=None, help='run directory (default runs/<model>-<data>)')
+    p.add_argument('--resume', default=None, metavar='RUN_DIR|CKPT',
+                   help='continue a run exactly where its last checkpoint left it')
+    for flag, dest, typ in _FLAGS:
+        p.add_argument(flag, dest=dest, type=typ, default=None)
+    p.add_argument('--milestones', type=float, nargs='+', default=None, help='step-decay points, fractions of the epochs')
+    p.add_argument('--ema', action='store_true', default=None, help='keep an EMA of the weights')
+    p.add_argument('--channels-last', dest='channels_last', action='store_true', default=None,
+                   help='NHWC memory format (default: on for CUDA and bf16-capable CPUs)')
+    p.add_argument('--no-channels-last', dest='channels_last', action='store_false')
+    p.add_argument('--no-cifar-aug', dest='cifar_aug', action='store_false', default=None)
+    p.add_argument('--deterministic', action='store_true', default=None)
+    p.add_argument('--no-test', dest='eval_test', action='store_false', default=None,
+                   help='skip the test-set evaluation at the end')
+    p.add_argument('--max-steps', type=int, default=None,
+                   help='stop after this many steps in this process (checkpoint written; resume later)')
+    p.add_argument('--progress', dest='progress', action='store_true', default=None, help='force the progress bar')
+    p.add_argument('--no-progress', dest='progress', action='store_false')
+    if finetune:
+        p.add_argument('--pretrained', nargs='?', const=True, default=True,
+                       help='start from the shipped/Hub weights (default), or from the given weights file')
+    else:
+        p.add_argument('--pretrained', nargs='?', const=True, default=False,
+                       help='start from the shipped/Hub weights, or from the given weights file')
+    p.add_argument('--debug', action='store_true', help='show tracebacks')
+
+
+def _config_from_args(args: argparse.Namespace, finetune: bool) -> TrainConfig:
+    if not args.model:
+        raise ValueError('name a model (e.g. sd_resnet20) or pass --resume RUN_DIR')
+    d: Dict[str, Any] = dict(model=args.model, data=args.data or 'cifar10')
+    d.update(recipe(args.model, finetune))
+    for _, dest, _ in _FLAGS:
+        v = getattr(args, dest)
+        if v is not None:
+            d[dest] = v
+    for dest in ('milestones', 'ema', 'channels_last', 'cifar_aug', 'deterministic', 'eval_test'):
+        v = getattr(args, dest)
+        if v is not None:
+            d[dest] = tuple(v) if dest == 'milestones' else v
+    if args.pretrained is True:
+        d['pretrained'] = True
+    elif args.pretrained:
+        d['pretrained_file'] = str(args.pretrained)
+    data_tag = Path(d['data']).name if d['data'] not in ('cifar10', 'fashion_mnist') else d['data']
+    d['out'] = args.out or str(Path('runs') / f"{args.model}-{data_tag}{'-ft' if finetune else ''}")
+    return TrainConfig.from_dict(d)
+
+
+def _run(args: argparse.Namespace, finetune: bool) -> int:
+    if args.data_dir:
+        import os
+        os.environ['SDZOO_DATA'] = args.data_dir
+    resume = None
+    if args.resume:
+        rpath = Path(args.resume)
+        ckpt_path = rpath / CHECKPOINT_NAME if rpath.is_dir() else rpath
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f'--resume: no checkpoint at {ckpt_path}')
+        from .checkpoint import load_checkpoint
+        saved = load_checkpoint(ckpt_path).get('config')
+        if not isinstance(saved, dict):
+            raise ValueError(f'--resume: {ckpt_path} carries no training config')
+        cfg = TrainConfig.from_dict(saved)
+        # runtime-only knobs may change between sessions; the recipe may not
+        for dest in ('threads', 'workers', 'checkpoint_minutes', 'device'):
+            v = getattr(args, dest, None)
+            if v is not None:
+                setattr(cfg, dest, v)
+        if args.out:
+            cfg.out = args.out
+        elif rpath.is_dir():
+            cfg.out = str(rpath)
+        resume = str(ckpt_path)
+    else:
+        cfg = _config_from_args(args, finetune)
+        if (Path(cfg.out) / CHECKPOINT_NAME).exists():
+            raise ValueError(f'{cfg.out} already holds a run; continue it with --resume {cfg.out} '
+                             'or choose another --out')
+    trainer = Trainer(cfg, resume=resume, progress=args.progress, max_steps=args.max_steps)
+    try:
+        summary = trainer.fit()
+    except TrainingInterrupted as e:
+        print(f'stopped by signal {e.signum}; checkpoint {e.checkpoint}\n'
+              f'resume with: sdzoo {"finetune" if finetune else "train"} --resume {cfg.out}', file=sys.stderr)
+        return 128 + e.signum
+    if summary.get('status') == 'paused':
+        print(f"paused after --max-steps at epoch {summary['epoch'] + 1} batch {summary['batch']}; "
+              f'resume with: sdzoo train --resume {cfg.out}', file=sys.stderr)
+    else:
+        print(f'weights: {Path(cfg.out) / "model.safetensors"}  metrics: {Path(cfg.out) / "metrics.csv"}  '
+              f'plot: {Path(cfg.out) / "curves.png"}')
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    return _run(args, finetune=False)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    return _run(args, finetune=True)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    import timm
+    import torch
+    import sdzoo  # noqa: F401
+    from timm.data import resolve_data_config
+    from ..data import create_loader, load_splits
+    from .checkpoint import load_state_dict_file
+    from .trainer import evaluate
+    if args.data_dir:
+        import os
+        os.environ['SDZOO_DATA'] = args.data_dir
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not timm.is_model(args.model):
+        raise ValueError(f'unknown model {args.model!r}; `sdzoo list` shows the registered sd_* models')
+    kwargs: Dict[str, Any] = {}
+    if args.num_classes is not None:
+        kwargs['num_classes'] = args.num_classes
+    if args.in_chans is not None:
+        kwargs['in_chans'] = args.in_chans
+    if args.pretrained and args.checkpoint:
+        raise ValueError('give either --pretrained or --checkpoint, not both')
+    if not args.pretrained and not args.checkpoint:
+        raise ValueError('say which weights to evaluate: --pretrained or --checkpoint FILE')
+    model = timm.create_model(args.model, pretrained=bool(args.pretrained), **kwargs)
+    if args.checkpoint:
+        sd = load_state_dict_file(args.checkpoint)
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise ValueError(f'{args.checkpoint} does not fit {args.model}: {str(e).splitlines()[0]} '
+                             '(pass --num-classes / --in-chans if it was fine-tuned)') from e
+    device = torch.device(args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
+    model.to(device).eval()
+    data_cfg = resolve_data_config(model=model)
+    splits = load_splits(args.data, tuple(data_cfg['input_size']), val_size=0 if args.split == 'test' else None)
+    split = getattr(splits, args.split)
+    if split is None:
+        raise ValueError(f'data set {args.data!r} has no {args.split} split (found in {splits.source})')
+    if model.num_classes != splits.num_classes:
+        raise ValueError(f'{args.model} has {model.num_classes} classes but {args.data!r} has {splits.num_classes}')
+    loader = create_loader(split, args.batch_size, data_cfg, train=False, in_chans=data_cfg['input_size'][0],
+                           workers=args.workers)
+    res = evaluate(model, loader, device, amp=args.amp, progress=sys.stderr.isatty(), desc=f'validate {args.split}')
+    out = dict(model=args.model, weights=('pretrained' if args.pretrained else str(args.checkpoint)),
+               pretrained_tag=model.pretrained_cfg.get('tag') if args.pretrained else None,
+               data=args.data, data_source=splits.source, split=args.split, amp=args.amp, **res)
+    print(f"{args.model} on {args.data} {args.split} ({res['images']} images): top-1 {res['top1']:.2f}%  "
+          f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  {res['images_per_sec']:.0f} img/s")
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f'.{path.name}.tmp')
+        tmp.write_text(json.dumps(out, indent=2) + '\n')
+        tmp.replace(path)
+        print(f'wrote {path}')
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('train', help='train a model (paper recipe by default for the CIFAR nets)')
+    _add_train_args(p, finetune=False)
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser('finetune', help='fine-tune pretrained weights on a new data set')
+    _add_train_args(p, finetune=True)
+    p.set_defaults(func=_cmd_finetune)
+    p = sub.add_parser('validate', help='top-1/top-5/loss of weights on a data set, written as JSON')
+    p.add_argument('model')
+    p.add_argument('--pretrained', action='store_true', help='the shipped/Hub weights')
+    p.add_argument('--checkpoint', default=None, help='a .safetensors file or trainer checkpoint')
+    p.add_argument('--data', default='cifar10')
+    p.add_argument('--data-dir', default=None, help='folder that contains cifar10/ (overrides $SDZOO_DATA)')
+    p.add_argument('--split', default='test', choices=('test', 'val', 'train'))
+    p.add_argument('--num-classes', type=int, default=None)
+    p.add_argument('--in-chans', type=int, default=None)
+    p.add_argument('--batch-size', type=int, default=256)
+    p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16', 'auto'))
+    p.add_argument('--device', default='auto')
+    p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--out', default=None, help='write the results as JSON here')
+    p.add_argument('--debug', action='store_true')
+    p.set_defaults(func=_cmd_validate)

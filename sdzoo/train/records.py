@@ -1,0 +1,73 @@
+"""Run records: per-epoch metrics.csv and the training-curve plot."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Dict, List
+
+__all__ = ['METRIC_FIELDS', 'append_metrics', 'read_metrics', 'plot_curves']
+
+METRIC_FIELDS = ['epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5',
+                 'epoch_seconds', 'images_per_sec', 'wall_clock_hours', 'blocks_run_fraction']
+
+
+def read_metrics(path: os.PathLike | str) -> List[Dict[str, float]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline='') as f:
+        return [{k: float(v) if v not in ('', None) else float('nan') for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def append_metrics(path: os.PathLike | str, row: Dict[str, float]) -> None:
+    """Rewrite the file atomically with ``row`` appended (drops rows of epochs >= row's: a resume)."""
+    path = Path(path)
+    rows = [r for r in read_metrics(path) if r['epoch'] < row['epoch']]
+    rows.append(row)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    with open(tmp, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction='ignore')
+        w.writeheader()
+        for r in rows:
+            out = {}
+            for k in METRIC_FIELDS:
+                v = r.get(k, '')
+                out[k] = int(v) if k == 'epoch' else (f'{v:.6g}' if isinstance(v, float) else v)
+            w.writerow(out)
+    os.replace(tmp, path)
+
+
+def plot_curves(metrics_csv: os.PathLike | str, out_png: os.PathLike | str, title: str = '') -> None:
+    """Loss, train/val accuracy and learning rate against epochs."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = read_metrics(metrics_csv)
+    if not rows:
+        return
+    ep = [r['epoch'] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].plot(ep, [r['train_loss'] for r in rows], label='train')
+    axes[0].plot(ep, [r['val_loss'] for r in rows], label='val')
+    axes[0].set_title('loss')
+    axes[1].plot(ep, [r['train_top1'] for r in rows], label='train (SD active)')
+    axes[1].plot(ep, [r['val_top1'] for r in rows], label='val')
+    axes[1].set_title('top-1 accuracy (%)')
+    axes[2].plot(ep, [r['lr'] for r in rows])
+    axes[2].set_yscale('log')
+    axes[2].set_title('learning rate')
+    for ax in axes:
+        ax.set_xlabel('epoch')
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[1].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    tmp = out_png.with_name(f'.{out_png.stem}.tmp.png')
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out_png)

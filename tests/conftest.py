@@ -1,0 +1,39 @@
+"""Shared pytest setup: modest torch threading and the CIFAR-10 image folders from ../shared."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# One intra-op thread: the suite is many small ops (where threading costs more than it gains) and
+# it shares 2 cores with whatever else runs (a background training job, the other pytest worker).
+torch.set_num_threads(int(os.environ.get('SDZOO_TEST_THREADS', '1')))
+
+
+def _cifar10_dir() -> Path:
+    base = os.environ.get('SDZOO_DATA')
+    base = Path(base) if base else REPO_ROOT.parent / 'shared' / 'datasets'
+    return base / 'cifar10'
+
+
+@pytest.fixture(scope='session')
+def repo_root() -> Path:
+    """The repository checkout the tests run from."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope='session')
+def cifar_root() -> Path:
+    """CIFAR-10 image folders (``train/<class>/*.jpg``, ``test/<class>/*.jpg``).
+
+    ``$SDZOO_DATA/cifar10`` if ``SDZOO_DATA`` is set, else ``<repo>/../shared/datasets/cifar10``;
+    the test is skipped when neither is there.
+    """
+    root = _cifar10_dir()
+    if not ((root / 'train').is_dir() and (root / 'test').is_dir()):
+        pytest.skip(f'CIFAR-10 image folders not found at {root} (set SDZOO_DATA to a folder containing cifar10/)')
+    return root

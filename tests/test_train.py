@@ -1,0 +1,212 @@
+"""Trainer, fine-tuning and validation on small real subsets (CIFAR-10 JPEGs, Fashion-MNIST IDX)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdzoo.train import TrainConfig, Trainer, load_checkpoint, lr_at
+from sdzoo.train.checkpoint import load_state_dict_file
+from sdzoo.cli import main as cli_main
+
+
+@pytest.fixture(scope='module')
+def small_cifar(cifar_root, tmp_path_factory) -> Path:
+    """A real image-folder data set: 24 train / 6 test CIFAR-10 JPEGs per class, copied."""
+    root = tmp_path_factory.mktemp('small_cifar')
+    for split, n in (('train', 24), ('test', 6)):
+        for cls_dir in sorted((cifar_root / split).iterdir()):
+            dst = root / split / cls_dir.name
+            dst.mkdir(parents=True)
+            for f in sorted(cls_dir.glob('*.jpg'))[:n]:
+                shutil.copy(f, dst / f.name)
+    return root
+
+
+def _cfg(tmp_path: Path, data: Path, **kw) -> TrainConfig:
+    d = dict(model='sd_resnet20', data=str(data), out=str(tmp_path / 'run'), epochs=2, batch_size=32, lr=0.05,
+             sched='cosine', val_size=40, threads=1, deterministic=True, amp='none', checkpoint_minutes=60,
+             eval_test=False, workers=0)
+    d.update(kw)
+    return TrainConfig.from_dict(d)
+
+
+def _fashion_available() -> bool:
+    from sdzoo.data import find_fashion_mnist
+    try:
+        find_fashion_mnist()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def test_lr_schedule_matches_paper():
+    cfg = TrainConfig(model='sd_resnet110', epochs=500)
+    spe = 352
+    assert lr_at(0, spe, cfg) == pytest.approx(0.1)
+    assert lr_at(248 * spe, spe, cfg) == pytest.approx(0.1)          # epoch 249
+    assert lr_at(249 * spe, spe, cfg) == pytest.approx(0.01)         # epoch 250 = 0.5 * 500
+    assert lr_at(374 * spe, spe, cfg) == pytest.approx(0.001)        # epoch 375 = 0.75 * 500
+    cos = TrainConfig(model='x', epochs=10, sched='cosine', warmup_epochs=1, lr=1.0)
+    assert lr_at(0, 10, cos) == pytest.approx(0.1)
+    assert lr_at(10, 10, cos) == pytest.approx(1.0)
+    assert lr_at(99, 10, cos) < 0.01
+
+
+def test_loss_goes_down_and_records_written(tmp_path, small_cifar):
+    cfg = _cfg(tmp_path, small_cifar, epochs=4, lr=0.1, eval_test=True)
+    summary = Trainer(cfg, progress=False).fit()
+    run = Path(cfg.out)
+    rows = (run / 'metrics.csv').read_text().strip().splitlines()
+    assert len(rows) == 1 + 4
+    losses = [float(r.split(',')[2]) for r in rows[1:]]
+    assert losses[-1] < losses[0], losses
+    assert (run / 'curves.png').stat().st_size > 1000
+    assert json.loads((run / 'config.json').read_text())['model'] == 'sd_resnet20'
+    assert summary['test']['images'] == 60
+    # the safetensors weights load through timm's own pretrained path
+    import timm
+    m = timm.create_model('sd_resnet20', pretrained=True, pretrained_cfg_overlay=dict(file=str(run / 'model.safetensors')))
+    sd = load_state_dict_file(run / 'model.safetensors')
+    assert torch.equal(m.state_dict()['fc.weight'], sd['fc.weight'])
+    assert not list(run.glob('*.tmp')) and not list(run.glob('.*tmp*'))
+
+
+def test_resume_is_exact(tmp_path, small_cifar):
+    """Stopping mid-epoch and resuming gives bit-identical weights to an uninterrupted run."""
+    full = _cfg(tmp_path / 'a', small_cifar, epochs=2, drop_path_rate=0.5)
+    Trainer(full, progress=False).fit()
+    part = _cfg(tmp_path / 'b', small_cifar, epochs=2, drop_path_rate=0.5)
+    steps_per_epoch = (240 - 40) // 32
+    res = Trainer(part, progress=False, max_steps=steps_per_epoch + 2).fit()  # stop inside epoch 2
+    assert res['status'] == 'paused' and res['epoch'] == 1 and res['batch'] == 2
+    ckpt = load_checkpoint(Path(part.out) / 'last.pt')
+    assert ckpt['batch'] == 2
+    Trainer(TrainConfig.from_dict(ckpt['config']), resume=part.out, progress=False).fit()
+    a = load_state_dict_file(Path(full.out) / 'model.safetensors')
+    b = load_state_dict_file(Path(part.out) / 'model.safetensors')
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigterm_mid_epoch_leaves_checkpoint(tmp_path, small_cifar):
+    out = tmp_path / 'run'
+    cmd = [sys.executable, '-m', 'sdzoo.cli', 'train', 'sd_resnet20', '--data', str(small_cifar), '--out', str(out),
+           '--epochs', '50', '--batch-size', '4', '--val-size', '40', '--threads', '1', '--no-progress',
+           '--workers', '0', '--no-test']
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / 'metrics.csv').exists():  # one epoch done: we are inside a later one
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, 'first epoch did not finish'
+            time.sleep(0.2)
+        ckpt_time = (out / 'last.pt').stat().st_mtime if (out / 'last.pt').exists() else 0
+        while not (out / 'last.pt').exists() or (out / 'last.pt').stat().st_mtime == ckpt_time:
+            time.sleep(0.1)  # the epoch-end checkpoint is written: the next steps are mid-epoch
+            assert time.time() < deadline
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert 'resume with: sdzoo train --resume' in output
+    ckpt = load_checkpoint(out / 'last.pt')
+    assert ckpt['epoch'] >= 1 and ckpt['batch'] > 0, (ckpt['epoch'], ckpt['batch'])  # mid-epoch
+    assert not [p for p in out.iterdir() if 'tmp' in p.name], list(out.iterdir())
+    # and it resumes from there (a single further step is enough to show it)
+    r = subprocess.run([sys.executable, '-m', 'sdzoo.cli', 'train', '--resume', str(out), '--max-steps', '1',
+                        '--no-progress'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming at epoch {ckpt['epoch'] + 1} batch {ckpt['batch']}" in r.stderr
+    assert load_checkpoint(out / 'last.pt')['global_step'] == ckpt['global_step'] + 1
+
+
+@pytest.mark.skipif(not _fashion_available(), reason='Debian dataset-fashion-mnist not installed')
+def test_finetune_fashion_mnist_beats_chance(tmp_path):
+    """Fine-tune path: weights file -> 1-channel input via timm's in_chans adaptation -> new data set."""
+    import timm
+    from sdzoo.train.checkpoint import save_safetensors
+    src = timm.create_model('sd_resnet20')
+    weights = tmp_path / 'init.safetensors'
+    save_safetensors(src.state_dict(), weights)
+    cfg = TrainConfig.from_dict(dict(
+        model='sd_resnet20', data='fashion_mnist', out=str(tmp_path / 'ft'), epochs=2, batch_size=32, lr=0.1,
+        sched='cosine', pretrained_file=str(weights), in_chans=1, num_classes=10, train_subset=2000,
+        val_subset=500, threads=1, amp='none', eval_test=False, workers=0))
+    Trainer(cfg, progress=False).fit()
+    rows = (Path(cfg.out) / 'metrics.csv').read_text().strip().splitlines()
+    val_top1 = float(rows[-1].split(',')[5])
+    assert val_top1 > 50.0, rows  # chance is 10%
+    m = timm.create_model('sd_resnet20', in_chans=1, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(Path(cfg.out) / 'model.safetensors')))
+    assert m.conv1.weight.shape[1] == 1
+
+
+def test_validate_cli_writes_json(tmp_path, small_cifar, capsys):
+    import timm
+    from sdzoo.train.checkpoint import save_safetensors
+    w = tmp_path / 'w.safetensors'
+    save_safetensors(timm.create_model('sd_resnet20').state_dict(), w)
+    out = tmp_path / 'res.json'
+    assert cli_main(['validate', 'sd_resnet20', '--checkpoint', str(w), '--data', str(small_cifar),
+                     '--out', str(out), '--threads', '1', '--workers', '0']) == 0
+    res = json.loads(out.read_text())
+    assert res['images'] == 60 and 0 <= res['top1'] <= 100 and res['top5'] >= res['top1']
+    assert 'top-1' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['train', 'sd_resnet20', '--data', '/nonexistent/data'], 'neither a known name'),
+    (['train', 'no_such_model', '--data', 'cifar10'], 'unknown model'),
+    (['train', 'sd_resnet20', '--sched', 'bogus'], "--sched must be 'step' or 'cosine'"),
+    (['train', 'sd_resnet20', '--epochs', '0'], '--epochs must be >= 1'),
+    (['train', '--resume', '/nonexistent/run'], 'no checkpoint at'),
+    (['validate', 'sd_resnet20', '--data', 'cifar10'], 'say which weights'),
+    (['validate', 'sd_resnet20', '--checkpoint', '/nope.safetensors'], 'does not exist'),
+])
+def test_bad_input_gives_clear_error(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv + (['--out', str(tmp_path / 'o')] if argv[0] == 'train' and '--resume' not in argv else []))
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_malformed_image_folder(tmp_path):
+    (tmp_path / 'data' / 'cat').mkdir(parents=True)
+    (tmp_path / 'data' / 'cat' / 'broken.jpg').write_bytes(b'not a jpeg')
+    (tmp_path / 'data' / 'dog').mkdir()
+    (tmp_path / 'data' / 'dog' / 'broken.png').write_bytes(b'\x89PNG nope')
+    from sdzoo.data import load_splits
+    with pytest.raises(ValueError, match='cannot read image .*broken'):
+        load_splits(str(tmp_path / 'data'), (3, 32, 32), val_size=0)
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='no class sub-folders'):
+        load_splits(str(tmp_path / 'empty'), (3, 32, 32))
+
+
+def test_ddp_two_processes_train(tmp_path, small_cifar):
+    """torchrun with 2 CPU processes (gloo): synchronized SD decisions, rank-0 checkpointing."""
+    out = tmp_path / 'ddp'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    r = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+         '-m', 'sdzoo.cli', 'train', 'sd_resnet20', '--data', str(small_cifar), '--out', str(out), '--epochs', '1',
+         '--batch-size', '32', '--val-size', '40', '--threads', '1', '--no-progress', '--workers', '0', '--no-test'],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ckpt = load_checkpoint(out / 'last.pt')
+    assert ckpt['epoch'] == 1 and ckpt['global_step'] == (240 - 40) // 32  # global batch 32 = 2 x 16
+    assert (out / 'model.safetensors').exists()
+    assert 'world=2' in r.stderr
