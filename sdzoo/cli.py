@@ -17,6 +17,9 @@ _COMMANDS = {
     'predict': 'sdzoo.export.cli',
     'serve': 'sdzoo.serve.cli',
     'push': 'sdzoo.hub.cli',
+    'mirror': 'sdzoo.hub.cli',
+    'publish': 'sdzoo.hub.release',
+    'demo': 'sdzoo.demo',
 }
 
 
