@@ -151,6 +151,9 @@ def render(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], expect
         'backward + SGD; medians; load average at start/end: '
         f'{load[0]:.2f} / {load[1]:.2f}',
     ]
+    if load[0] > 0.5 * (os.cpu_count() or 1) and torch.get_num_threads() > 1:
+        lines.append('- **the machine was busy when this started: multi-threaded step times are then '
+                     'dominated by thread contention (rerun idle, or with --threads 1)**')
     if args.steps < 10:
         lines.append(f'- **smoke run ({args.steps} steps): too few steps for conclusions**')
     lines += ['', '| precision | variant | median ms/step | mean ms/step | blocks run | '

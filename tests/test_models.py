@@ -359,3 +359,29 @@ def test_torch_export_of_eval_model():
         torch.testing.assert_close(ep.module()(x), model(x))
         x2 = torch.randn(2, 3, 32, 32)
         torch.testing.assert_close(ep.module()(x2), model(x2))
+
+
+# --------------------------------------------------------------------------------------------
+# real CIFAR-10 images through timm's data pipeline and the model's pretrained cfg
+# --------------------------------------------------------------------------------------------
+
+def test_cifar_images_through_the_pretrained_cfg(cifar_root):
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model('sd_resnet20').eval()
+    cfg = resolve_data_config({}, model=model)
+    assert cfg['input_size'] == (3, 32, 32) and cfg['crop_pct'] == 1.0
+    transform = create_transform(**cfg)
+    classes = sorted(p.name for p in (cifar_root / 'test').iterdir() if p.is_dir())
+    assert classes == ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+    files = [sorted((cifar_root / 'test' / c).glob('*.jpg'))[0] for c in classes[:4]]
+    images = [Image.open(f).convert('RGB') for f in files]
+    assert all(im.size == (32, 32) for im in images)
+    x = torch.stack([transform(im) for im in images])
+    assert x.shape == (4, 3, 32, 32)
+    # normalised with the CIFAR-10 statistics: roughly zero-mean, unit-scale pixels
+    assert abs(float(x.mean())) < 0.75 and 0.3 < float(x.std()) < 2.0
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()

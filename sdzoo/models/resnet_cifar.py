@@ -157,18 +157,25 @@ def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> Ci
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker',
+                         'Bag', 'Ankle boot')
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
-    return sd_cfg(
+    return sd_cfg(**dict(dict(
         num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, crop_mode='center',
         interpolation='bilinear', mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv='conv1',
         classifier='fc', paper_ids='arXiv:1603.09382', paper_name='Deep Networks with Stochastic Depth',
-        **kwargs)
+        label_names=CIFAR10_CLASSES), **kwargs))
 
 
 default_cfgs = generate_default_cfgs({
     'sd_resnet20.sd_cifar10': _cfg(hf_hub_id='sdzoo/'),
+    # fine-tuned from sd_cifar10 on Fashion-MNIST, 1-channel input through timm's in_chans adaptation
+    'sd_resnet20.sd_cifar10_ft_fashion_mnist': _cfg(
+        hf_hub_id='sdzoo/', input_size=(1, 32, 32), mean=CIFAR10_MEAN[:1], std=CIFAR10_STD[:1],
+        label_names=FASHION_MNIST_CLASSES),
     'sd_resnet32': _cfg(),
     'sd_resnet44': _cfg(),
     'sd_resnet56.sd_cifar10': _cfg(hf_hub_id='sdzoo/'),
