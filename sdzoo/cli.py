@@ -19,6 +19,7 @@ _COMMANDS = {
     'push': 'sdzoo.hub.cli',
     'mirror': 'sdzoo.hub.cli',
     'publish': 'sdzoo.hub.release',
+    'cards': 'sdzoo.hub.cards',
     'demo': 'sdzoo.demo',
 }
 

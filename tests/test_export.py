@@ -16,21 +16,13 @@ import sdzoo
 from sdzoo.cli import main
 from sdzoo.export.onnx import CIFAR10_CLASSES, ExportError, op_histogram
 from sdzoo.runtime import OrtModel
+from model_support import randomize_norms  # noqa: E402
 
 CONTRACT_KEYS = ('sdzoo.model', 'sdzoo.tag', 'sdzoo.mean', 'sdzoo.std', 'sdzoo.input_size', 'sdzoo.labels',
                  'sdzoo.preprocess', 'sdzoo.precision')
 
 
-def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model
+_randomize_norms = randomize_norms
 
 
 def _images(cifar_root: Path, n: int):

@@ -21,7 +21,7 @@ from sdzoo.cli import main as cli_main
 @pytest.fixture(scope='module')
 def small_cifar(cifar_root, tmp_path_factory) -> Path:
     """A real image-folder data set: 24 train / 6 test CIFAR-10 JPEGs per class, copied."""
-    root = tmp_path_factory.mktemp('small_cifar')
+    root = tmp_path_factory.mktemp('small') / 'cifar10'  # named like the real one (cards name it so)
     for split, n in (('train', 24), ('test', 6)):
         for cls_dir in sorted((cifar_root / split).iterdir()):
             dst = root / split / cls_dir.name
@@ -210,3 +210,30 @@ def test_ddp_two_processes_train(tmp_path, small_cifar):
     assert ckpt['epoch'] == 1 and ckpt['global_step'] == (240 - 40) // 32  # global batch 32 = 2 x 16
     assert (out / 'model.safetensors').exists()
     assert 'world=2' in r.stderr
+
+
+def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypatch):
+    """A finished run becomes a Hub-layout folder whose numbers come from `sdzoo validate` on it."""
+    from sdzoo.hub.cards import render_cards
+    from sdzoo.hub.release import publish_run
+    root = tmp_path / 'repo'
+    (root / 'weights').mkdir(parents=True)
+    manifest = root / 'manifest.json'
+    manifest.write_text('{}')
+    monkeypatch.setenv('SDZOO_WEIGHTS', str(root / 'weights'))
+    monkeypatch.setenv('SDZOO_WEIGHTS_ONLY', '1')
+    monkeypatch.setenv('SDZOO_MANIFEST', str(manifest))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    cfg = _cfg(root / 'runs', small_cifar, epochs=1, eval_test=True, out=str(root / 'runs' / 'r20'))
+    Trainer(cfg, progress=False).fit()
+    folder = publish_run(root / 'runs' / 'r20', 'sd_cifar10', root / 'weights', update_cards=False)
+    assert folder == root / 'weights' / 'sd_resnet20.sd_cifar10'
+    for name in ('config.json', 'model.safetensors', 'README.md', 'metrics.csv', 'validate.json', 'training.json'):
+        assert (folder / name).is_file(), name
+    v = json.loads((folder / 'validate.json').read_text())
+    pre = json.loads((root / 'runs' / 'r20' / 'test_validate.json').read_text())
+    assert v['top1'] == pre['top1'] and v['images'] == 60 and v['weights'] == 'pretrained'
+    assert 'sd_resnet20.sd_cifar10' in json.loads(manifest.read_text())
+    assert 'CIFAR-10 (JPEG q75 copy)' in (folder / 'README.md').read_text()
+    cards = render_cards(root)
+    assert f"| {v['top1']:.2f} | {v['top5']:.2f} |" in cards and '0.27M' in cards

@@ -16,6 +16,11 @@ from typing import Any, Dict
 __all__ = ['publish_run', 'add_parser']
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+# how each data set is named on cards (the shared CIFAR-10 copy is JPEG re-encoded: say so)
+_DATASETS = {
+    'cifar10': dict(id='uoft-cs/cifar10', name='CIFAR-10 (JPEG q75 copy)', split='test'),
+    'fashion_mnist': dict(id='zalando-datasets/fashion_mnist', name='Fashion-MNIST', split='test'),
+}
 
 
 def _validate_cmd(model: str, data: str, extra: str) -> str:
@@ -23,7 +28,7 @@ def _validate_cmd(model: str, data: str, extra: str) -> str:
 
 
 def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = None, overwrite: bool = False,
-                ema: bool = False) -> Path:
+                ema: bool = False, update_cards: bool = True) -> Path:
     import timm
     import torch
     import sdzoo  # noqa: F401
@@ -82,11 +87,17 @@ def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = 
         model, weights_root, model_name=model_name, tag=tag, results=pre, train_info=train_info,
         metrics_csv=run_dir / 'metrics.csv' if (run_dir / 'metrics.csv').exists() else None,
         plot_png=run_dir / 'curves.png' if (run_dir / 'curves.png').exists() else None,
-        label_names=labels, overwrite=overwrite)
+        label_names=labels, overwrite=overwrite, dataset=_DATASETS.get(data_info.get('name', '')))
+    tmp = folder / '.training.json.tmp'
+    tmp.write_text(json.dumps(train_info, indent=2, default=str) + '\n')
+    tmp.replace(folder / 'training.json')
     post = run_validate(['--pretrained'], folder / 'validate.json', name=f'{model_name}.{tag}')
     if abs(post['top1'] - pre['top1']) > 1e-9 or abs(post['loss'] - pre['loss']) > 1e-6:
         raise RuntimeError(f'published weights evaluate differently ({post["top1"]} vs {pre["top1"]} top-1): '
                            f'check {folder}')
+    if update_cards:
+        from .cards import write_cards
+        write_cards()
     print(f'published {folder}: test top-1 {post["top1"]:.2f}%, top-5 {post["top5"]:.2f}% '
           f'(validate.json written; commit the folder and sdzoo/hub/manifest.json)')
     return folder
