@@ -116,6 +116,8 @@ class StochasticDepth(nn.Module):
 
     Parameter-free, so state dicts match the plain (timm) architectures. In eval mode, under
     tracing/export, or with ``survival_prob == 1`` it is a static full-depth residual add.
+    A dropped block returns the ``shortcut`` tensor itself (no copy, no work): a block with an
+    in-place post-activation must check ``out is shortcut`` before applying it.
     """
 
     def __init__(
@@ -176,7 +178,7 @@ class StochasticDepth(nn.Module):
                 kept = self.sampler.coin(p)
                 self.last_kept = kept
             if not kept:
-                return _passthrough(identity, x)
+                return identity
             out = branch(x)
             return identity + (out * train_scale if train_scale != 1.0 else out)
 
@@ -184,7 +186,7 @@ class StochasticDepth(nn.Module):
         keep = torch.rand(x.shape[0], device=x.device) < p
         n_keep = int(keep.sum())
         if n_keep == 0:
-            return _passthrough(identity, x)
+            return identity
         if n_keep == x.shape[0]:
             out = branch(x)
             return identity + (out * train_scale if train_scale != 1.0 else out)
@@ -196,11 +198,6 @@ class StochasticDepth(nn.Module):
 
     def extra_repr(self) -> str:
         return f'survival_prob={self.survival_prob:.4f}, mode={self.mode}, scaling={self.scaling}'
-
-
-def _passthrough(identity: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    # a block's in-place post-activation must not write into its input (autograd needs it)
-    return identity.clone() if identity is x else identity
 
 
 def sd_modules(model: nn.Module) -> List[StochasticDepth]:

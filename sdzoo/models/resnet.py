@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict, Sequence, Union
 
 import torch
+import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 from timm.models._registry import get_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -34,7 +35,10 @@ class SDBasicBlock(BasicBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x) if self.downsample is not None else x
-        return self.act2(self.drop_path(x, self.branch, shortcut))
+        out = self.drop_path(x, self.branch, shortcut)
+        if out is x and isinstance(self.act2, nn.ReLU):
+            return out  # dropped identity block: x is a ReLU output, ReLU(x) == x; never write into x
+        return self.act2(out.clone() if out is x else out)
 
 
 class SDBottleneck(Bottleneck):
@@ -53,7 +57,10 @@ class SDBottleneck(Bottleneck):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x) if self.downsample is not None else x
-        return self.act3(self.drop_path(x, self.branch, shortcut))
+        out = self.drop_path(x, self.branch, shortcut)
+        if out is x and isinstance(self.act3, nn.ReLU):
+            return out  # dropped identity block: x is a ReLU output, ReLU(x) == x; never write into x
+        return self.act3(out.clone() if out is x else out)
 
 
 class SDResNet(ResNet):

@@ -48,7 +48,12 @@ class CifarBasicBlock(nn.Module):
         return self.bn2(self.conv2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act2(self.drop_path(x, self.branch, self.shortcut(x)))
+        shortcut = self.shortcut(x)
+        out = self.drop_path(x, self.branch, shortcut)
+        if out is shortcut:
+            # dropped: x is post-ReLU (>= 0) and the option-A shortcut keeps it so, ReLU is a no-op
+            return out
+        return self.act2(out)
 
 
 class CifarResNet(nn.Module):
