@@ -50,6 +50,8 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument('--progress', dest='progress', action='store_true', default=None, help='force the progress bar')
     p.add_argument('--no-progress', dest='progress', action='store_false')
     if finetune:
+        p.add_argument('--keep-head', dest='reset_head', action='store_false', default=True,
+                       help='keep the pretrained classifier (default: a fresh one, timm reset_classifier)')
         p.add_argument('--pretrained', nargs='?', const=True, default=True,
                        help='start from the shipped/Hub weights (default), or from the given weights file')
     else:
@@ -67,6 +69,8 @@ def _config_from_args(args: argparse.Namespace, finetune: bool) -> TrainConfig:
         v = getattr(args, dest)
         if v is not None:
             d[dest] = v
+    if finetune:
+        d['reset_head'] = args.reset_head
     for dest in ('milestones', 'ema', 'channels_last', 'cifar_aug', 'deterministic', 'eval_test'):
         v = getattr(args, dest)
         if v is not None:

@@ -73,6 +73,7 @@ class TrainConfig:
     deterministic: bool = False
     eval_test: bool = True
     optimizer: str = 'sgd'               # sgd | adamw
+    reset_head: bool = False             # fine-tuning on new classes: a fresh classifier (timm's reset_classifier)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
@@ -165,7 +166,10 @@ def create_train_model(cfg: TrainConfig) -> nn.Module:
         if not Path(cfg.pretrained_file).is_file():
             raise FileNotFoundError(f'--pretrained-file {cfg.pretrained_file} does not exist')
         kwargs['pretrained_cfg_overlay'] = dict(file=str(cfg.pretrained_file))
-    return timm.create_model(cfg.model, pretrained=cfg.pretrained or bool(cfg.pretrained_file), **kwargs)
+    model = timm.create_model(cfg.model, pretrained=cfg.pretrained or bool(cfg.pretrained_file), **kwargs)
+    if cfg.reset_head:
+        model.reset_classifier(model.num_classes)
+    return model
 
 
 @torch.no_grad()
