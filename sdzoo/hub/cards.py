@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 __all__ = ['render_cards', 'write_cards']
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+_DATA_NAMES = {'cifar10': 'CIFAR-10 (JPEG q75 copy)', 'fashion_mnist': 'Fashion-MNIST'}
 
 
 def _hours(seconds: float) -> str:
@@ -38,17 +39,18 @@ def _published(weights: Path) -> List[str]:
         flops = count_flops(model, input_size)
         recipe = t.get('recipe', {})
         rows.append(
-            f"| `{folder.name}` | {v.get('data')} ({v.get('split')}, {v.get('images')} images) | "
+            f"| `{folder.name}` | {_DATA_NAMES.get(v.get('data'), v.get('data'))} ({v.get('split')}, {v.get('images')} images) | "
             f"{v['top1']:.2f} | {v['top5']:.2f} | {params / 1e6:.2f}M | {flops / 1e6:.0f}M | "
             f"{'×'.join(map(str, input_size))} | {t.get('epochs', '?')} | "
             f"{_hours(t.get('wall_clock', 0))} on {t.get('hardware', '?')} | "
             f"{recipe.get('optimizer', 'sgd')}, lr {recipe.get('lr')}, {recipe.get('sched')}, "
-            f"drop_path_rate {recipe.get('drop_path_rate', 'default 0.5')} |")
+            f"drop_path_rate {recipe.get('drop_path_rate') if recipe.get('drop_path_rate') is not None else 0.5} |")
         cmds = '\n'.join(t.get('commands', []))
         details.append(f"### `{folder.name}`\n\n"
                        f"Evaluation (`{folder.name}/validate.json`): top-1 {v['top1']:.2f}%, top-5 {v['top5']:.2f}%, "
                        f"loss {v['loss']:.4f} on {v.get('images')} {v.get('split')} images of "
-                       f"`{v.get('data_source')}`. Data split used in training: {t.get('data_split', '?')}.\n\n"
+                       f"`{v.get('data_source')}`. Data split used in training: {t.get('data_split', '?')}."
+                       + (f" {t['note']}" if t.get('note') else '') + "\n\n"
                        f"```bash\n{cmds}\n```\n")
     if not rows:
         return ['No weights are published yet.\n']
