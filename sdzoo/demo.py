@@ -19,12 +19,18 @@ def run_demo(model_name: str = 'sd_resnet110', images: int = 8, export: bool = T
     from .data import default_data_root
     from .info import model_info
 
-    print(f"== timm.create_model('{model_name}', pretrained=True)")
-    try:
-        model = timm.create_model(model_name, pretrained=True)
-        print(f"   loaded pretrained weights: {model.pretrained_cfg.get('architecture')}.{model.pretrained_cfg.get('tag')}")
-    except Exception as e:
-        print(f'   no pretrained weights available ({str(e).splitlines()[0][:160]}…)\n   using a random init')
+    from .hub.weights import find_weights_folder
+    tags = timm.list_pretrained(model_name + '.*')
+    shipped = [t for t in tags if find_weights_folder(t) is not None]
+    if shipped:
+        print(f"== timm.create_model('{model_name}', pretrained=True)")
+        model = timm.create_model(shipped[0], pretrained=True)
+        print(f'   loaded the shipped weights {shipped[0]} (offline)')
+    else:
+        # no shipped copy: say so instead of waiting on Hub retries on an offline machine
+        print(f"== timm.create_model('{model_name}')  (no shipped weights for {model_name} yet; "
+              f"`timm.create_model('{model_name}', pretrained=True)` would try the Hugging Face Hub; "
+              f"shipped: {', '.join(t for t in timm.list_pretrained('sd_*') if find_weights_folder(t)) or 'none'})")
         model = timm.create_model(model_name)
     info = model_info(model_name, flops=False)
     probs = info['survival_probs']
@@ -70,11 +76,12 @@ def run_demo(model_name: str = 'sd_resnet110', images: int = 8, export: bool = T
         print('== fold survival scaling into the weights, export ONNX, check onnxruntime against PyTorch')
         with tempfile.TemporaryDirectory() as d:
             out = Path(d) / f'{model_name}.onnx'
-            report = sdzoo.export_onnx(model, out, dynamo=False)
-            parity = report.get('parity', report)
-            print(f"   {out.name}: {report.get('file_bytes', out.stat().st_size if out.exists() else 0) / 1e6:.1f} MB, "
-                  f"ops {report.get('op_histogram')}")
-            print(f'   parity: {parity}')
+            report = sdzoo.export_onnx(model, out, write_report=False)
+            r = report['parity']['random']
+            ops = ', '.join(f'{k} {v}' for k, v in report['op_histogram'].items())
+            print(f"   {out.name}: {out.stat().st_size / 1e6:.1f} MB; ops: {ops}")
+            print(f"   onnxruntime vs PyTorch on {r['n']} random images: max |diff| {r['max_abs_diff']:.2e} "
+                  f"(relative {r['rel_max_diff']:.1e}), top-1 agreement {100 * r['top1_agreement']:.0f}%")
     return 0
 
 

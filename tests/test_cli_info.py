@@ -106,3 +106,11 @@ def test_console_script(tmp_path: Path):
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     _check_resnet110_info(json.loads(r.stdout))
+
+
+def test_demo_runs_and_shows_skipped_blocks(capsys):
+    from sdzoo.cli import main
+    assert main(['demo', '--model', 'sd_resnet20']) == 0
+    out = capsys.readouterr().out
+    assert 'droppable residual blocks' in out and 'convolutions executed' in out
+    assert 'top-1 agreement 100%' in out
