@@ -48,7 +48,9 @@ def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = 
     model_name = cfg['model']
     kwargs: Dict[str, Any] = {k: cfg[k] for k in ('drop_path_rate', 'sd_mode', 'sd_scaling', 'num_classes', 'in_chans')
                               if cfg.get(k) is not None}
-    model = timm.create_model(model_name, **kwargs)
+    # built under the target tag so that its pretrained cfg (input size, mean/std, labels) is the one saved
+    tagged = f'{model_name}.{tag}'
+    model = timm.create_model(tagged if timm.list_pretrained(tagged) else model_name, **kwargs)
     weights_file = run_dir / ('model_ema.safetensors' if ema else 'model.safetensors')
     model.load_state_dict(load_state_dict_file(weights_file))
     model.eval()
@@ -70,7 +72,11 @@ def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = 
     hours = summary.get('train_hours')
     commands = [
         ' '.join(['sdzoo train', model_name, '--data', cfg['data'], '--epochs', str(cfg['epochs']),
-                  '--sched', cfg['sched']] + (['--warmup-epochs', str(cfg['warmup_epochs'])] if cfg.get('warmup_epochs') else [])
+                  '--lr', str(cfg['lr']), '--sched', cfg['sched']]
+                 + (['--warmup-epochs', str(cfg['warmup_epochs'])] if cfg.get('warmup_epochs') else [])
+                 + (['--pretrained'] if cfg.get('pretrained') else [])
+                 + (['--in-chans', str(cfg['in_chans'])] if cfg.get('in_chans') else [])
+                 + (['--num-classes', str(cfg['num_classes'])] if cfg.get('num_classes') else [])
                  + (['--drop-path-rate', str(cfg['drop_path_rate'])] if cfg.get('drop_path_rate') is not None else [])
                  + ['--out', str(run_dir)]),
         _validate_cmd(f'{model_name}.{tag}', data, '--pretrained'),

@@ -173,6 +173,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     device = torch.device(args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
     model.to(device).eval()
     data_cfg = resolve_data_config(model=model)
+    in_chans = args.in_chans or data_cfg['input_size'][0]
+    data_cfg['input_size'] = (in_chans,) + tuple(data_cfg['input_size'][1:])
     splits = load_splits(args.data, tuple(data_cfg['input_size']), val_size=0 if args.split == 'test' else None)
     split = getattr(splits, args.split)
     if split is None:
