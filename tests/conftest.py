@@ -37,3 +37,10 @@ def cifar_root() -> Path:
     if not ((root / 'train').is_dir() and (root / 'test').is_dir()):
         pytest.skip(f'CIFAR-10 image folders not found at {root} (set SDZOO_DATA to a folder containing cifar10/)')
     return root
+
+
+@pytest.fixture(scope='session')
+def onnx_file(tmp_path_factory):
+    """A real sd_resnet20 ONNX export (random init) with CIFAR-10 labels, shared by the serving tests."""
+    from serve_support import CIFAR10_LABELS, export_onnx
+    return export_onnx(tmp_path_factory.mktemp('onnx') / 'r20.onnx', labels=CIFAR10_LABELS)

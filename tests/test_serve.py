@@ -19,11 +19,6 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
 @pytest.fixture(scope='module')
-def onnx_file(tmp_path_factory):
-    return export_onnx(tmp_path_factory.mktemp('onnx') / 'r20.onnx', labels=CIFAR10_LABELS)
-
-
-@pytest.fixture(scope='module')
 def repo(tmp_path_factory, onnx_file):
     root = tmp_path_factory.mktemp('repo')
     write_entry(root, 'cifar', onnx_file, max_batch_size=16, delay_us=2000)

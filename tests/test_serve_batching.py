@@ -16,11 +16,6 @@ from serve_support import CIFAR10_LABELS, ServerThread, export_onnx, wait_in_fli
 
 
 @pytest.fixture(scope='module')
-def onnx_file(tmp_path_factory):
-    return export_onnx(tmp_path_factory.mktemp('onnx') / 'r20.onnx', labels=CIFAR10_LABELS)
-
-
-@pytest.fixture(scope='module')
 def model(onnx_file):
     return OrtModel(onnx_file, providers=['CPUExecutionProvider'], intra_op_num_threads=1)
 

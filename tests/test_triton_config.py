@@ -95,11 +95,6 @@ def test_committed_repository_configs(pb2, config_path):
     check_config(pb2, config_path)
 
 
-@pytest.fixture(scope='module')
-def onnx_file(tmp_path_factory):
-    return export_onnx(tmp_path_factory.mktemp('onnx') / 'r20.onnx', labels=CIFAR10_LABELS)
-
-
 @pytest.mark.parametrize('kwargs', [
     {},
     {'max_batch_size': 8, 'max_queue_delay_us': 0, 'instance_kind': 'cpu', 'instance_count': 2},
