@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .fold import fold, fold_batchnorm, is_folded
+from ..train.checkpoint import atomic_write_json as _write_json
 from ..layers import sd_modules
 
 __all__ = [
@@ -434,11 +435,3 @@ def report_path_for(onnx_path: Union[str, os.PathLike]) -> Path:
     """``model.onnx`` -> ``model.report.json`` (same folder)."""
     p = Path(onnx_path)
     return p.with_name(p.stem + '.report.json')
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-        f.write('\n')
-    os.replace(tmp, path)

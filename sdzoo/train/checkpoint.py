@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 import torch
 
-__all__ = ['atomic_save', 'load_checkpoint', 'save_safetensors', 'load_state_dict_file']
+__all__ = ['atomic_save', 'atomic_write_json', 'load_checkpoint', 'save_safetensors', 'load_state_dict_file']
 
 
 def _atomic(path: Path, write) -> Path:
@@ -30,6 +30,17 @@ def _atomic(path: Path, write) -> Path:
 def atomic_save(obj: Dict[str, Any], path: os.PathLike | str) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync, rename: a crash leaves the old file."""
     return _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_json(path: os.PathLike | str, obj: Any) -> Path:
+    """JSON (indented, trailing newline) written to a temp file in the same folder, then renamed."""
+    import json
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=2)
+            f.write('\n')
+    return _atomic(Path(path), write)
 
 
 def load_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..data import create_loader, load_splits
 from ..layers import SDSampler, sd_modules
-from .checkpoint import atomic_save, load_checkpoint, save_safetensors
+from .checkpoint import atomic_save, atomic_write_json as _write_json, load_checkpoint, save_safetensors
 from .records import append_metrics, plot_curves
 
 __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'recipe', 'lr_at', 'create_train_model', 'autocast_for',
@@ -584,11 +584,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     return obj
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
-        f.write('\n')
-    os.replace(tmp, path)
