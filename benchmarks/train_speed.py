@@ -46,6 +46,7 @@ from sdzoo.layers import StochasticDepth, sd_blocks, sd_modules
 VARIANTS = ('ours', 'timm-style', 'no-SD')
 CONFIGS = {
     'fp32': dict(amp=False, channels_last=False),
+    'fp32-cl': dict(amp=False, channels_last=True),  # channels_last, no autocast (the trainer's CPU default)
     'bf16-cl': dict(amp=True, channels_last=True),  # channels_last + torch.autocast('cpu', bfloat16)
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / 'results' / 'train_speed.md'

@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace, finetune: bool) -> int:
             raise ValueError(f'--resume: {ckpt_path} carries no training config')
         cfg = TrainConfig.from_dict(saved)
         # runtime-only knobs may change between sessions; the recipe may not
-        for dest in ('threads', 'workers', 'checkpoint_minutes', 'device'):
+        for dest in ('threads', 'workers', 'checkpoint_minutes', 'device', 'channels_last'):
             v = getattr(args, dest, None)
             if v is not None:
                 setattr(cfg, dest, v)
