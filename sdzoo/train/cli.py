@@ -16,6 +16,7 @@ _FLAGS = [
     ('--momentum', 'momentum', float), ('--weight-decay', 'weight_decay', float), ('--sched', 'sched', str),
     ('--warmup-epochs', 'warmup_epochs', float), ('--min-lr', 'min_lr', float),
     ('--smoothing', 'label_smoothing', float), ('--ema-decay', 'ema_decay', float),
+    ('--mixup', 'mixup', float), ('--cutmix', 'cutmix', float),
     ('--drop-path-rate', 'drop_path_rate', float), ('--sd-mode', 'sd_mode', str),
     ('--sd-scaling', 'sd_scaling', str), ('--val-size', 'val_size', int),
     ('--train-subset', 'train_subset', int), ('--val-subset', 'val_subset', int), ('--amp', 'amp', str),

@@ -50,6 +50,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     label_smoothing: float = 0.0
+    mixup: float = 0.0                   # timm Mixup: mixup alpha (0: off)
+    cutmix: float = 0.0                  # timm Mixup: cutmix alpha (0: off)
     ema: bool = False
     ema_decay: float = 0.9998
     drop_path_rate: Optional[float] = None
@@ -101,6 +103,10 @@ class TrainConfig:
         need(self.warmup_epochs >= 0, f'--warmup-epochs must be >= 0, got {self.warmup_epochs}')
         need(self.checkpoint_minutes > 0, '--checkpoint-minutes must be > 0')
         need(0 < self.ema_decay < 1, f'--ema-decay must lie in (0, 1), got {self.ema_decay}')
+        need(self.mixup >= 0 and self.cutmix >= 0, f'--mixup/--cutmix alphas must be >= 0, got '
+             f'{self.mixup}/{self.cutmix}')
+        need(not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
+             f'--mixup/--cutmix mix a batch with its mirror: --batch-size must be even, got {self.batch_size}')
 
 
 def recipe(model_name: str, finetune: bool = False) -> Dict[str, Any]:
@@ -309,6 +315,14 @@ class Trainer:
         self.autocast, self.amp_dtype = autocast_for(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler('cuda') if self.amp_dtype == torch.float16 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.mixup = None
+        if cfg.mixup or cfg.cutmix:
+            from timm.data import Mixup
+            from timm.loss import SoftTargetCrossEntropy
+            # Mixup folds the label smoothing into its soft targets
+            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                               num_classes=self.model.num_classes)
+            self.criterion = SoftTargetCrossEntropy()
         # gradients exist (as zeros) from the start: a block skipped on the first step after a resume
         # must get the same weight decay and momentum update as in an uninterrupted run
         for prm in params:
@@ -442,9 +456,10 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group['lr'] = lr
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            target = y if self.mixup is None else self._mix(x, y)
             with self.autocast:
                 logits = self.net(x)
-                loss = self.criterion(logits.float(), y)
+                loss = self.criterion(logits.float(), target)
             if not torch.isfinite(loss):
                 raise RuntimeError(f'loss is {loss.item()} at epoch {self.epoch + 1} batch {self.batch}; '
                                    'lower --lr or check the data')
@@ -493,6 +508,20 @@ class Trainer:
                 last_ckpt = time.monotonic()
         bar.close()
         self._end_epoch(steps, time.perf_counter() - t_epoch)
+
+    def _mix(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """timm Mixup/CutMix in place on ``x``; its numpy draws are a function of (seed, epoch, batch)
+        so a resumed run mixes exactly as an uninterrupted one."""
+        import numpy as np
+        saved = np.random.get_state()
+        np.random.seed([self.cfg.seed, self.rank, self.epoch, self.batch])
+        try:
+            x_mixed, target = self.mixup(x, y)
+        finally:
+            np.random.set_state(saved)
+        if x_mixed is not x:
+            x.copy_(x_mixed)
+        return target
 
     def _end_epoch(self, steps: int, epoch_seconds: float) -> None:
         cfg = self.cfg
