@@ -40,7 +40,7 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument('--milestones', type=float, nargs='+', default=None, help='step-decay points, fractions of the epochs')
     p.add_argument('--ema', action='store_true', default=None, help='keep an EMA of the weights')
     p.add_argument('--channels-last', dest='channels_last', action='store_true', default=None,
-                   help='NHWC memory format (default: on for CUDA and bf16-capable CPUs)')
+                   help='NHWC memory format (default: on for convnets; a runtime knob, may change on --resume)')
     p.add_argument('--no-channels-last', dest='channels_last', action='store_false')
     p.add_argument('--no-cifar-aug', dest='cifar_aug', action='store_false', default=None)
     p.add_argument('--deterministic', action='store_true', default=None)
