@@ -388,6 +388,29 @@ def test_eval_runs_full_depth_deterministically():
     assert torch.equal(a, b)
 
 
+def test_torch_compile_training_still_drops_blocks():
+    """A torch.compile'd model in training mode draws the same coins as eager and really skips
+    dropped blocks (the coin stays outside the graph), instead of compiling one full-depth path."""
+    from sdzoo.models.resnet_cifar import CifarResNet
+    torch.manual_seed(0)
+    eager = CifarResNet(depth=8, drop_path_rate=0.9, sd_seed=3).train()  # 3 blocks: p = 0.7, 0.4, 0.1
+    model = copy.deepcopy(eager)
+    # aot_eager: Dynamo's graph capture and AOTAutograd as with inductor, without minutes of C++ codegen
+    compiled = torch.compile(model, backend='aot_eager')
+    x = torch.randn(4, 3, 32, 32)
+    patterns = set()
+    for _ in range(6):
+        out, ref = compiled(x), eager(x)
+        kept = [u.last_kept for u in sd_modules(model)]
+        assert kept == [u.last_kept for u in sd_modules(eager)]
+        patterns.add(tuple(kept))
+        assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+    assert len(patterns) > 1 and any(not all(k) for k in patterns)
+    model.eval(), eager.eval()
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), eager(x), atol=1e-4, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------------------------
 # option-A shortcut
 # --------------------------------------------------------------------------------------------

@@ -149,9 +149,21 @@ class StochasticDepth(nn.Module):
         return self.survival_prob
 
     def _static(self) -> bool:
+        # torch.compile is not in this list: a compiled *training* model must still drop blocks
+        # (the coin is drawn outside the graph, see _draw); in eval mode it is static anyway
         return (not self.training or self.survival_prob >= 1.0 or torch.jit.is_scripting()
-                or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or torch.onnx.is_in_onnx_export())
+                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+    @torch.compiler.disable
+    def _draw(self) -> bool:
+        """This step's batch-mode coin. Kept out of torch.compile graphs: the compiled model branches
+        on the returned bool (one graph per outcome) instead of baking a single outcome in."""
+        if self.last_kept is not None and torch._C._current_graph_task_id() != -1:
+            # activation-checkpoint recomputation (runs inside backward): replay this step's
+            # coin; a fresh one would rebuild a different graph than the one being differentiated
+            return self.last_kept
+        self.last_kept = self.sampler.coin(self.survival_prob)
+        return self.last_kept
 
     def forward(
             self,
@@ -170,14 +182,7 @@ class StochasticDepth(nn.Module):
         p = self.survival_prob
         train_scale = 1.0 / p if self.scaling == 'inverted' else 1.0
         if self.mode == 'batch':
-            if self.last_kept is not None and torch._C._current_graph_task_id() != -1:
-                # activation-checkpoint recomputation (runs inside backward): replay this step's
-                # coin; a fresh one would rebuild a different graph than the one being differentiated
-                kept = self.last_kept
-            else:
-                kept = self.sampler.coin(p)
-                self.last_kept = kept
-            if not kept:
+            if not self._draw():
                 return identity
             out = branch(x)
             return identity + (out * train_scale if train_scale != 1.0 else out)
