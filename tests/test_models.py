@@ -141,6 +141,30 @@ def test_cifar_features_only():
     assert [f.shape[1] for f in model(torch.randn(2, 3, 32, 32))] == [16, 64]
 
 
+def test_cifar_forward_intermediates_and_pruning_follow_timm():
+    """timm's feature API (forward_intermediates / prune_intermediate_layers / reset_classifier(0, ''))
+    behaves as on timm's own ResNet."""
+    model = timm.create_model('sd_resnet20').eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        final, feats = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+        assert [tuple(f.shape) for f in feats] == [(2, 16, 32, 32), (2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8)]
+        assert torch.equal(feats[2], model.forward_intermediates(x, indices=[2], intermediates_only=True)[0])
+        last2 = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert [f.shape[1] for f in last2] == [32, 64]
+        with pytest.raises(ValueError, match='output_fmt'):
+            model.forward_intermediates(x, output_fmt='NHWC')
+        assert model.prune_intermediate_layers([2]) == [2]
+        assert model(x).shape == (2, 32, 16, 16)  # stage 3 and the head are gone, features come out
+        assert len(model.layer3) == 0 and model.num_features == 32
+        model = timm.create_model('sd_resnet20').eval()
+        model.reset_classifier(0, '')
+        assert model(x).shape == (2, 64, 8, 8)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, 64)
+
+
 # --------------------------------------------------------------------------------------------
 # timm's create_model arguments reach the blocks
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
 from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 from ..layers import AvgPoolPadShortcut, SDSampler, StochasticDepth, apply_stochastic_depth
 from ._builder import build_sd_model, sd_cfg
@@ -98,7 +99,7 @@ class CifarResNet(nn.Module):
             self.feature_info.append(dict(num_chs=w, reduction=2 ** i, module=f'layer{i + 1}'))
             in_chs = w
         self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
 
         self.sd_sampler = SDSampler(sd_seed)
@@ -132,8 +133,54 @@ class CifarResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
         self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's feature API: features of the stem (index 0) and the 3 stages (1-3)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in take_indices:
+            intermediates.append(x)
+        stages = self.stages[:max_index] if stop_early else self.stages
+        for i, stage in enumerate(stages, start=1):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                from timm.models import checkpoint_seq
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last wanted feature (and the head), as timm's ResNet does."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        for i in range(max_index + 1, len(self.feature_info)):
+            setattr(self, f'layer{i}', nn.Sequential())  # empty: forward and checkpoint_seq pass through
+        if max_index < len(self.feature_info) - 1:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.reset_classifier(0, '')
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
