@@ -283,5 +283,11 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     assert v['top1'] == pre['top1'] and v['images'] == 60 and v['weights'] == 'pretrained'
     assert 'sd_resnet20.sd_cifar10' in json.loads(manifest.read_text())
     assert 'CIFAR-10 (JPEG q75 copy)' in (folder / 'README.md').read_text()
+    # a run paused after its first epoch is listed as in progress, with its pace and time to go
+    paused = _cfg(root / 'runs', small_cifar, epochs=3, out=str(root / 'runs' / 'r20-long'))
+    Trainer(paused, progress=False, max_steps=(240 - 40) // 32 + 1).fit()
+    pace = float((root / 'runs' / 'r20-long' / 'metrics.csv').read_text().splitlines()[1].split(',')[7])
     cards = render_cards(root)
     assert f"| {v['top1']:.2f} | {v['top5']:.2f} |" in cards and '0.27M' in cards
+    assert (f"| `r20-long` | sd_resnet20 on {small_cifar} | 1/3 |" in cards
+            and f"| {2 * pace / 3600:.2f} h | `sdzoo train --resume runs/r20-long` |" in cards), cards

@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -68,14 +69,17 @@ def _in_training(runs: Path) -> List[str]:
         if not rows:
             continue
         last = rows[-1]
-        per_epoch = sum(float(r['epoch_seconds']) for r in rows) / len(rows)
+        # the pace of the latest epochs (early ones may have shared the CPU or used an older default)
+        pace = statistics.median(float(r['epoch_seconds']) for r in rows[-3:])
+        left = max(0, int(cfg.get('epochs') or 0) - int(last['epoch']))
         out.append(f"| `{run.name}` | {cfg.get('model')} on {cfg.get('data')} | {last['epoch']}/{cfg.get('epochs')} | "
-                   f"{float(last['val_top1']):.2f} | {per_epoch / 60:.1f} min | "
+                   f"{float(last['val_top1']):.2f} | {pace / 60:.1f} min | {_hours(left * pace)} | "
                    f"`sdzoo train --resume {run.relative_to(runs.parent)}` |")
     if not out:
         return ['No runs in progress.\n']
-    return ['| run | model / data | epochs done | val top-1 % (trainer, last epoch) | mean epoch time | resume with |',
-            '|---|---|---:|---:|---:|---|'] + out + ['']
+    return ['| run | model / data | epochs done | val top-1 % (trainer, last epoch) | epoch time (median of last 3) '
+            '| training time to go at that pace | resume with |',
+            '|---|---|---:|---:|---:|---:|---|'] + out + ['']
 
 
 def render_cards(root: Path = _REPO_ROOT) -> str:
