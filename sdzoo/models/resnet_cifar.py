@@ -174,11 +174,12 @@ class CifarResNet(nn.Module):
     ) -> List[int]:
         """Drop the stages after the last wanted feature (and the head), as timm's ResNet does."""
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        prune_end = max_index < len(self.feature_info) - 1
         for i in range(max_index + 1, len(self.feature_info)):
             setattr(self, f'layer{i}', nn.Sequential())  # empty: forward and checkpoint_seq pass through
-        if max_index < len(self.feature_info) - 1:
+        if prune_end:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or max_index < len(self.feature_info) - 1:
+        if prune_head or prune_end:
             self.reset_classifier(0, '')
         return take_indices
 

@@ -289,6 +289,9 @@ class Trainer:
         if self.world > 1 and cfg.batch_size % self.world:
             raise ValueError(f'--batch-size {cfg.batch_size} must divide by the {self.world} processes')
         per_rank = cfg.batch_size // self.world
+        if (cfg.mixup or cfg.cutmix) and per_rank % 2:
+            raise ValueError(f'--mixup/--cutmix mix a batch with its mirror: the per-process batch '
+                             f'{cfg.batch_size}/{self.world} = {per_rank} must be even')
         mk = dict(data_cfg=dict(self.data_cfg, input_size=input_size), cifar_aug=cfg.cifar_aug,
                   workers=cfg.workers, channels_last=self.channels_last, in_chans=in_chans)
         self.train_loader = create_loader(train_split, per_rank, train=True, seed=cfg.seed,
@@ -456,7 +459,10 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group['lr'] = lr
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            target = y if self.mixup is None else self._mix(x, y)
+            if self.mixup is not None:
+                x, target = self._mix(x, y)
+            else:
+                target = y
             with self.autocast:
                 logits = self.net(x)
                 loss = self.criterion(logits.float(), target)
@@ -509,19 +515,16 @@ class Trainer:
         bar.close()
         self._end_epoch(steps, time.perf_counter() - t_epoch)
 
-    def _mix(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """timm Mixup/CutMix in place on ``x``; its numpy draws are a function of (seed, epoch, batch)
-        so a resumed run mixes exactly as an uninterrupted one."""
+    def _mix(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """timm Mixup/CutMix -> (mixed images, soft targets); its numpy draws are a function of
+        (seed, rank, epoch, batch) so a resumed run mixes exactly as an uninterrupted one."""
         import numpy as np
         saved = np.random.get_state()
         np.random.seed([self.cfg.seed, self.rank, self.epoch, self.batch])
         try:
-            x_mixed, target = self.mixup(x, y)
+            return self.mixup(x, y)
         finally:
             np.random.set_state(saved)
-        if x_mixed is not x:
-            x.copy_(x_mixed)
-        return target
 
     def _end_epoch(self, steps: int, epoch_seconds: float) -> None:
         cfg = self.cfg
