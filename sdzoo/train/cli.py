@@ -21,7 +21,8 @@ _FLAGS = [
     ('--sd-scaling', 'sd_scaling', str), ('--val-size', 'val_size', int),
     ('--train-subset', 'train_subset', int), ('--val-subset', 'val_subset', int), ('--amp', 'amp', str),
     ('--seed', 'seed', int), ('--workers', 'workers', int), ('--threads', 'threads', int),
-    ('--checkpoint-minutes', 'checkpoint_minutes', float), ('--device', 'device', str), ('--opt', 'optimizer', str),
+    ('--checkpoint-minutes', 'checkpoint_minutes', float), ('--log-seconds', 'log_seconds', float),
+    ('--device', 'device', str), ('--opt', 'optimizer', str),
     ('--num-classes', 'num_classes', int), ('--in-chans', 'in_chans', int),
 ]
 
@@ -101,7 +102,7 @@ def _run(args: argparse.Namespace, finetune: bool) -> int:
             raise ValueError(f'--resume: {ckpt_path} carries no training config')
         cfg = TrainConfig.from_dict(saved)
         # runtime-only knobs may change between sessions; the recipe may not
-        for dest in ('threads', 'workers', 'checkpoint_minutes', 'device', 'channels_last'):
+        for dest in ('threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device', 'channels_last'):
             v = getattr(args, dest, None)
             if v is not None:
                 setattr(cfg, dest, v)

@@ -71,6 +71,7 @@ class TrainConfig:
     workers: int = 2
     threads: Optional[int] = None
     checkpoint_minutes: float = 10.0
+    log_seconds: float = 300.0           # headless runs: a progress line this often (0: every step)
     device: str = 'auto'
     deterministic: bool = False
     eval_test: bool = True
@@ -102,6 +103,7 @@ class TrainConfig:
         need(all(0 < m < 1 for m in self.milestones), f'milestones are fractions in (0, 1), got {self.milestones}')
         need(self.warmup_epochs >= 0, f'--warmup-epochs must be >= 0, got {self.warmup_epochs}')
         need(self.checkpoint_minutes > 0, '--checkpoint-minutes must be > 0')
+        need(self.log_seconds >= 0, f'--log-seconds must be >= 0, got {self.log_seconds}')
         need(0 < self.ema_decay < 1, f'--ema-decay must lie in (0, 1), got {self.ema_decay}')
         need(self.mixup >= 0 and self.cutmix >= 0, f'--mixup/--cutmix alphas must be >= 0, got '
              f'{self.mixup}/{self.cutmix}')
@@ -499,8 +501,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{p['loss'] / p['seen']:.3f}", acc=f"{100 * p['correct'] / p['seen']:.1f}",
                                 ips=f"{p['seen'] * self.world / max(p['seconds'], 1e-9):.0f}", lr=f'{lr:.3g}')
-            if not self.progress and self.is_main and time.monotonic() - last_log > 300:
-                # headless runs (nohup, torchrun): a progress line every 5 minutes instead of a bar
+            if not self.progress and self.is_main and time.monotonic() - last_log >= cfg.log_seconds:
+                # headless runs (nohup, torchrun): a progress line every few minutes instead of a bar
                 last_log = time.monotonic()
                 eta = (steps - self.batch) * p['seconds'] / max(1, self.batch - start_batch) / 60
                 print(f"epoch {self.epoch + 1} batch {self.batch}/{steps}: loss {p['loss'] / p['seen']:.4f} "
