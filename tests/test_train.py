@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ import torch
 
 from sdzoo.train import TrainConfig, Trainer, load_checkpoint, lr_at
 from sdzoo.train.checkpoint import load_state_dict_file
+from sdzoo.train.records import read_metrics
+from sdzoo.train.trainer import hardware_string
 from sdzoo.cli import main as cli_main
 
 
@@ -96,6 +99,64 @@ def test_resume_is_exact(tmp_path, small_cifar):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_may_lengthen_the_schedule_before_it_diverges(tmp_path, small_cifar, capsys):
+    """--epochs on resume: a run paused before its first LR drop continues as exactly the run that had
+    the new length from the start (the shared prefix is reused); past the drop it is refused."""
+    spe = (240 - 40) // 32
+    kw = dict(sched='step', milestones=(0.75,), warmup_epochs=0, drop_path_rate=0.5)
+    ref = _cfg(tmp_path / 'ref', small_cifar, epochs=6, **kw)  # drops at epoch 5
+    Trainer(ref, progress=False, max_steps=2 * spe + 2).fit()
+    short = _cfg(tmp_path / 'short', small_cifar, epochs=4, **kw)  # drops at epoch 3
+    Trainer(short, progress=False, max_steps=spe + 1).fit()  # into epoch 2: still at the shared LR
+    fork = tmp_path / 'long'
+    argv = ['train', '--resume', short.out, '--epochs', '6', '--out', str(fork), '--max-steps', str(spe + 1),
+            '--no-progress']
+    assert cli_main(argv) == 0
+    a, b = load_checkpoint(Path(ref.out) / 'last.pt'), load_checkpoint(fork / 'last.pt')
+    assert (b['epoch'], b['batch'], b['config']['epochs']) == (a['epoch'], a['batch'], 6)
+    for k in a['model']:
+        assert torch.equal(a['model'][k], b['model'][k]), k
+    # the branch carries the shared history and says where each stretch ran
+    assert [r['epoch'] for r in read_metrics(fork / 'metrics.csv')] == [1, 2]
+    assert [(x['epoch'], x['batch']) for x in b['sessions']] == [(1, 0), (2, 1)]
+    assert load_checkpoint(Path(short.out) / 'last.pt')['global_step'] == spe + 1  # the source is untouched
+    # the branch is in epoch 3, where 4 epochs would have dropped the LR: going back is refused
+    with pytest.raises(SystemExit):
+        cli_main(['train', '--resume', str(fork), '--epochs', '4', '--no-progress'])
+    assert 'changes the learning rate of a step already taken' in capsys.readouterr().err
+    # and the rest of the recipe cannot change at all
+    with pytest.raises(SystemExit):
+        cli_main(['train', '--resume', str(fork), '--lr', '0.5', '--ema'])
+    err = capsys.readouterr().err
+    assert "--lr, --ema belong to the run's recipe" in err
+
+
+def test_check_schedule_change_rules():
+    from sdzoo.train.trainer import check_schedule_change
+    old = TrainConfig.from_dict(dict(model='sd_resnet110', data='cifar10', out='x', epochs=160, sched='step',
+                                     milestones=(0.5, 0.75), warmup_epochs=1))
+    longer = TrainConfig.from_dict(dict(asdict(old), epochs=300))
+    check_schedule_change(old, longer, done_steps=79 * 351, steps_per_epoch=351)  # before epoch 80's drop
+    with pytest.raises(ValueError, match=r'step 27729, epoch 80: 0\.01 -> 0\.1'):
+        check_schedule_change(old, longer, done_steps=80 * 351, steps_per_epoch=351)
+    with pytest.raises(ValueError, match='already took'):
+        check_schedule_change(longer, old, done_steps=200 * 351, steps_per_epoch=351)
+    cos = TrainConfig.from_dict(dict(asdict(old), sched='cosine'))
+    with pytest.raises(ValueError, match='changes the learning rate'):  # cosine depends on the length at once
+        check_schedule_change(cos, TrainConfig.from_dict(dict(asdict(cos), epochs=300)), 400, 351)
+
+
+def test_hardware_summary_spans_machines():
+    from sdzoo.train.records import hardware_summary
+    s = [dict(epoch=1, batch=0, hardware=None, note='not recorded'),
+         dict(epoch=19, batch=174, hardware='Xeon, 2 threads', amp='bfloat16'),
+         dict(epoch=40, batch=3, hardware='Xeon, 2 threads', amp='bfloat16'),
+         dict(epoch=60, batch=0, hardware='EPYC, 2 threads', amp='fp32')]
+    assert hardware_summary(s, 160) == ('not recorded (epochs 1-19); Xeon, 2 threads, bf16 autocast (epochs 19-60); '
+                                        'EPYC, 2 threads, fp32 (epochs 60-160)')
+    assert hardware_summary(s[1:2], 160) == 'Xeon, 2 threads, bf16 autocast'
 
 
 def test_resume_may_switch_memory_format(tmp_path, small_cifar):
@@ -290,4 +351,5 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     cards = render_cards(root)
     assert f"| {v['top1']:.2f} | {v['top5']:.2f} |" in cards and '0.27M' in cards
     assert (f"| `r20-long` | sd_resnet20 on {small_cifar} | 1/3 |" in cards
-            and f"| {2 * pace / 3600:.2f} h | `sdzoo train --resume runs/r20-long` |" in cards), cards
+            and f"| {2 * pace / 3600:.2f} h | {hardware_string(torch.device('cpu'))}, fp32 | "
+                f"`sdzoo train --resume runs/r20-long` |" in cards), cards

@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ..train.records import hardware_summary
+
 __all__ = ['render_cards', 'write_cards']
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -72,14 +74,16 @@ def _in_training(runs: Path) -> List[str]:
         # the pace of the latest epochs (early ones may have shared the CPU or used an older default)
         pace = statistics.median(float(r['epoch_seconds']) for r in rows[-3:])
         left = max(0, int(cfg.get('epochs') or 0) - int(last['epoch']))
+        sessions = json.loads((run / 'sessions.json').read_text()) if (run / 'sessions.json').exists() else []
+        where = hardware_summary(sessions, int(last['epoch'])) if sessions else 'not recorded'
         out.append(f"| `{run.name}` | {cfg.get('model')} on {cfg.get('data')} | {last['epoch']}/{cfg.get('epochs')} | "
-                   f"{float(last['val_top1']):.2f} | {pace / 60:.1f} min | {_hours(left * pace)} | "
+                   f"{float(last['val_top1']):.2f} | {pace / 60:.1f} min | {_hours(left * pace)} | {where} | "
                    f"`sdzoo train --resume {run.relative_to(runs.parent)}` |")
     if not out:
         return ['No runs in progress.\n']
     return ['| run | model / data | epochs done | val top-1 % (trainer, last epoch) | epoch time (median of last 3) '
-            '| training time to go at that pace | resume with |',
-            '|---|---|---:|---:|---:|---:|---|'] + out + ['']
+            '| training time to go at that pace | trained on | resume with |',
+            '|---|---|---:|---:|---:|---:|---|---|'] + out + ['']
 
 
 def render_cards(root: Path = _REPO_ROOT) -> str:
@@ -90,8 +94,9 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
         'the first table comes from `sdzoo validate` on the published folder (`weights/<model>.<tag>/validate.json`), '
         'params and FLOPs (forward, multiply-add = 2, full-depth eval network) from the model itself. CIFAR-10 here '
         'is **CIFAR-10 (JPEG q75 copy)** of `../shared/datasets/cifar10`: close to, but not exactly comparable '
-        'with, published numbers on the lossless original. Hardware: the project\'s 2-core AMD EPYC CPUs '
-        '(AVX2), no GPU.',
+        'with, published numbers on the lossless original. Hardware: the project\'s 2-core CPUs, no GPU; each '
+        'run records the CPU and precision of every stretch it trained (`runs/<run>/sessions.json`): long runs '
+        'span machines, and epoch times differ between them.',
         '',
         '## Published weights',
         '',

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -86,6 +87,23 @@ def _config_from_args(args: argparse.Namespace, finetune: bool) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
+_RESUME_KNOBS = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device', 'channels_last', 'eval_test',
+                 'epochs'}
+_RECIPE_SWITCHES = [('--milestones', 'milestones'), ('--ema', 'ema'), ('--no-cifar-aug', 'cifar_aug'),
+                    ('--deterministic', 'deterministic'), ('--no-test', 'eval_test'),
+                    ('--channels-last', 'channels_last')]
+
+
+def _fork_run(src: Path, dst: Path) -> None:
+    """Start run directory ``dst`` as a branch of ``src`` (e.g. a longer schedule from a shared prefix)."""
+    if (dst / CHECKPOINT_NAME).exists():
+        raise ValueError(f'{dst} already holds a run; resume it with --resume {dst}')
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ('metrics.csv', 'data.json'):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
 def _run(args: argparse.Namespace, finetune: bool) -> int:
     if args.data_dir:
         import os
@@ -101,12 +119,22 @@ def _run(args: argparse.Namespace, finetune: bool) -> int:
         if not isinstance(saved, dict):
             raise ValueError(f'--resume: {ckpt_path} carries no training config')
         cfg = TrainConfig.from_dict(saved)
-        # runtime-only knobs may change between sessions; the recipe may not
-        for dest in ('threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device', 'channels_last'):
+        if args.model and args.model != cfg.model:
+            raise ValueError(f'--resume: {ckpt_path} is a {cfg.model} run, not {args.model}')
+        # runtime-only knobs may change between sessions; the recipe may not, except its length while the
+        # learning rates already used stay the same (checked against the schedule when the run loads)
+        fixed = [flag for flag, dest in [(f, d) for f, d, _ in _FLAGS] + _RECIPE_SWITCHES
+                 if dest not in _RESUME_KNOBS and getattr(args, dest, None) is not None]
+        if fixed:
+            raise ValueError(f"--resume: {', '.join(fixed)} belong to the run's recipe and cannot change; "
+                             f"on resume only {', '.join(sorted(_RESUME_KNOBS))} may be given")
+        for dest in _RESUME_KNOBS:
             v = getattr(args, dest, None)
             if v is not None:
                 setattr(cfg, dest, v)
-        if args.out:
+        src = Path(cfg.out) if not rpath.is_dir() else rpath
+        if args.out and Path(args.out).resolve() != src.resolve():
+            _fork_run(src, Path(args.out))  # a branch of the run: its history comes along
             cfg.out = args.out
         elif rpath.is_dir():
             cfg.out = str(rpath)

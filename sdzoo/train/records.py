@@ -4,9 +4,9 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
-__all__ = ['METRIC_FIELDS', 'append_metrics', 'read_metrics', 'plot_curves']
+__all__ = ['METRIC_FIELDS', 'append_metrics', 'read_metrics', 'plot_curves', 'hardware_summary']
 
 METRIC_FIELDS = ['epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5',
                  'epoch_seconds', 'images_per_sec', 'wall_clock_hours', 'blocks_run_fraction']
@@ -71,3 +71,19 @@ def plot_curves(metrics_csv: os.PathLike | str, out_png: os.PathLike | str, titl
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     os.replace(tmp, out_png)
+
+
+def hardware_summary(sessions: List[Dict[str, Any]], epochs: int) -> str:
+    """Where a run trained, as epoch ranges per (hardware, precision): long runs span machines."""
+    groups: List[List[Any]] = []  # [label, first epoch, last epoch]
+    for i, s in enumerate(sessions):
+        prec = {'bfloat16': 'bf16 autocast', 'float16': 'fp16 autocast'}.get(s.get('amp'), 'fp32')
+        label = f"{s['hardware']}, {prec}" if s.get('hardware') else s.get('note', 'not recorded')
+        end = max(s['epoch'], sessions[i + 1]['epoch'] if i + 1 < len(sessions) else epochs)
+        if groups and groups[-1][0] == label:
+            groups[-1][2] = end
+        else:
+            groups.append([label, s['epoch'], end])
+    if len(groups) == 1:
+        return groups[0][0]
+    return '; '.join(f'{g[0]} (epochs {g[1]}-{g[2]})' for g in groups)

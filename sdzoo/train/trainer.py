@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..data import create_loader, load_splits
 from ..layers import SDSampler, sd_modules
 from .checkpoint import atomic_save, atomic_write_json as _write_json, load_checkpoint, save_safetensors
-from .records import append_metrics, plot_curves
+from .records import append_metrics, hardware_summary, plot_curves
 
 __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'recipe', 'lr_at', 'create_train_model', 'autocast_for',
            'TrainingInterrupted']
@@ -343,6 +343,7 @@ class Trainer:
         self.epoch, self.batch, self.global_step, self.wall_clock = 0, 0, 0, 0.0
         self.partial = dict(loss=0.0, correct=0, seen=0, seconds=0.0, kept=0, units=0)
         self.history: List[Dict[str, float]] = []
+        self.sessions: List[Dict[str, Any]] = []  # one entry per start/resume: where, on what, how
 
     # ----- checkpoints -----
     def _state(self) -> Dict[str, Any]:
@@ -352,7 +353,7 @@ class Trainer:
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             epoch=self.epoch, batch=self.batch, global_step=self.global_step, wall_clock=self.wall_clock,
             partial=dict(self.partial), sd_sampler=self.model.sd_sampler.state_dict(),
-            torch_rng=torch.get_rng_state(), config=_jsonable(asdict(self.cfg)),
+            torch_rng=torch.get_rng_state(), config=_jsonable(asdict(self.cfg)), sessions=list(self.sessions),
         )
 
     def save_checkpoint(self) -> Path:
@@ -375,6 +376,12 @@ class Trainer:
             self.scaler.load_state_dict(ckpt['scaler'])
         self.epoch, self.batch = int(ckpt['epoch']), int(ckpt['batch'])
         self.global_step, self.wall_clock = int(ckpt['global_step']), float(ckpt.get('wall_clock', 0.0))
+        if isinstance(ckpt.get('config'), dict):
+            check_schedule_change(TrainConfig.from_dict(ckpt['config']), self.cfg, self.global_step,
+                                  len(self.train_loader))
+        # checkpoints from before sessions were recorded: say so rather than guess the hardware
+        self.sessions = list(ckpt.get('sessions') or [dict(epoch=1, batch=0, hardware=None, amp=None,
+                                                          note='not recorded (checkpoint predates session records)')])
         self.partial = dict(ckpt.get('partial') or self.partial)
         self.model.sd_sampler.load_state_dict(ckpt['sd_sampler'])
         if ckpt.get('torch_rng') is not None:
@@ -414,8 +421,14 @@ class Trainer:
             if path.is_dir():
                 path = path / CHECKPOINT_NAME
             self._load(path)
+        self.sessions.append(dict(
+            epoch=self.epoch + 1, batch=self.batch, hardware=hardware_string(self.device),
+            amp=str(self.amp_dtype).replace('torch.', '') if self.amp_dtype is not None else 'fp32',
+            channels_last=self.channels_last, world=self.world,
+            started=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())))
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            _write_json(self.out / 'sessions.json', _jsonable(self.sessions))
             _write_json(self.out / 'config.json', _jsonable(asdict(cfg)))
             _write_json(self.out / 'data.json', dict(
                 name=self.data.name, source=self.data.source, classes=self.data.classes,
@@ -557,7 +570,8 @@ class Trainer:
         cfg = self.cfg
         summary: Dict[str, Any] = dict(status='finished', model=cfg.model, data=cfg.data, epochs=cfg.epochs,
                                        steps=self.global_step, train_hours=self.wall_clock / 3600,
-                                       hardware=hardware_string(self.device), run_dir=str(self.out))
+                                       hardware=hardware_summary(self.sessions, cfg.epochs),
+                                       sessions=self.sessions, run_dir=str(self.out))
         if self.is_main:
             meta = {'architecture': cfg.model, 'num_classes': str(self.model.num_classes),
                     'classes': json.dumps(self.data.classes)}
@@ -610,6 +624,23 @@ def hardware_string(device: torch.device) -> str:
     except OSError:
         pass
     return f'{cpu}, {torch.get_num_threads()} threads'
+
+
+def check_schedule_change(old: TrainConfig, new: TrainConfig, done_steps: int, steps_per_epoch: int) -> None:
+    """A resumed run may change its length (``--epochs``) only while the learning rates of every step it
+    already took stay the same: then the new run is exactly one that had that length from the start."""
+    if old.epochs == new.epochs:
+        return
+    if new.epochs * steps_per_epoch < done_steps:
+        raise ValueError(f'--epochs {new.epochs}: the run already took {done_steps} steps '
+                         f'({done_steps / steps_per_epoch:.1f} epochs)')
+    for step in range(done_steps):
+        a, b = lr_at(step, steps_per_epoch, old), lr_at(step, steps_per_epoch, new)
+        if not math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0):
+            raise ValueError(
+                f'--epochs {new.epochs} (was {old.epochs}) changes the learning rate of a step already taken '
+                f'(step {step}, epoch {step // steps_per_epoch + 1}: {a:.4g} -> {b:.4g}); a run can change its '
+                f'length only before its schedule diverges')
 
 
 def _format_row(r: Dict[str, float]) -> str:
