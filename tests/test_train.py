@@ -124,13 +124,14 @@ def test_resume_may_lengthen_the_schedule_before_it_diverges(tmp_path, small_cif
     assert load_checkpoint(Path(short.out) / 'last.pt')['global_step'] == spe + 1  # the source is untouched
     # the branch is in epoch 3, where 4 epochs would have dropped the LR: going back is refused
     with pytest.raises(SystemExit):
-        cli_main(['train', '--resume', str(fork), '--epochs', '4', '--no-progress'])
+        cli_main(['train', '--resume', str(fork), '--epochs', '4', '--out', str(tmp_path / 'bad'), '--no-progress'])
     assert 'changes the learning rate of a step already taken' in capsys.readouterr().err
+    assert not (tmp_path / 'bad').exists()  # a refused branch leaves nothing behind
     # and the rest of the recipe cannot change at all
     with pytest.raises(SystemExit):
-        cli_main(['train', '--resume', str(fork), '--lr', '0.5', '--ema'])
+        cli_main(['train', '--resume', str(fork), '--lr', '0.5', '--ema', '--data', 'fashion_mnist'])
     err = capsys.readouterr().err
-    assert "--lr, --ema belong to the run's recipe" in err
+    assert "--lr, --ema, --data belong to the run's recipe" in err
 
 
 def test_check_schedule_change_rules():

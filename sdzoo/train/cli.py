@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -94,16 +93,6 @@ _RECIPE_SWITCHES = [('--milestones', 'milestones'), ('--ema', 'ema'), ('--no-cif
                     ('--channels-last', 'channels_last')]
 
 
-def _fork_run(src: Path, dst: Path) -> None:
-    """Start run directory ``dst`` as a branch of ``src`` (e.g. a longer schedule from a shared prefix)."""
-    if (dst / CHECKPOINT_NAME).exists():
-        raise ValueError(f'{dst} already holds a run; resume it with --resume {dst}')
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ('metrics.csv', 'data.json'):
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
-
-
 def _run(args: argparse.Namespace, finetune: bool) -> int:
     if args.data_dir:
         import os
@@ -125,16 +114,23 @@ def _run(args: argparse.Namespace, finetune: bool) -> int:
         # learning rates already used stay the same (checked against the schedule when the run loads)
         fixed = [flag for flag, dest in [(f, d) for f, d, _ in _FLAGS] + _RECIPE_SWITCHES
                  if dest not in _RESUME_KNOBS and getattr(args, dest, None) is not None]
+        if args.data and args.data != cfg.data:
+            fixed.append('--data')
+        if not finetune and args.pretrained:
+            fixed.append('--pretrained')
         if fixed:
-            raise ValueError(f"--resume: {', '.join(fixed)} belong to the run's recipe and cannot change; "
-                             f"on resume only {', '.join(sorted(_RESUME_KNOBS))} may be given")
+            raise ValueError(f"--resume: {', '.join(fixed)} belong to the run's recipe and cannot change; on resume "
+                             "only --threads, --workers, --checkpoint-minutes, --log-seconds, --device, "
+                             "--[no-]channels-last, --no-test, --data-dir, --out and --epochs may be given")
         for dest in _RESUME_KNOBS:
             v = getattr(args, dest, None)
             if v is not None:
                 setattr(cfg, dest, v)
         src = Path(cfg.out) if not rpath.is_dir() else rpath
         if args.out and Path(args.out).resolve() != src.resolve():
-            _fork_run(src, Path(args.out))  # a branch of the run: its history comes along
+            # a branch of the run (the trainer copies its history once the checkpoint loads)
+            if (Path(args.out) / CHECKPOINT_NAME).exists():
+                raise ValueError(f'{args.out} already holds a run; continue it with --resume {args.out}')
             cfg.out = args.out
         elif rpath.is_dir():
             cfg.out = str(rpath)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -421,6 +422,11 @@ class Trainer:
             if path.is_dir():
                 path = path / CHECKPOINT_NAME
             self._load(path)
+            if self.is_main and path.parent.resolve() != self.out.resolve():
+                # a branch (e.g. a longer schedule forked from a shared prefix): its history comes along
+                self.out.mkdir(parents=True, exist_ok=True)
+                if (path.parent / 'metrics.csv').is_file() and not (self.out / 'metrics.csv').exists():
+                    shutil.copyfile(path.parent / 'metrics.csv', self.out / 'metrics.csv')
         self.sessions.append(dict(
             epoch=self.epoch + 1, batch=self.batch, hardware=hardware_string(self.device),
             amp=str(self.amp_dtype).replace('torch.', '') if self.amp_dtype is not None else 'fp32',
