@@ -206,8 +206,9 @@ def test_full_queue_answers_503_with_retry_after(repo, expected):
     """A bounded queue: with the (real) model held busy, requests beyond the bound get 503 + Retry-After."""
     entries = load_repository(repo, intra_op_num_threads=1)
     model = entries['cifar'].model
-    gate, run = threading.Event(), model.run
-    model.run = lambda x: (gate.wait(30), run(x))[1]  # the real model, held until the test releases it
+    gate, running, run = threading.Event(), threading.Event(), model.run
+    # the real model, held until the test releases it
+    model.run = lambda x: (running.set(), gate.wait(30), run(x))[2]
     app = create_app(entries, ServeSettings(max_queue_size=2, max_batch_size=1))
     batcher = app.state.serve.batchers['cifar']
     with ServerThread(app) as s:
@@ -217,7 +218,11 @@ def test_full_queue_answers_503_with_retry_after(repo, expected):
             results.append(httpx.post(f'{s.url}/v2/models/cifar/infer', json=_req(), timeout=60))
 
         threads = [threading.Thread(target=call) for _ in range(3)]
-        for t in threads:
+        threads[0].start()
+        # the first request is in the (held) model before the others arrive: on a busy machine the
+        # worker may otherwise not have taken it yet, and the third request finds the queue full
+        assert running.wait(30)
+        for t in threads[1:]:
             t.start()
         deadline = time.monotonic() + 30
         while batcher.queue_depth < 2 and time.monotonic() < deadline:  # 1 running (held) + 2 queued
