@@ -88,9 +88,9 @@ def _config_from_args(args: argparse.Namespace, finetune: bool) -> TrainConfig:
 
 _RESUME_KNOBS = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device', 'channels_last', 'eval_test',
                  'epochs'}
+# recipe flags outside _FLAGS (switches); --no-test and --[no-]channels-last are resume knobs
 _RECIPE_SWITCHES = [('--milestones', 'milestones'), ('--ema', 'ema'), ('--no-cifar-aug', 'cifar_aug'),
-                    ('--deterministic', 'deterministic'), ('--no-test', 'eval_test'),
-                    ('--channels-last', 'channels_last')]
+                    ('--deterministic', 'deterministic')]
 
 
 def _run(args: argparse.Namespace, finetune: bool) -> int:

@@ -417,16 +417,13 @@ class Trainer:
         self._setup()
         cfg = self.cfg
         resume = self.resume_path
+        src_dir: Optional[Path] = None
         if resume:
             path = Path(resume)
             if path.is_dir():
                 path = path / CHECKPOINT_NAME
             self._load(path)
-            if self.is_main and path.parent.resolve() != self.out.resolve():
-                # a branch (e.g. a longer schedule forked from a shared prefix): its history comes along
-                self.out.mkdir(parents=True, exist_ok=True)
-                if (path.parent / 'metrics.csv').is_file() and not (self.out / 'metrics.csv').exists():
-                    shutil.copyfile(path.parent / 'metrics.csv', self.out / 'metrics.csv')
+            src_dir = path.parent
         self.sessions.append(dict(
             epoch=self.epoch + 1, batch=self.batch, hardware=hardware_string(self.device),
             amp=str(self.amp_dtype).replace('torch.', '') if self.amp_dtype is not None else 'fp32',
@@ -434,6 +431,10 @@ class Trainer:
             started=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())))
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if src_dir is not None and src_dir.resolve() != self.out.resolve() \
+                    and (src_dir / 'metrics.csv').is_file() and not (self.out / 'metrics.csv').exists():
+                # a branch (e.g. a longer schedule forked from a shared prefix): its history comes along
+                shutil.copyfile(src_dir / 'metrics.csv', self.out / 'metrics.csv')
             _write_json(self.out / 'sessions.json', _jsonable(self.sessions))
             _write_json(self.out / 'config.json', _jsonable(asdict(cfg)))
             _write_json(self.out / 'data.json', dict(
