@@ -355,3 +355,37 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     assert (f"| `r20-long` | sd_resnet20 on {small_cifar} | 1/3 |" in cards
             and f"| {2 * pace / 3600:.2f} h | {hardware_string(torch.device('cpu'))}, fp32 | "
                 f"`sdzoo train --resume runs/r20-long` |" in cards), cards
+
+    # an interim snapshot of the run still training: a copy of its last.pt, published while the run goes on
+    snap = tmp_path / 'snapshot.pt'
+    shutil.copy(root / 'runs' / 'r20-long' / 'last.pt', snap)
+    Trainer(paused, resume=str(root / 'runs' / 'r20-long'), progress=False).fit()  # finishes epochs 2 and 3
+    with pytest.raises(ValueError, match='has finished: publish its final weights'):
+        publish_run(root / 'runs' / 'r20-long', 'sd_cifar10', root / 'weights', checkpoint=snap,
+                    update_cards=False)
+    (root / 'runs' / 'r20-long' / 'summary.json').unlink()  # as if it were still training
+    other = dict(load_checkpoint(snap))
+    other['config'] = dict(other['config'], data='elsewhere')
+    torch.save(other, tmp_path / 'other.pt')
+    with pytest.raises(ValueError, match=r"not a checkpoint of .*r20-long: its data is 'elsewhere'"):
+        publish_run(root / 'runs' / 'r20-long', 'sd_cifar10', root / 'weights',
+                    checkpoint=tmp_path / 'other.pt', update_cards=False)
+    with pytest.raises(FileNotFoundError, match='not a finished sdzoo training run .*--checkpoint'):
+        publish_run(root / 'runs' / 'r20-long', 'sd_cifar10', root / 'weights', update_cards=False)
+    interim = publish_run(root / 'runs' / 'r20-long', 'sd_cifar10', root / 'weights', checkpoint=snap,
+                          overwrite=True, update_cards=False)  # replaces the finished r20's folder
+    t = json.loads((interim / 'training.json').read_text())
+    assert t['epochs'] == '1/3 (interim)' and t['interim'] == dict(epoch=1, batch=1, epochs=3,
+                                                                   run=str(root / 'runs' / 'r20-long'))
+    assert 'after 1 of 3 epochs and 1 batch of epoch 2' in t['note']
+    # the folder's weights are the snapshot's, not the run's newer ones, and its records stop at epoch 1
+    published = load_state_dict_file(interim / 'model.safetensors')
+    assert all(torch.equal(published[k], v) for k, v in load_checkpoint(snap)['model'].items())
+    assert [r['epoch'] for r in read_metrics(interim / 'metrics.csv')] == [1]
+    assert len(read_metrics(root / 'runs' / 'r20-long' / 'metrics.csv')) == 3
+    v2 = json.loads((interim / 'validate.json').read_text())
+    assert v2['images'] == 60 and v2['weights'] == 'pretrained'
+    card = (interim / 'README.md').read_text()
+    assert card.index('> Interim weights') < card.index('## Model Details') and '1/3 (interim)' in card
+    cards = render_cards(root)
+    assert f"| `sd_resnet20.sd_cifar10` | " in cards and '| 1/3 (interim) |' in cards

@@ -187,6 +187,7 @@ def render_model_card(
         f'# Model card for {name}', '',
         f'`{arch}` image classifier with stochastic depth (Huang et al., 2016), trained on {dataset["name"]} '
         f'with [sdzoo]({pcfg.get("origin_url", "https://github.com/sdzoo/sdzoo")}).', '',
+    ] + ([f'> {train_info["note"]}', ''] if train_info.get('note') else []) + [
         '## Model Details',
         '- **Model type:** Image classification / feature backbone',
         '- **Model stats:**',
@@ -222,7 +223,7 @@ def render_model_card(
         if k not in _METRICS and isinstance(v, (int, float)) and not isinstance(v, bool):
             lines.append(f'| {k} | {_fmt_value(v)} |')
     lines += ['', '## Training']
-    info = dict(train_info)
+    info = {k: v for k, v in train_info.items() if k != 'note'}  # the note is quoted at the top
     for key, label, fmt in (('epochs', 'Epochs', str), ('wall_clock', 'Wall-clock', _fmt_seconds),
                             ('hardware', 'Hardware', str)):
         if key in info:

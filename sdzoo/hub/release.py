@@ -4,12 +4,19 @@ Every number in the folder comes from evaluation, not from the trainer's own log
 weights are evaluated on the test split, the folder is written, and then the *published* folder is
 loaded the way users load it (``pretrained=True``) and evaluated again with ``sdzoo validate``; its
 JSON is committed as ``validate.json`` and both evaluations must agree exactly.
+
+``--checkpoint FILE`` publishes an *interim* snapshot of a run that is still training (a copy of
+its ``last.pt``): on a CPU a long run spans many sessions, and users get real weights before it
+ends. The folder then says so everywhere (card, training.json, MODEL_CARDS.md), its records stop
+at the snapshot, and the final weights replace it with ``--overwrite``.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
@@ -27,22 +34,84 @@ def _validate_cmd(model: str, data: str, extra: str) -> str:
     return f'sdzoo validate {model} {extra} --data {data} --split test'
 
 
+def _snapshot(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool, work: Path) -> Dict[str, Any]:
+    """An unfinished run's checkpoint -> weights file, records cut at the snapshot, interim facts."""
+    from ..train.checkpoint import load_checkpoint, save_safetensors
+    from ..train.records import METRIC_FIELDS, hardware_summary, plot_curves, read_metrics
+    if (run_dir / 'summary.json').exists():
+        raise ValueError(f'{run_dir} has finished: publish its final weights (without --checkpoint)')
+    ckpt = load_checkpoint(checkpoint)
+    missing = [k for k in ('model', 'epoch', 'batch', 'config', 'wall_clock') if k not in ckpt]
+    if missing:
+        raise ValueError(f'{checkpoint} lacks {missing}: not an sdzoo training checkpoint')
+    ccfg = ckpt['config']
+    for key in ('model', 'data'):
+        if ccfg.get(key) != cfg.get(key):
+            raise ValueError(f'{checkpoint} is not a checkpoint of {run_dir}: its {key} is {ccfg.get(key)!r}, '
+                             f'the run\'s is {cfg.get(key)!r}')
+    state = ckpt.get('ema') if ema else ckpt['model']
+    if state is None:
+        raise ValueError(f'{checkpoint} holds no EMA weights (the run trained without --ema)')
+    done, batch, total = int(ckpt['epoch']), int(ckpt['batch']), int(ccfg['epochs'])
+    if done == 0:
+        raise ValueError(f'{checkpoint} is from the first epoch: publish a snapshot after at least one epoch')
+    weights = save_safetensors(state, work / 'snapshot.safetensors')
+    # the run's records may already be further along than the snapshot: keep the epochs it has seen
+    rows = [r for r in read_metrics(run_dir / 'metrics.csv') if r['epoch'] <= done]
+    metrics = plot = None
+    if rows:
+        metrics = work / 'metrics.csv'
+        with open(metrics, 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction='ignore')
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: int(r[k]) if k == 'epoch' else f'{r[k]:.6g}' for k in METRIC_FIELDS if k in r})
+        plot = work / 'curves.png'
+        plot_curves(metrics, plot, title=f"{cfg['model']} (interim: epoch {done} of {total})")
+    at = f'{done} of {total} epochs' + (f" and {batch} batch{'es' if batch > 1 else ''} of epoch {done + 1}" if batch else '')
+    note = (f'Interim weights: a snapshot of the unfinished run `{run_dir}` after {at}; its learning-rate '
+            f'schedule has not finished. The run continues (`sdzoo train --resume {run_dir}`) and its final '
+            'weights will replace this folder.')
+    return dict(weights=weights, metrics=metrics, plot=plot, hours=float(ckpt['wall_clock']) / 3600,
+                hardware=hardware_summary(ckpt.get('sessions') or [], done + (1 if batch else 0)),
+                epochs=f'{done}/{total} (interim)', note=note,
+                interim=dict(epoch=done, batch=batch, epochs=total, run=str(run_dir)))
+
+
 def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = None, overwrite: bool = False,
-                ema: bool = False, update_cards: bool = True) -> Path:
+                ema: bool = False, update_cards: bool = True, checkpoint: Path | None = None) -> Path:
+    """Publish a finished run, or with ``checkpoint`` an interim snapshot of one still training."""
+    with tempfile.TemporaryDirectory(prefix='sdzoo-publish-') as work:
+        return _publish_run(Path(run_dir), tag, Path(weights_root), data, overwrite, ema, update_cards,
+                            Path(checkpoint) if checkpoint is not None else None, Path(work))
+
+
+def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, overwrite: bool, ema: bool,
+                 update_cards: bool, checkpoint: Path | None, work: Path) -> Path:
     import timm
-    import torch
     import sdzoo  # noqa: F401
     from ..train.checkpoint import load_state_dict_file
     from ..train.cli import _cmd_validate, add_parser as add_train_parser
     from .publish import save_weights_folder
 
-    run_dir = Path(run_dir)
     cfg_path, summary_path = run_dir / 'config.json', run_dir / 'summary.json'
-    for p in (cfg_path, summary_path, run_dir / 'model.safetensors'):
-        if not p.is_file():
-            raise FileNotFoundError(f'{p} missing: {run_dir} is not a finished sdzoo training run')
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f'{cfg_path} missing: {run_dir} is not an sdzoo training run')
     cfg = json.loads(cfg_path.read_text())
-    summary = json.loads(summary_path.read_text())
+    if checkpoint is None:
+        for p in (summary_path, run_dir / 'model.safetensors'):
+            if not p.is_file():
+                raise FileNotFoundError(f'{p} missing: {run_dir} is not a finished sdzoo training run '
+                                        '(--checkpoint publishes an interim snapshot of one still training)')
+        summary = json.loads(summary_path.read_text())
+        weights_file = run_dir / ('model_ema.safetensors' if ema else 'model.safetensors')
+        snap: Dict[str, Any] = dict(
+            weights=weights_file, hours=summary.get('train_hours'), hardware=summary.get('hardware'),
+            epochs=cfg['epochs'], metrics=run_dir / 'metrics.csv' if (run_dir / 'metrics.csv').exists() else None,
+            plot=run_dir / 'curves.png' if (run_dir / 'curves.png').exists() else None,
+            check=run_dir / 'test_validate.json')
+    else:
+        snap = dict(_snapshot(run_dir, cfg, checkpoint, ema, work), check=work / 'test_validate.json')
     data_info = json.loads((run_dir / 'data.json').read_text()) if (run_dir / 'data.json').exists() else {}
     data = data or cfg['data']
     model_name = cfg['model']
@@ -51,7 +120,7 @@ def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = 
     # built under the target tag so that its pretrained cfg (input size, mean/std, labels) is the one saved
     tagged = f'{model_name}.{tag}'
     model = timm.create_model(tagged if timm.list_pretrained(tagged) else model_name, **kwargs)
-    weights_file = run_dir / ('model_ema.safetensors' if ema else 'model.safetensors')
+    weights_file = snap['weights']
     model.load_state_dict(load_state_dict_file(weights_file))
     model.eval()
 
@@ -67,9 +136,9 @@ def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = 
         _cmd_validate(args)
         return json.loads(out.read_text())
 
-    pre = run_validate(['--checkpoint', str(weights_file)], run_dir / 'test_validate.json')
+    pre = run_validate(['--checkpoint', str(weights_file)], snap['check'])
     labels = data_info.get('classes')
-    hours = summary.get('train_hours')
+    hours = snap['hours']
     commands = [
         ' '.join(['sdzoo train', model_name, '--data', cfg['data'], '--epochs', str(cfg['epochs']),
                   '--lr', str(cfg['lr']), '--sched', cfg['sched']]
@@ -86,13 +155,14 @@ def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = 
     recipe = {k: cfg[k] for k in ('epochs', 'batch_size', 'optimizer', 'lr', 'momentum', 'nesterov', 'weight_decay',
                                   'sched', 'milestones', 'warmup_epochs', 'label_smoothing', 'drop_path_rate',
                                   'sd_mode', 'sd_scaling', 'amp', 'seed', 'ema') if k in cfg}
-    train_info = dict(epochs=cfg['epochs'], wall_clock=(hours or 0) * 3600, hardware=summary.get('hardware'),
+    train_info = dict(epochs=snap['epochs'], wall_clock=(hours or 0) * 3600, hardware=snap['hardware'],
                       recipe=recipe, commands=commands, data=data_info.get('source'),
                       data_split=f"train {data_info.get('train')} / val {data_info.get('val')} / test {data_info.get('test')}")
+    if 'interim' in snap:
+        train_info.update(note=snap['note'], interim=snap['interim'])
     folder = save_weights_folder(
         model, weights_root, model_name=model_name, tag=tag, results=pre, train_info=train_info,
-        metrics_csv=run_dir / 'metrics.csv' if (run_dir / 'metrics.csv').exists() else None,
-        plot_png=run_dir / 'curves.png' if (run_dir / 'curves.png').exists() else None,
+        metrics_csv=snap['metrics'], plot_png=snap['plot'],
         label_names=labels, overwrite=overwrite, dataset=_DATASETS.get(data_info.get('name', '')))
     tmp = folder / '.training.json.tmp'
     tmp.write_text(json.dumps(train_info, indent=2, default=str) + '\n')
@@ -110,16 +180,20 @@ def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = 
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    publish_run(args.run_dir, args.tag, args.weights, data=args.data, overwrite=args.overwrite, ema=args.ema)
+    publish_run(args.run_dir, args.tag, args.weights, data=args.data, overwrite=args.overwrite, ema=args.ema,
+                checkpoint=args.checkpoint)
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser('publish', help='turn a finished training run into a weights/<model>.<tag> folder')
+    p = sub.add_parser('publish', help='turn a finished training run (or, with --checkpoint, an interim snapshot of one) into a weights/<model>.<tag> folder')
     p.add_argument('run_dir', type=Path)
     p.add_argument('--tag', required=True, help='timm pretrained tag, e.g. sd_cifar10')
     p.add_argument('--weights', type=Path, default=_REPO_ROOT / 'weights', help='weights root (default: weights/)')
     p.add_argument('--data', default=None, help='evaluation data (default: the run\'s data set)')
     p.add_argument('--ema', action='store_true', help='publish the EMA weights')
     p.add_argument('--overwrite', action='store_true', help='replace an existing folder')
+    p.add_argument('--checkpoint', type=Path, default=None,
+                   help='publish an interim snapshot of a run still training: a copy of its last.pt '
+                        '(copy it, the trainer rewrites last.pt)')
     p.set_defaults(func=_cmd_publish)
