@@ -192,7 +192,7 @@ def _exit_code(argv, capsys):
     return e.value.code, capsys.readouterr().err
 
 
-def test_cli_export_and_predict_end_to_end(tmp_path, cifar_root, capsys):
+def test_cli_export_and_predict_end_to_end(tmp_path, cifar_root, capsys, monkeypatch):
     from safetensors.torch import save_file
     from timm.data import create_transform, resolve_data_config
     torch.manual_seed(1)
@@ -200,12 +200,15 @@ def test_cli_export_and_predict_end_to_end(tmp_path, cifar_root, capsys):
     ckpt = tmp_path / 'weights.safetensors'
     save_file(model.state_dict(), str(ckpt))
     out = tmp_path / 'out' / 'r20.onnx'
+    # --data by name, as for train/validate: the data set's held-out test split is what gets compared
+    monkeypatch.setenv('SDZOO_DATA', str(cifar_root.parent))
     assert main(['export', 'sd_resnet20', '--checkpoint', str(ckpt), '--out', str(out),
-                 '--data', str(cifar_root / 'test'), '--val-images', '10']) == 0
+                 '--data', cifar_root.name, '--val-images', '10']) == 0
     printed = capsys.readouterr().out
     assert 'parity images (n=10)' in printed and 'Conv 19' in printed
     report = json.loads((tmp_path / 'out' / 'r20.report.json').read_text())
     assert report['parity']['passed'] and report['parity']['images']['n'] == 10
+    assert report['parity']['images']['data'] == str(cifar_root / 'test')
 
     files, images = _images(cifar_root, 3)
     assert main(['predict', str(out), *map(str, files), '--top-k', '3']) == 0

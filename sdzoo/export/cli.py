@@ -85,6 +85,21 @@ def _triton_kwargs(args: argparse.Namespace) -> Dict:
                 instance_kind=args.instance_kind, tensorrt=args.tensorrt, tensorrt_fp16=not args.tensorrt_fp32)
 
 
+def _image_folder(data: str) -> str:
+    """--data as a folder of class sub-folders: a path, or a data set name under $SDZOO_DATA (as for
+    train/validate); a data set root with train/ and test/ splits gives its test split (held-out images)."""
+    from ..cli import CLIError
+    from ..data.sources import default_data_root
+    path = Path(data)
+    if not path.is_dir():
+        path = default_data_root() / data
+        if not path.is_dir():
+            raise CLIError(f'--data {data}: no such folder (nor {path})')
+    if (path / 'test').is_dir() and (path / 'train').is_dir():
+        path = path / 'test'
+    return str(path)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..cli import CLIError
     from .triton import MODEL_FILE, check_model_name, model_dir, write_triton_model
@@ -92,8 +107,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f'--val-images must be >= 0, got {args.val_images}')
     if args.tolerance is not None and not args.tolerance > 0:
         raise CLIError(f'--tolerance must be > 0, got {args.tolerance}')
-    if args.data is not None and not Path(args.data).is_dir():
-        raise CLIError(f'--data {args.data}: no such folder')
+    if args.data is not None:
+        args.data = _image_folder(args.data)
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise CLIError(f'--checkpoint {args.checkpoint}: no such file')
     if args.out and args.repository:
@@ -213,7 +228,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset (default {DEFAULT_OPSET})')
     p.add_argument('--exporter', choices=('dynamo', 'torchscript'), default='dynamo',
                    help='torch.export-based exporter (default) or the legacy TorchScript one')
-    p.add_argument('--data', metavar='DIR', help='image folder (class sub-folders) for real-image parity')
+    p.add_argument('--data', metavar='DIR', help='image folder (class sub-folders) for real-image parity, or a '
+                   'data set name under $SDZOO_DATA (e.g. cifar10; a train/ test/ root gives its test split)')
     p.add_argument('--val-images', type=int, default=64, help='real images to check with --data (default 64)')
     p.add_argument('--tolerance', type=float, default=None,
                    help='max |onnx - torch| relative to the logit scale (default 1e-4 fp32, 1e-2 fp16)')
