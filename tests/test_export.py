@@ -414,3 +414,27 @@ def test_repository_entry_from_checkpoint_cpu(tmp_path, capsys):
     code, err = _exit_code(['export', 'sd_resnet20', '--checkpoint', str(ckpt), '--repository', str(repo),
                             '--name', '../escape'], capsys)
     assert code == 2 and 'model name' in err
+
+
+def test_shipped_sd_resnet110_exports_to_plain_resnet110_and_predicts(tmp_path, cifar_root, capsys):
+    """The export issue's done-when on the shipped weights: `sdzoo export sd_resnet110 --pretrained`
+    is a validated graph with plain ResNet-110's op histogram, and `sdzoo predict` classifies real images."""
+    from sdzoo.hub.weights import find_weights_folder
+    if find_weights_folder('sd_resnet110.sd_cifar10') is None:
+        pytest.skip('sd_resnet110.sd_cifar10 is not shipped in this checkout')
+    out = tmp_path / 'r110.onnx'
+    assert main(['export', 'sd_resnet110', '--pretrained', '--out', str(out),
+                 '--data', str(cifar_root), '--val-images', '20']) == 0
+    report = json.loads((tmp_path / 'r110.report.json').read_text())
+    assert report['parity']['passed'] and report['parity']['images']['n'] == 20
+    assert OrtModel(out).metadata['sdzoo.tag'] == 'sd_cifar10'
+    plain = sdzoo.export_onnx(timm.create_model('sd_resnet110', drop_path_rate=0.0).eval(), tmp_path / 'plain.onnx',
+                              write_report=False)
+    assert plain['op_histogram'] == _hist(out) and 'Mul' not in plain['op_histogram']
+    capsys.readouterr()
+    # 3 held-out images per class (not the ones the export checked): trained weights, not chance (10%)
+    files = [f for c in CIFAR10_CLASSES for f in sorted((cifar_root / 'test' / c).glob('*.jpg'))[-3:]]
+    assert main(['predict', str(out), *map(str, files), '--top-k', '1', '--json']) == 0
+    preds = json.loads(capsys.readouterr().out)['predictions']
+    correct = sum(p['top_k'][0]['label'] == Path(f).parent.name for p, f in zip(preds, files))
+    assert correct >= 0.6 * len(files), f'{correct}/{len(files)} right'
