@@ -44,3 +44,17 @@ def onnx_file(tmp_path_factory):
     """A real sd_resnet20 ONNX export (random init) with CIFAR-10 labels, shared by the serving tests."""
     from serve_support import CIFAR10_LABELS, export_onnx
     return export_onnx(tmp_path_factory.mktemp('onnx') / 'r20.onnx', labels=CIFAR10_LABELS)
+
+
+@pytest.fixture(scope='session')
+def shipped_r110_repository(tmp_path_factory, cifar_root) -> Path:
+    """The README demo's first step on the shipped weights: `sdzoo export sd_resnet110 --pretrained
+    --repository DIR` (validated against PyTorch on held-out CIFAR-10 images). Skipped where not shipped."""
+    from sdzoo.cli import main
+    from sdzoo.hub.weights import find_weights_folder
+    if find_weights_folder('sd_resnet110.sd_cifar10') is None:
+        pytest.skip('sd_resnet110.sd_cifar10 is not shipped in this checkout')
+    root = tmp_path_factory.mktemp('shipped-repository')
+    assert main(['export', 'sd_resnet110', '--pretrained', '--repository', str(root),
+                 '--data', str(cifar_root), '--val-images', '20']) == 0
+    return root

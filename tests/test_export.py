@@ -416,16 +416,13 @@ def test_repository_entry_from_checkpoint_cpu(tmp_path, capsys):
     assert code == 2 and 'model name' in err
 
 
-def test_shipped_sd_resnet110_exports_to_plain_resnet110_and_predicts(tmp_path, cifar_root, capsys):
-    """The export issue's done-when on the shipped weights: `sdzoo export sd_resnet110 --pretrained`
-    is a validated graph with plain ResNet-110's op histogram, and `sdzoo predict` classifies real images."""
-    from sdzoo.hub.weights import find_weights_folder
-    if find_weights_folder('sd_resnet110.sd_cifar10') is None:
-        pytest.skip('sd_resnet110.sd_cifar10 is not shipped in this checkout')
-    out = tmp_path / 'r110.onnx'
-    assert main(['export', 'sd_resnet110', '--pretrained', '--out', str(out),
-                 '--data', str(cifar_root), '--val-images', '20']) == 0
-    report = json.loads((tmp_path / 'r110.report.json').read_text())
+def test_shipped_sd_resnet110_exports_to_plain_resnet110_and_predicts(shipped_r110_repository, cifar_root, tmp_path,
+                                                                    capsys):
+    """The export issue's done-when on the shipped weights: `sdzoo export sd_resnet110 --pretrained` puts a
+    validated graph with plain ResNet-110's op histogram in the model repository, and `sdzoo predict`
+    classifies real images with it."""
+    out = shipped_r110_repository / 'sd_resnet110' / '1' / 'model.onnx'
+    report = json.loads(out.with_name('model.report.json').read_text())
     assert report['parity']['passed'] and report['parity']['images']['n'] == 20
     assert OrtModel(out).metadata['sdzoo.tag'] == 'sd_cifar10'
     plain = sdzoo.export_onnx(timm.create_model('sd_resnet110', drop_path_rate=0.0).eval(), tmp_path / 'plain.onnx',

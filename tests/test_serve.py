@@ -281,3 +281,31 @@ def test_access_log_is_structured_json(server):
     assert ok['endpoint'] == '/v2/models/{name}/ready' and ok['duration_ms'] >= 0 and ok['level'] == 'INFO'
     missing = next(d for d in lines if d['path'] == '/v2/models/unknown_model')
     assert missing['status'] == 404 and missing['model'] == '_unknown'
+
+
+def test_readme_demo_serves_the_shipped_sd_resnet110(shipped_r110_repository, cifar_root):
+    """The serving issue's done-when: the exported pretrained sd_resnet110, served, labels real images right
+    through the image endpoint (what curl sends) and through tritonclient, like a direct onnxruntime call."""
+    from PIL import Image
+    files = [sorted((cifar_root / 'test' / c).glob('*.jpg'))[-1] for c in CIFAR10_LABELS]
+    model = OrtModel(shipped_r110_repository / 'sd_resnet110' / '1' / 'model.onnx', providers=['CPUExecutionProvider'])
+    expected = [top[0][0] for top in model.predict([Image.open(f) for f in files], top_k=1)]
+    with ServerThread(create_app(shipped_r110_repository, ServeSettings(), intra_op_num_threads=1)) as s:
+        got = []
+        for f in files:
+            r = httpx.post(f'{s.url}/v2/models/sd_resnet110/classify?top_k=3', content=f.read_bytes(), timeout=60)
+            assert r.status_code == 200, r.text
+            got.append(r.json()['results'][0]['predictions'][0]['label'])
+        client = tritonhttp.InferenceServerClient(s.host_port, connection_timeout=60, network_timeout=60)
+        try:
+            x = model.preprocess([Image.open(f) for f in files])
+            inp = tritonhttp.InferInput('input', list(x.shape), 'FP32')
+            inp.set_data_from_numpy(x)
+            top = client.infer('sd_resnet110', [inp], outputs=[
+                tritonhttp.InferRequestedOutput('logits', class_count=1)]).as_numpy('logits')
+        finally:
+            client.close()
+    via_triton = [row[0].decode().split(':')[2] for row in top]
+    assert got == expected and via_triton == expected
+    right = sum(label == f.parent.name for label, f in zip(got, files))
+    assert right >= 6, f'{right}/10 held-out images right'
