@@ -275,7 +275,8 @@ def test_access_log_is_structured_json(server):
         httpx.get(f'{server.url}/v2/models/unknown_model')
         # the access line is written once the response has gone out: the client can be faster than that
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(any(p in r for r in records) for p in ('cifar/ready', 'unknown_model')):
+        while (time.monotonic() < deadline
+               and not all(any(p in r for r in records) for p in ('cifar/ready', 'unknown_model'))):
             time.sleep(0.01)
     finally:
         logger.removeHandler(handler)

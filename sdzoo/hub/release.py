@@ -13,7 +13,6 @@ at the snapshot, and the final weights replace it with ``--overwrite``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -37,7 +36,7 @@ def _validate_cmd(model: str, data: str, extra: str) -> str:
 def _snapshot(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool, work: Path) -> Dict[str, Any]:
     """An unfinished run's checkpoint -> weights file, records cut at the snapshot, interim facts."""
     from ..train.checkpoint import load_checkpoint, save_safetensors
-    from ..train.records import METRIC_FIELDS, hardware_summary, plot_curves, read_metrics
+    from ..train.records import hardware_summary, plot_curves, read_metrics, write_metrics
     if (run_dir / 'summary.json').exists():
         raise ValueError(f'{run_dir} has finished: publish its final weights (without --checkpoint)')
     ckpt = load_checkpoint(checkpoint)
@@ -61,11 +60,7 @@ def _snapshot(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool, w
     metrics = plot = None
     if rows:
         metrics = work / 'metrics.csv'
-        with open(metrics, 'w', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction='ignore')
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: int(r[k]) if k == 'epoch' else f'{r[k]:.6g}' for k in METRIC_FIELDS if k in r})
+        write_metrics(metrics, rows)
         plot = work / 'curves.png'
         plot_curves(metrics, plot, title=f"{cfg['model']} (interim: epoch {done} of {total})")
     at = f'{done} of {total} epochs' + (f" and {batch} batch{'es' if batch > 1 else ''} of epoch {done + 1}" if batch else '')

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List
 
-__all__ = ['METRIC_FIELDS', 'append_metrics', 'read_metrics', 'plot_curves', 'hardware_summary']
+__all__ = ['METRIC_FIELDS', 'append_metrics', 'write_metrics', 'read_metrics', 'plot_curves', 'hardware_summary']
 
 METRIC_FIELDS = ['epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5',
                  'epoch_seconds', 'images_per_sec', 'wall_clock_hours', 'blocks_run_fraction']
@@ -23,9 +23,13 @@ def read_metrics(path: os.PathLike | str) -> List[Dict[str, float]]:
 
 def append_metrics(path: os.PathLike | str, row: Dict[str, float]) -> None:
     """Rewrite the file atomically with ``row`` appended (drops rows of epochs >= row's: a resume)."""
-    path = Path(path)
     rows = [r for r in read_metrics(path) if r['epoch'] < row['epoch']]
-    rows.append(row)
+    write_metrics(path, rows + [row])
+
+
+def write_metrics(path: os.PathLike | str, rows: List[Dict[str, float]]) -> None:
+    """Write ``rows`` as metrics.csv, atomically."""
+    path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp')
     with open(tmp, 'w', newline='') as f:
         w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction='ignore')
