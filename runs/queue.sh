@@ -18,6 +18,14 @@ stop() {
 }
 trap stop TERM INT
 
+# An editable install left over from a deleted clone makes every run die with "No module named sdzoo.cli":
+# refuse to start unless sdzoo imports from this checkout.
+pkg=$(python -c 'import os, sdzoo; print(os.path.realpath(os.path.dirname(sdzoo.__file__)))' 2>/dev/null)
+if [ "$pkg" != "$(realpath sdzoo)" ]; then
+    echo "$(date -u +%FT%TZ) sdzoo imports from '${pkg:-nowhere}', not $(pwd)/sdzoo: run pip install -e . here first"
+    exit 1
+fi
+
 run() {  # run DIR [ARGS to start it]: one queue entry
     local dir=$1; shift
     [ -e "$dir/summary.json" ] && return 0
