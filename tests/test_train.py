@@ -337,7 +337,8 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     cfg = _cfg(root / 'runs', small_cifar, epochs=1, eval_test=True, out=str(root / 'runs' / 'r20'))
     Trainer(cfg, progress=False).fit()
-    folder = publish_run(root / 'runs' / 'r20', 'sd_cifar10', root / 'weights', update_cards=False)
+    folder = publish_run(root / 'runs' / 'r20', 'sd_cifar10', root / 'weights', update_cards=False,
+                         note='One epoch on 240 images: a test run.')
     assert folder == root / 'weights' / 'sd_resnet20.sd_cifar10'
     for name in ('config.json', 'model.safetensors', 'README.md', 'metrics.csv', 'validate.json', 'training.json'):
         assert (folder / name).is_file(), name
@@ -346,6 +347,10 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     assert v['top1'] == pre['top1'] and v['images'] == 60 and v['weights'] == 'pretrained'
     assert 'sd_resnet20.sd_cifar10' in json.loads(manifest.read_text())
     assert 'CIFAR-10 (JPEG q75 copy)' in (folder / 'README.md').read_text()
+    # the measured error is set against the published reference for this depth, then the reviewer's note
+    note = json.loads((folder / 'training.json').read_text())['note']
+    assert note.startswith(f"Test error {100 - v['top1']:.2f}% against the published 8.75% ResNet-20"), note
+    assert note.endswith('One epoch on 240 images: a test run.') and note in (folder / 'README.md').read_text()
     # a run paused after its first epoch is listed as in progress, with its pace and time to go
     paused = _cfg(root / 'runs', small_cifar, epochs=3, out=str(root / 'runs' / 'r20-long'))
     Trainer(paused, progress=False, max_steps=(240 - 40) // 32 + 1).fit()

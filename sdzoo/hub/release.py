@@ -27,6 +27,22 @@ _DATASETS = {
     'cifar10': dict(id='uoft-cs/cifar10', name='CIFAR-10 (JPEG q75 copy)', split='test'),
     'fashion_mnist': dict(id='zalando-datasets/fashion_mnist', name='Fashion-MNIST', split='test'),
 }
+# published test errors (%) on the lossless data set, quoted next to ours so a card says how far off it is
+_REFERENCES = {
+    ('sd_resnet20', 'cifar10'): [(8.75, 'ResNet-20 without stochastic depth (He et al. 2016)')],
+    ('sd_resnet56', 'cifar10'): [(6.97, 'ResNet-56 without stochastic depth (He et al. 2016)')],
+    ('sd_resnet110', 'cifar10'): [(6.41, 'constant-depth ResNet-110 (Huang et al. 2016)'),
+                                  (5.25, 'stochastic-depth ResNet-110, 500 epochs on a GPU (Huang et al. 2016)')],
+}
+
+
+def _reference_note(model: str, data: str, top1: float) -> str:
+    refs = _REFERENCES.get((model, data))
+    if not refs:
+        return ''
+    quoted = '; '.join(f'{err:.2f}% {what}' for err, what in refs)
+    return (f'Test error {100 - top1:.2f}% against the published {quoted}: those are on the lossless original, '
+            'this is on the JPEG q75 copy.')
 
 
 def _validate_cmd(model: str, data: str, extra: str) -> str:
@@ -74,15 +90,20 @@ def _snapshot(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool, w
 
 
 def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = None, overwrite: bool = False,
-                ema: bool = False, update_cards: bool = True, checkpoint: Path | None = None) -> Path:
-    """Publish a finished run, or with ``checkpoint`` an interim snapshot of one still training."""
+                ema: bool = False, update_cards: bool = True, checkpoint: Path | None = None,
+                note: str | None = None) -> Path:
+    """Publish a finished run, or with ``checkpoint`` an interim snapshot of one still training.
+
+    ``note`` (the reviewer's words: what limited the run, what to expect) goes on the card and into
+    MODEL_CARDS.md, after the measured comparison with the published reference errors.
+    """
     with tempfile.TemporaryDirectory(prefix='sdzoo-publish-') as work:
         return _publish_run(Path(run_dir), tag, Path(weights_root), data, overwrite, ema, update_cards,
-                            Path(checkpoint) if checkpoint is not None else None, Path(work))
+                            Path(checkpoint) if checkpoint is not None else None, Path(work), note)
 
 
 def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, overwrite: bool, ema: bool,
-                 update_cards: bool, checkpoint: Path | None, work: Path) -> Path:
+                 update_cards: bool, checkpoint: Path | None, work: Path, note: str | None = None) -> Path:
     import timm
     import sdzoo  # noqa: F401
     from ..train.checkpoint import load_state_dict_file
@@ -154,7 +175,10 @@ def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, 
                       recipe=recipe, commands=commands, data=data_info.get('source'),
                       data_split=f"train {data_info.get('train')} / val {data_info.get('val')} / test {data_info.get('test')}")
     if 'interim' in snap:
-        train_info.update(note=snap['note'], interim=snap['interim'])
+        train_info.update(interim=snap['interim'])
+    notes = [snap.get('note'), _reference_note(model_name, data_info.get('name', ''), pre['top1']), note]
+    if any(notes):
+        train_info['note'] = ' '.join(n.strip() for n in notes if n and n.strip())
     folder = save_weights_folder(
         model, weights_root, model_name=model_name, tag=tag, results=pre, train_info=train_info,
         metrics_csv=snap['metrics'], plot_png=snap['plot'],
@@ -176,7 +200,7 @@ def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     publish_run(args.run_dir, args.tag, args.weights, data=args.data, overwrite=args.overwrite, ema=args.ema,
-                checkpoint=args.checkpoint)
+                checkpoint=args.checkpoint, note=args.note)
     return 0
 
 
@@ -191,4 +215,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--checkpoint', type=Path, default=None,
                    help='publish an interim snapshot of a run still training: a copy of its last.pt '
                         '(copy it, the trainer rewrites last.pt)')
+    p.add_argument('--note', default=None,
+                   help='a reviewer\'s note for the card and MODEL_CARDS.md (what limited the run, what to expect)')
     p.set_defaults(func=_cmd_publish)
