@@ -103,7 +103,7 @@ def publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None = 
 
 
 def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, overwrite: bool, ema: bool,
-                 update_cards: bool, checkpoint: Path | None, work: Path, note: str | None = None) -> Path:
+                 update_cards: bool, checkpoint: Path | None, work: Path, note: str | None) -> Path:
     import timm
     import sdzoo  # noqa: F401
     from ..train.checkpoint import load_state_dict_file
