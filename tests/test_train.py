@@ -350,6 +350,7 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     # the measured error is set against the published reference for this depth, then the reviewer's note
     note = json.loads((folder / 'training.json').read_text())['note']
     assert note.startswith(f"Test error {100 - v['top1']:.2f}% against the published 8.75% ResNet-20"), note
+    assert 'those are on the lossless original, this is on CIFAR-10 (JPEG q75 copy).' in note
     assert note.endswith('One epoch on 240 images: a test run.') and note in (folder / 'README.md').read_text()
     # a run paused after its first epoch is listed as in progress, with its pace and time to go
     paused = _cfg(root / 'runs', small_cifar, epochs=3, out=str(root / 'runs' / 'r20-long'))

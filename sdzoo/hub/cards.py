@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..train.records import hardware_summary
+from .release import _DATASETS
 
 __all__ = ['render_cards', 'write_cards']
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-_DATA_NAMES = {'cifar10': 'CIFAR-10 (JPEG q75 copy)', 'fashion_mnist': 'Fashion-MNIST'}
 
 
 def _hours(seconds: float) -> str:
@@ -42,7 +42,7 @@ def _published(weights: Path) -> List[str]:
         flops = count_flops(model, input_size)
         recipe = t.get('recipe', {})
         rows.append(
-            f"| `{folder.name}` | {_DATA_NAMES.get(v.get('data'), v.get('data'))} ({v.get('split')}, {v.get('images')} images) | "
+            f"| `{folder.name}` | {_DATASETS.get(v.get('data'), {}).get('name', v.get('data'))} ({v.get('split')}, {v.get('images')} images) | "
             f"{v['top1']:.2f} | {v['top5']:.2f} | {params / 1e6:.2f}M | {flops / 1e6:.0f}M | "
             f"{'×'.join(map(str, input_size))} | {t.get('epochs', '?')} | "
             f"{_hours(t.get('wall_clock', 0))} on {t.get('hardware', '?')} | "

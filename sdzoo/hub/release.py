@@ -42,7 +42,7 @@ def _reference_note(model: str, data: str, top1: float) -> str:
         return ''
     quoted = '; '.join(f'{err:.2f}% {what}' for err, what in refs)
     return (f'Test error {100 - top1:.2f}% against the published {quoted}: those are on the lossless original, '
-            'this is on the JPEG q75 copy.')
+            f"this is on {_DATASETS[data]['name']}.")
 
 
 def _validate_cmd(model: str, data: str, extra: str) -> str:
