@@ -352,6 +352,25 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     assert note.startswith(f"Test error {100 - v['top1']:.2f}% against the published 8.75% ResNet-20"), note
     assert 'those are on the lossless original, this is on CIFAR-10 (JPEG q75 copy).' in note
     assert note.endswith('One epoch on 240 images: a test run.') and note in (folder / 'README.md').read_text()
+    # on a fresh clone a finished run has only its committed files (no model.safetensors under runs/):
+    # publishing again rebuilds the same weights from last.pt, which a finished run leaves at its very end
+    run = root / 'runs' / 'r20'
+    final = load_state_dict_file(run / 'model.safetensors')
+    (run / 'model.safetensors').unlink()
+    again = publish_run(run, 'sd_cifar10', root / 'weights', overwrite=True, update_cards=False)
+    rebuilt = load_state_dict_file(again / 'model.safetensors')
+    assert rebuilt.keys() == final.keys() and all(torch.equal(rebuilt[k], final[k]) for k in final)
+    assert json.loads((again / 'validate.json').read_text())['top1'] == v['top1']
+    shutil.copy(run / 'last.pt', tmp_path / 'final.pt')
+    early = dict(load_checkpoint(run / 'last.pt'), epoch=0, batch=3)
+    torch.save(early, run / 'last.pt')
+    with pytest.raises(ValueError, match=r'last.pt is not the end of the run \(epoch 0 batch 3, the run has 1 epochs\)'):
+        publish_run(run, 'sd_cifar10', root / 'weights', overwrite=True, update_cards=False)
+    (run / 'last.pt').unlink()
+    with pytest.raises(FileNotFoundError, match='model.safetensors and .*last.pt missing'):
+        publish_run(run, 'sd_cifar10', root / 'weights', overwrite=True, update_cards=False)
+    assert json.loads((again / 'validate.json').read_text())['top1'] == v['top1']  # the folder is untouched
+    shutil.copy(tmp_path / 'final.pt', run / 'last.pt')
     # a run paused after its first epoch is listed as in progress, with its pace and time to go
     paused = _cfg(root / 'runs', small_cifar, epochs=3, out=str(root / 'runs' / 'r20-long'))
     Trainer(paused, progress=False, max_steps=(240 - 40) // 32 + 1).fit()

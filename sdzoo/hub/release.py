@@ -49,12 +49,10 @@ def _validate_cmd(model: str, data: str, extra: str) -> str:
     return f'sdzoo validate {model} {extra} --data {data} --split test'
 
 
-def _snapshot(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool, work: Path) -> Dict[str, Any]:
-    """An unfinished run's checkpoint -> weights file, records cut at the snapshot, interim facts."""
+def _checkpoint_weights(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool,
+                        out: Path) -> Dict[str, Any]:
+    """A run's training checkpoint -> a weights file at ``out``; returns the checkpoint."""
     from ..train.checkpoint import load_checkpoint, save_safetensors
-    from ..train.records import hardware_summary, plot_curves, read_metrics, write_metrics
-    if (run_dir / 'summary.json').exists():
-        raise ValueError(f'{run_dir} has finished: publish its final weights (without --checkpoint)')
     ckpt = load_checkpoint(checkpoint)
     missing = [k for k in ('model', 'epoch', 'batch', 'config', 'wall_clock') if k not in ckpt]
     if missing:
@@ -67,10 +65,37 @@ def _snapshot(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool, w
     state = ckpt.get('ema') if ema else ckpt['model']
     if state is None:
         raise ValueError(f'{checkpoint} holds no EMA weights (the run trained without --ema)')
-    done, batch, total = int(ckpt['epoch']), int(ckpt['batch']), int(ccfg['epochs'])
+    save_safetensors(state, out)
+    return ckpt
+
+
+def _final_weights(run_dir: Path, cfg: Dict[str, Any], ema: bool, work: Path) -> Path:
+    """A finished run's weights file; on a fresh clone (weights files are not committed under runs/) it is
+    rebuilt from the committed ``last.pt``, which a finished run leaves at its very end."""
+    name = 'model_ema.safetensors' if ema else 'model.safetensors'
+    if (run_dir / name).is_file():
+        return run_dir / name
+    last = run_dir / 'last.pt'
+    if not last.is_file():
+        raise FileNotFoundError(f'{run_dir / name} and {last} missing: nothing to publish in the finished run {run_dir}')
+    ckpt = _checkpoint_weights(run_dir, cfg, last, ema, work / name)
+    at, total = (int(ckpt['epoch']), int(ckpt['batch'])), int(cfg['epochs'])
+    if at != (total, 0):
+        raise ValueError(f'{run_dir / name} missing and {last} is not the end of the run (epoch {at[0]} batch '
+                         f'{at[1]}, the run has {total} epochs): cannot tell its final weights')
+    return work / name
+
+
+def _snapshot(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool, work: Path) -> Dict[str, Any]:
+    """An unfinished run's checkpoint -> weights file, records cut at the snapshot, interim facts."""
+    from ..train.records import hardware_summary, plot_curves, read_metrics, write_metrics
+    if (run_dir / 'summary.json').exists():
+        raise ValueError(f'{run_dir} has finished: publish its final weights (without --checkpoint)')
+    weights = work / 'snapshot.safetensors'
+    ckpt = _checkpoint_weights(run_dir, cfg, checkpoint, ema, weights)
+    done, batch, total = int(ckpt['epoch']), int(ckpt['batch']), int(ckpt['config']['epochs'])
     if done == 0:
         raise ValueError(f'{checkpoint} is from the first epoch: publish a snapshot after at least one epoch')
-    weights = save_safetensors(state, work / 'snapshot.safetensors')
     # the run's records may already be further along than the snapshot: keep the epochs it has seen
     rows = [r for r in read_metrics(run_dir / 'metrics.csv') if r['epoch'] <= done]
     metrics = plot = None
@@ -115,12 +140,11 @@ def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, 
         raise FileNotFoundError(f'{cfg_path} missing: {run_dir} is not an sdzoo training run')
     cfg = json.loads(cfg_path.read_text())
     if checkpoint is None:
-        for p in (summary_path, run_dir / 'model.safetensors'):
-            if not p.is_file():
-                raise FileNotFoundError(f'{p} missing: {run_dir} is not a finished sdzoo training run '
-                                        '(--checkpoint publishes an interim snapshot of one still training)')
+        if not summary_path.is_file():
+            raise FileNotFoundError(f'{summary_path} missing: {run_dir} is not a finished sdzoo training run '
+                                    '(--checkpoint publishes an interim snapshot of one still training)')
         summary = json.loads(summary_path.read_text())
-        weights_file = run_dir / ('model_ema.safetensors' if ema else 'model.safetensors')
+        weights_file = _final_weights(run_dir, cfg, ema, work)
         snap: Dict[str, Any] = dict(
             weights=weights_file, hours=summary.get('train_hours'), hardware=summary.get('hardware'),
             epochs=cfg['epochs'], metrics=run_dir / 'metrics.csv' if (run_dir / 'metrics.csv').exists() else None,
