@@ -49,8 +49,8 @@ run() {  # run DIR [ARGS to start it]: one queue entry
 # the paper's network first (it gates the export and serving work), then the cheap depths and the ViT,
 # then the 300-epoch branch of the ResNet-110 run (forked before its first LR drop; see runs/README.md).
 # The 160-epoch ResNet-110 plateaued near 90% val top-1 on the JPEG q75 copy, short of the 6.41% target; the
-# branch (~237 epochs left, ~43 h on a 2-core AVX2 EPYC) stays last so the missing weights (ResNet-56, the ViT,
-# a full 160-epoch ResNet-20) land first.
+# branch (~237 epochs left, ~43 h on a 2-core AVX2 EPYC) stays last so the missing weights land first (ResNet-20
+# and ResNet-56 have, the ViT is next).
 run runs/sd_resnet110-cifar10
 run runs/sd_resnet20-cifar10 sd_resnet20 --data cifar10 --epochs 160 --warmup-epochs 1
 run runs/sd_resnet56-cifar10 sd_resnet56 --data cifar10 --epochs 160 --warmup-epochs 1
