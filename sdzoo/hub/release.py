@@ -49,10 +49,9 @@ def _validate_cmd(model: str, data: str, extra: str) -> str:
     return f'sdzoo validate {model} {extra} --data {data} --split test'
 
 
-def _checkpoint_weights(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool,
-                        out: Path) -> Dict[str, Any]:
-    """A run's training checkpoint -> a weights file at ``out``; returns the checkpoint."""
-    from ..train.checkpoint import load_checkpoint, save_safetensors
+def _run_checkpoint(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path) -> Dict[str, Any]:
+    """A training checkpoint of ``run_dir``, refused when it is not one (another model or data set)."""
+    from ..train.checkpoint import load_checkpoint
     ckpt = load_checkpoint(checkpoint)
     missing = [k for k in ('model', 'epoch', 'batch', 'config', 'wall_clock') if k not in ckpt]
     if missing:
@@ -62,11 +61,15 @@ def _checkpoint_weights(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, em
         if ccfg.get(key) != cfg.get(key):
             raise ValueError(f'{checkpoint} is not a checkpoint of {run_dir}: its {key} is {ccfg.get(key)!r}, '
                              f'the run\'s is {cfg.get(key)!r}')
+    return ckpt
+
+
+def _save_weights(ckpt: Dict[str, Any], checkpoint: Path, ema: bool, out: Path) -> None:
+    from ..train.checkpoint import save_safetensors
     state = ckpt.get('ema') if ema else ckpt['model']
     if state is None:
         raise ValueError(f'{checkpoint} holds no EMA weights (the run trained without --ema)')
     save_safetensors(state, out)
-    return ckpt
 
 
 def _final_weights(run_dir: Path, cfg: Dict[str, Any], ema: bool, work: Path) -> Path:
@@ -78,11 +81,12 @@ def _final_weights(run_dir: Path, cfg: Dict[str, Any], ema: bool, work: Path) ->
     last = run_dir / 'last.pt'
     if not last.is_file():
         raise FileNotFoundError(f'{run_dir / name} and {last} missing: nothing to publish in the finished run {run_dir}')
-    ckpt = _checkpoint_weights(run_dir, cfg, last, ema, work / name)
+    ckpt = _run_checkpoint(run_dir, cfg, last)
     at, total = (int(ckpt['epoch']), int(ckpt['batch'])), int(cfg['epochs'])
     if at != (total, 0):
         raise ValueError(f'{run_dir / name} missing and {last} is not the end of the run (epoch {at[0]} batch '
                          f'{at[1]}, the run has {total} epochs): cannot tell its final weights')
+    _save_weights(ckpt, last, ema, work / name)
     return work / name
 
 
@@ -92,10 +96,11 @@ def _snapshot(run_dir: Path, cfg: Dict[str, Any], checkpoint: Path, ema: bool, w
     if (run_dir / 'summary.json').exists():
         raise ValueError(f'{run_dir} has finished: publish its final weights (without --checkpoint)')
     weights = work / 'snapshot.safetensors'
-    ckpt = _checkpoint_weights(run_dir, cfg, checkpoint, ema, weights)
+    ckpt = _run_checkpoint(run_dir, cfg, checkpoint)
     done, batch, total = int(ckpt['epoch']), int(ckpt['batch']), int(ckpt['config']['epochs'])
     if done == 0:
         raise ValueError(f'{checkpoint} is from the first epoch: publish a snapshot after at least one epoch')
+    _save_weights(ckpt, checkpoint, ema, weights)
     # the run's records may already be further along than the snapshot: keep the epochs it has seen
     rows = [r for r in read_metrics(run_dir / 'metrics.csv') if r['epoch'] <= done]
     metrics = plot = None
