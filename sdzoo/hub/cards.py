@@ -22,6 +22,14 @@ __all__ = ['render_cards', 'write_cards']
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+# every sd_* model's drop_path_rate default (the paper's p_L = 0.5): what a recipe without one trained with
+_DEFAULT_DROP_PATH_RATE = 0.5
+
+
+def _drop_path_rate(configured: Any) -> float:
+    return _DEFAULT_DROP_PATH_RATE if configured is None else float(configured)
+
+
 def _hours(seconds: float) -> str:
     return f'{seconds / 3600:.2f} h'
 
@@ -47,7 +55,7 @@ def _published(weights: Path) -> List[str]:
             f"{'×'.join(map(str, input_size))} | {t.get('epochs', '?')} | "
             f"{_hours(t.get('wall_clock', 0))} on {t.get('hardware', '?')} | "
             f"{recipe.get('optimizer', 'sgd')}, lr {recipe.get('lr')}, {recipe.get('sched')}, "
-            f"drop_path_rate {recipe.get('drop_path_rate') if recipe.get('drop_path_rate') is not None else 0.5} |")
+            f"drop_path_rate {_drop_path_rate(recipe.get('drop_path_rate')):g} |")
         cmds = '\n'.join(t.get('commands', []))
         details.append(f"### `{folder.name}`\n\n"
                        f"Evaluation (`{folder.name}/validate.json`): top-1 {v['top1']:.2f}%, top-5 {v['top5']:.2f}%, "
@@ -76,7 +84,9 @@ def _in_training(runs: Path) -> List[str]:
         left = max(0, int(cfg.get('epochs') or 0) - int(last['epoch']))
         sessions = json.loads((run / 'sessions.json').read_text()) if (run / 'sessions.json').exists() else []
         where = hardware_summary(sessions, int(last['epoch'])) if sessions else 'not recorded'
-        out.append(f"| `{run.name}` | {cfg.get('model')} on {cfg.get('data')} | {last['epoch']}/{cfg.get('epochs')} | "
+        rate = _drop_path_rate(cfg.get('drop_path_rate'))
+        sd = f"drop_path_rate {rate:g}" + (': constant depth, a control' if rate == 0 else '')
+        out.append(f"| `{run.name}` | {cfg.get('model')} ({sd}) on {cfg.get('data')} | {last['epoch']}/{cfg.get('epochs')} | "
                    f"{float(last['val_top1']):.2f} | {pace / 60:.1f} min | {_hours(left * pace)} | {where} | "
                    f"`sdzoo train --resume {run.relative_to(runs.parent)}` |")
     if not out:

@@ -630,7 +630,8 @@ def hardware_string(device: torch.device) -> str:
                     break
     except OSError:
         pass
-    return f'{cpu}, {torch.get_num_threads()} threads'
+    n = torch.get_num_threads()
+    return f'{cpu}, {n} thread{"s" if n != 1 else ""}'
 
 
 def check_schedule_change(old: TrainConfig, new: TrainConfig, done_steps: int, steps_per_epoch: int) -> None:
