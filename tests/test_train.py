@@ -390,6 +390,15 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     cards = render_cards(root)
     assert f"| `r20-nosd` | sd_resnet20 (drop_path_rate 0: constant depth, a control) on {small_cifar} | 1/3 |" in cards
     assert '| sgd, lr 0.05, cosine, drop_path_rate 0.5 |' in cards, cards
+    # finished runs list the test result their trainer measured, published (found by the recorded --out) or not
+    summary = json.loads((run / 'summary.json').read_text())
+    assert (f"| `r20` | sd_resnet20 | {small_cifar} | 0.5 | 1 | {summary['test']['top1']:.2f} | "
+            f"{summary['test']['top5']:.2f} | 60 | {summary['train_hours']:.2f} h | `sd_resnet20.sd_cifar10` |") in cards
+    shutil.copy(run / 'summary.json', control / 'summary.json')
+    cards = render_cards(root)
+    assert f"| `r20-nosd` | sd_resnet20 | {small_cifar} | 0 (constant depth) | 1 | " in cards
+    assert cards.split('| `r20-nosd` |')[1].split('\n')[0].endswith('| not published |'), cards
+    assert '`r20-nosd` | sd_resnet20 (drop_path_rate 0' not in cards  # finished: no longer in progress
     shutil.rmtree(control)
 
     # an interim snapshot of the run still training: a copy of its last.pt, published while the run goes on

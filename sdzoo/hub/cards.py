@@ -96,6 +96,41 @@ def _in_training(runs: Path) -> List[str]:
             '|---|---|---:|---:|---:|---:|---|---|'] + out + ['']
 
 
+def _published_runs(weights: Path) -> Dict[str, str]:
+    """Run-directory name -> weight folder, from the training command each published folder records."""
+    out: Dict[str, str] = {}
+    for folder in sorted(p for p in weights.glob('*') if (p / 'training.json').is_file()):
+        for cmd in json.loads((folder / 'training.json').read_text()).get('commands', []):
+            words = cmd.split()
+            for flag, value in zip(words, words[1:]):
+                if flag == '--out':
+                    out[Path(value).name] = folder.name
+    return out
+
+
+def _finished(runs: Path, weights: Path) -> List[str]:
+    """Every finished run with the test result its trainer measured: the published ones beside the
+    controls (e.g. constant depth) that are trained only to be compared with them."""
+    published = _published_runs(weights)
+    out = []
+    for run in sorted(p for p in runs.glob('*') if (p / 'summary.json').is_file()):
+        summary = json.loads((run / 'summary.json').read_text())
+        cfg = json.loads((run / 'config.json').read_text()) if (run / 'config.json').exists() else {}
+        test = summary.get('test')
+        if not test:
+            continue
+        rate = _drop_path_rate(cfg.get('drop_path_rate'))
+        data = _DATASETS.get(summary.get('data'), {}).get('name', summary.get('data'))
+        out.append(f"| `{run.name}` | {summary.get('model')} | {data} | {rate:g}{' (constant depth)' if rate == 0 else ''} | "
+                   f"{summary.get('epochs')} | {test['top1']:.2f} | {test['top5']:.2f} | {test['images']} | "
+                   f"{summary.get('train_hours', 0):.2f} h | "
+                   f"{'`' + published[run.name] + '`' if run.name in published else 'not published'} |")
+    if not out:
+        return ['No run has finished yet.\n']
+    return ['| run | model | data set | drop_path_rate | epochs | test top-1 % | test top-5 % | test images '
+            '| training time | published as |', '|---|---|---|---:|---:|---:|---:|---:|---:|---|'] + out + ['']
+
+
 def render_cards(root: Path = _REPO_ROOT) -> str:
     parts = [
         '# Model cards',
@@ -111,6 +146,14 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
         '## Published weights',
         '',
     ] + _published(root / 'weights') + [
+        '## Finished runs',
+        '',
+        'The test result each finished run\'s trainer measured at its end (`runs/<run>/summary.json`, fp32, '
+        'full-depth eval network), published or not: controls such as a constant-depth network '
+        '(`drop_path_rate 0`, every block every step) are trained only to be set beside the stochastic-depth '
+        'runs on the same data and recipe. Published weights are measured again by `sdzoo validate` above.',
+        '',
+    ] + _finished(root / 'runs', root / 'weights') + [
         '## Runs in progress',
         '',
         'Long runs train across working sessions; their resumable checkpoints (`runs/<run>/last.pt`) are committed. '
