@@ -30,7 +30,7 @@ if ! [[ $lanes =~ ^[1-9][0-9]*$ ]] || [ "$lanes" -gt "$cores" ]; then
 fi
 # An editable install left over from a deleted clone makes every run die with "No module named sdzoo.cli":
 # refuse to start unless sdzoo imports from this checkout.
-pkg=$(python -c 'import os, sdzoo; print(os.path.realpath(os.path.dirname(sdzoo.__file__)))' 2>/dev/null)
+pkg=$(python -c 'import importlib.util as u, os; print(os.path.realpath(os.path.dirname(u.find_spec("sdzoo").origin)))' 2>/dev/null)
 if [ "$pkg" != "$(realpath sdzoo)" ]; then
     echo "$(date -u +%FT%TZ) sdzoo imports from '${pkg:-nowhere}', not $(pwd)/sdzoo: run pip install -e . here first"
     exit 1
@@ -119,12 +119,11 @@ if [ "$lanes" -eq 1 ]; then
     exit 0
 fi
 pids=()
+trap 'trap - TERM INT; kill -TERM "${pids[@]}" 2>/dev/null; wait; echo "$(date -u +%FT%TZ) queue stopped"; exit 143' TERM INT
 for i in $(seq "$lanes"); do
     # a lane is a subshell: it sets its own trap (subshells reset them) and forwards TERM to its run
     ( lane_name="lane $i/$lanes"; trap stop TERM INT; queue ) &
     pids+=($!)
-    sleep 2  # lane 1 claims the first open entry before lane 2 looks
 done
-trap 'trap - TERM INT; kill -TERM "${pids[@]}" 2>/dev/null; wait; echo "$(date -u +%FT%TZ) queue stopped"; exit 143' TERM INT
 wait
 echo "$(date -u +%FT%TZ) queue done"
