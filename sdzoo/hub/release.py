@@ -33,6 +33,8 @@ _REFERENCES = {
     ('sd_resnet56', 'cifar10'): [(6.97, 'ResNet-56 without stochastic depth (He et al. 2016)')],
     ('sd_resnet110', 'cifar10'): [(6.41, 'constant-depth ResNet-110 (Huang et al. 2016)'),
                                   (5.25, 'stochastic-depth ResNet-110, 500 epochs on a GPU (Huang et al. 2016)')],
+    # the Compact Transformers README (SHI-Labs), trained with AutoAugment and a cosine schedule
+    ('sd_vit_lite_patch4_32', 'cifar10'): [(8.62, 'ViT-Lite-7/4 (Hassani et al. 2021)')],
 }
 
 
