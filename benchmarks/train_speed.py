@@ -190,13 +190,6 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def emit(text: str, path: Path) -> None:
-    """Print a result table and write it (atomically) where the README links it."""
-    print(text)
-    write_atomic(path, text)
-    print(f'written to {path}', file=sys.stderr)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', default='sd_resnet110')
@@ -230,7 +223,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = {}
     for c in configs:
         results[c] = run_config(args, c, **CONFIGS[c])
-    emit(render(args, results, expected_fraction, (load0, os.getloadavg()[0])), args.out)
+    text = render(args, results, expected_fraction, (load0, os.getloadavg()[0]))
+    print(text)
+    write_atomic(args.out, text)
+    print(f'written to {args.out}', file=sys.stderr)
     return 0
 
 
