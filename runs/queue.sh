@@ -73,12 +73,13 @@ stop() {
 trap stop TERM INT
 
 run() {  # run DIR [ARGS to start it]: one queue entry
-    local dir=$1
-    case $(state_of "$@") in
+    local dir=$1 state
+    state=$(state_of "$@")
+    case $state in
         finished) return 0 ;;
-        resume) shift $#; set -- --resume "$dir" ;;
+        resume) set -- --resume "$dir" ;;
         start) shift; set -- "$@" --out "$dir" ;;
-        *) echo "$(date -u +%FT%TZ) skip $dir: no checkpoint and no start arguments"; return 0 ;;
+        *) echo "$(date -u +%FT%TZ) $dir: $state"; return 0 ;;
     esac
     mkdir -p "$dir"
     echo "$(date -u +%FT%TZ) sdzoo train $*"
