@@ -377,7 +377,7 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     pace = float((root / 'runs' / 'r20-long' / 'metrics.csv').read_text().splitlines()[1].split(',')[7])
     cards = render_cards(root)
     assert f"| {v['top1']:.2f} | {v['top5']:.2f} |" in cards and '0.27M' in cards
-    assert (f"| `r20-long` | sd_resnet20 (drop_path_rate 0.5) on {small_cifar} | 1/3 |" in cards
+    assert (f"| `r20-long` | sd_resnet20 on {small_cifar}, drop_path_rate 0.5 | 1/3 |" in cards
             and f"| {2 * pace / 3600:.2f} h | {hardware_string(torch.device('cpu'))}, fp32 | "
                 f"`sdzoo train --resume runs/r20-long` |" in cards), cards
     # a constant-depth control run (drop_path_rate 0) says so, and the published table shows the rate trained with
@@ -388,7 +388,7 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     conf = json.loads((root / 'runs' / 'r20-long' / 'config.json').read_text())
     (control / 'config.json').write_text(json.dumps(dict(conf, drop_path_rate=0.0)))
     cards = render_cards(root)
-    assert f"| `r20-nosd` | sd_resnet20 (drop_path_rate 0: constant depth, a control) on {small_cifar} | 1/3 |" in cards
+    assert f"| `r20-nosd` | sd_resnet20 on {small_cifar}, drop_path_rate 0 (constant depth) | 1/3 |" in cards
     assert '| sgd, lr 0.05, cosine, drop_path_rate 0.5 |' in cards, cards
     # finished runs list the test result their trainer measured, published (found by the recorded --out) or not
     summary = json.loads((run / 'summary.json').read_text())
@@ -398,7 +398,7 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     cards = render_cards(root)
     assert f"| `r20-nosd` | sd_resnet20 | {small_cifar} | 0 (constant depth) | 1 | " in cards
     assert cards.split('| `r20-nosd` |')[1].split('\n')[0].endswith('| not published |'), cards
-    assert '`r20-nosd` | sd_resnet20 (drop_path_rate 0' not in cards  # finished: no longer in progress
+    assert f'`r20-nosd` | sd_resnet20 on {small_cifar}, drop_path_rate 0' not in cards  # finished: no longer in progress
     shutil.rmtree(control)
 
     # an interim snapshot of the run still training: a copy of its last.pt, published while the run goes on

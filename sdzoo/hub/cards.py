@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import statistics
@@ -22,12 +23,24 @@ __all__ = ['render_cards', 'write_cards']
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-# every sd_* model's drop_path_rate default (the paper's p_L = 0.5): what a recipe without one trained with
-_DEFAULT_DROP_PATH_RATE = 0.5
+@functools.lru_cache(maxsize=None)
+def _default_drop_path_rate(model_name: str) -> float:
+    """The rate a recipe without ``--drop-path-rate`` trained with: the model's own default, read
+    from the built network (last block's ``p_L = 1 - drop_path_rate`` for linear and uniform)."""
+    import timm
+    import sdzoo  # noqa: F401
+    from ..layers.stochastic_depth import sd_modules
+    units = sd_modules(timm.create_model(model_name))
+    return round(1.0 - units[-1].survival_prob, 6) if units else 0.0
 
 
-def _drop_path_rate(configured: Any) -> float:
-    return _DEFAULT_DROP_PATH_RATE if configured is None else float(configured)
+def _drop_path_rate(model_name: str, configured: Any) -> float:
+    return _default_drop_path_rate(model_name) if configured is None else float(configured)
+
+
+def _depth_label(rate: float) -> str:
+    """``drop_path_rate`` as a card shows it; 0 is the constant-depth control."""
+    return f'{rate:g} (constant depth)' if rate == 0 else f'{rate:g}'
 
 
 def _hours(seconds: float) -> str:
@@ -55,7 +68,7 @@ def _published(weights: Path) -> List[str]:
             f"{'×'.join(map(str, input_size))} | {t.get('epochs', '?')} | "
             f"{_hours(t.get('wall_clock', 0))} on {t.get('hardware', '?')} | "
             f"{recipe.get('optimizer', 'sgd')}, lr {recipe.get('lr')}, {recipe.get('sched')}, "
-            f"drop_path_rate {_drop_path_rate(recipe.get('drop_path_rate')):g} |")
+            f"drop_path_rate {_depth_label(_drop_path_rate(cfg['architecture'], recipe.get('drop_path_rate')))} |")
         cmds = '\n'.join(t.get('commands', []))
         details.append(f"### `{folder.name}`\n\n"
                        f"Evaluation (`{folder.name}/validate.json`): top-1 {v['top1']:.2f}%, top-5 {v['top5']:.2f}%, "
@@ -84,9 +97,8 @@ def _in_training(runs: Path) -> List[str]:
         left = max(0, int(cfg.get('epochs') or 0) - int(last['epoch']))
         sessions = json.loads((run / 'sessions.json').read_text()) if (run / 'sessions.json').exists() else []
         where = hardware_summary(sessions, int(last['epoch'])) if sessions else 'not recorded'
-        rate = _drop_path_rate(cfg.get('drop_path_rate'))
-        sd = f"drop_path_rate {rate:g}" + (': constant depth, a control' if rate == 0 else '')
-        out.append(f"| `{run.name}` | {cfg.get('model')} ({sd}) on {cfg.get('data')} | {last['epoch']}/{cfg.get('epochs')} | "
+        sd = _depth_label(_drop_path_rate(cfg['model'], cfg.get('drop_path_rate')))
+        out.append(f"| `{run.name}` | {cfg.get('model')} on {cfg.get('data')}, drop_path_rate {sd} | {last['epoch']}/{cfg.get('epochs')} | "
                    f"{float(last['val_top1']):.2f} | {pace / 60:.1f} min | {_hours(left * pace)} | {where} | "
                    f"`sdzoo train --resume {run.relative_to(runs.parent)}` |")
     if not out:
@@ -119,9 +131,9 @@ def _finished(runs: Path, weights: Path) -> List[str]:
         test = summary.get('test')
         if not test:
             continue
-        rate = _drop_path_rate(cfg.get('drop_path_rate'))
+        rate = _drop_path_rate(summary['model'], cfg.get('drop_path_rate'))
         data = _DATASETS.get(summary.get('data'), {}).get('name', summary.get('data'))
-        out.append(f"| `{run.name}` | {summary.get('model')} | {data} | {rate:g}{' (constant depth)' if rate == 0 else ''} | "
+        out.append(f"| `{run.name}` | {summary.get('model')} | {data} | {_depth_label(rate)} | "
                    f"{summary.get('epochs')} | {test['top1']:.2f} | {test['top5']:.2f} | {test['images']} | "
                    f"{summary.get('train_hours', 0):.2f} h | "
                    f"{'`' + published[run.name] + '`' if run.name in published else 'not published'} |")
