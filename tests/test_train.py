@@ -121,6 +121,8 @@ def test_resume_may_lengthen_the_schedule_before_it_diverges(tmp_path, small_cif
     # the branch carries the shared history and says where each stretch ran
     assert [r['epoch'] for r in read_metrics(fork / 'metrics.csv')] == [1, 2]
     assert [(x['epoch'], x['batch']) for x in b['sessions']] == [(1, 0), (2, 1)]
+    # with the CPU kernels that ran: one CPU model name covers AVX-512 + bf16 and AVX2-only machines
+    assert all(f"({torch.backends.cpu.get_cpu_capability()}" in x['hardware'] for x in b['sessions']), b['sessions']
     assert load_checkpoint(Path(short.out) / 'last.pt')['global_step'] == spe + 1  # the source is untouched
     # the branch is in epoch 3, where 4 epochs would have dropped the LR: going back is refused
     with pytest.raises(SystemExit):
