@@ -631,7 +631,7 @@ def hardware_string(device: torch.device) -> str:
     except OSError:
         pass
     # the model name alone hides what sets the pace: one "AMD EPYC" has AVX-512 and native bf16, another
-    # only AVX2 (sd_resnet110 epochs: ~2.7 min in bf16 on an AVX-512 Xeon, ~11 min in fp32 on an AVX2 EPYC,
+    # only AVX2 (sd_resnet110 epochs: ~3 min in bf16 on an AVX-512 Xeon, 8.5-12 min in fp32 on AVX2 EPYCs,
     # runs/sd_resnet110-cifar10/metrics.csv), so say which kernels ran
     isa = torch.backends.cpu.get_cpu_capability()
     n = torch.get_num_threads()
