@@ -436,3 +436,35 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
     assert card.index('> Interim weights') < card.index('## Model Details') and '1/3 (interim)' in card
     cards = render_cards(root)
     assert f"| `sd_resnet20.sd_cifar10` | " in cards and '| 1/3 (interim) |' in cards
+
+
+def test_publish_and_validate_keep_a_non_default_drop_path_rate(tmp_path, small_cifar, monkeypatch, capsys):
+    """With the paper's scaling p_l is part of the eval network: a run trained at drop_path_rate 0.2 (the
+    ViT's kind of recipe, not the 0.5 default) is evaluated, published and loaded back at 0.2."""
+    from sdzoo.hub.release import publish_run
+    root = tmp_path / 'repo'
+    (root / 'weights').mkdir(parents=True)
+    (root / 'manifest.json').write_text('{}')
+    for k, v in (('SDZOO_WEIGHTS', root / 'weights'), ('SDZOO_WEIGHTS_ONLY', '1'),
+                 ('SDZOO_MANIFEST', root / 'manifest.json'), ('HF_HUB_OFFLINE', '1')):
+        monkeypatch.setenv(k, str(v))
+    run = root / 'runs' / 'r20-dp02'
+    Trainer(_cfg(root / 'runs', small_cifar, epochs=1, eval_test=True, drop_path_rate=0.2, out=str(run)),
+            progress=False).fit()
+    test = json.loads((run / 'summary.json').read_text())['test']
+    # the trainer checkpoint records the rate: validate uses it without being told
+    out = tmp_path / 'v.json'
+    assert cli_main(['validate', 'sd_resnet20', '--checkpoint', str(run / 'last.pt'), '--data', str(small_cifar),
+                     '--out', str(out), '--workers', '0']) == 0
+    v = json.loads(out.read_text())
+    assert (v['top1'], round(v['loss'], 5)) == (test['top1'], round(test['loss'], 5)), (v, test)
+    # told otherwise, it is another network (this is what a silent default would have measured)
+    assert cli_main(['validate', 'sd_resnet20', '--checkpoint', str(run / 'last.pt'), '--data', str(small_cifar),
+                     '--out', str(out), '--workers', '0', '--drop-path-rate', '0.5']) == 0
+    assert round(json.loads(out.read_text())['loss'], 5) != round(test['loss'], 5)
+    # publishing rebuilds the weights without the run's config beside them, and must agree with the folder
+    folder = publish_run(run, 'sd_cifar10', root / 'weights', update_cards=False)
+    assert json.loads((folder / 'config.json').read_text())['model_args']['drop_path_rate'] == 0.2
+    published = json.loads((folder / 'validate.json').read_text())
+    assert (published['top1'], round(published['loss'], 5)) == (test['top1'], round(test['loss'], 5))
+    capsys.readouterr()

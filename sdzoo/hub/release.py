@@ -183,7 +183,10 @@ def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, 
         _cmd_validate(args)
         return json.loads(out.read_text())
 
-    pre = run_validate(['--checkpoint', str(weights_file)], snap['check'])
+    # the run's survival settings: a bare weights file does not record them (the folder's config.json will)
+    trained = [a for k in ('drop_path_rate', 'sd_scaling') if cfg.get(k) is not None
+               for a in (f"--{k.replace('_', '-')}", str(cfg[k]))]
+    pre = run_validate(['--checkpoint', str(weights_file)] + trained, snap['check'])
     labels = data_info.get('classes')
     hours = snap['hours']
     commands = [

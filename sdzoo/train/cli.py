@@ -165,41 +165,31 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    import timm
     import torch
     import sdzoo  # noqa: F401
     from timm.data import resolve_data_config
     from ..data import create_loader, load_splits
-    from .checkpoint import load_state_dict_file
+    from ..export.onnx import create_model, data_config
     from .trainer import evaluate
     if args.data_dir:
         import os
         os.environ['SDZOO_DATA'] = args.data_dir
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not timm.is_model(args.model):
-        raise ValueError(f'unknown model {args.model!r}; `sdzoo list` shows the registered sd_* models')
-    kwargs: Dict[str, Any] = {}
-    if args.num_classes is not None:
-        kwargs['num_classes'] = args.num_classes
-    if args.in_chans is not None:
-        kwargs['in_chans'] = args.in_chans
     if args.pretrained and args.checkpoint:
         raise ValueError('give either --pretrained or --checkpoint, not both')
     if not args.pretrained and not args.checkpoint:
         raise ValueError('say which weights to evaluate: --pretrained or --checkpoint FILE')
-    model = timm.create_model(args.model, pretrained=bool(args.pretrained), **kwargs)
-    if args.checkpoint:
-        sd = load_state_dict_file(args.checkpoint)
-        try:
-            model.load_state_dict(sd)
-        except RuntimeError as e:
-            raise ValueError(f'{args.checkpoint} does not fit {args.model}: {str(e).splitlines()[0]} '
-                             '(pass --num-classes / --in-chans if it was fine-tuned)') from e
+    # with the paper's scaling the survival probabilities are part of the eval network: a checkpoint's
+    # recorded drop_path_rate / sd_scaling (trainer .pt, or the config.json beside a .safetensors) are
+    # used, explicit flags win, and only then the model defaults (export builds its models the same way)
+    kwargs = {k: getattr(args, k) for k in ('drop_path_rate', 'sd_scaling') if getattr(args, k) is not None}
+    model = create_model(args.model, pretrained=bool(args.pretrained), checkpoint=args.checkpoint,
+                         num_classes=args.num_classes, in_chans=args.in_chans, **kwargs)
     device = torch.device(args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
     model.to(device).eval()
     data_cfg = resolve_data_config(model=model)
-    in_chans = args.in_chans or data_cfg['input_size'][0]
+    in_chans = data_config(model)['input_size'][0]  # the first conv's, e.g. a recorded in_chans=1
     data_cfg['input_size'] = (in_chans,) + tuple(data_cfg['input_size'][1:])
     splits = load_splits(args.data, tuple(data_cfg['input_size']), val_size=0 if args.split == 'test' else None)
     split = getattr(splits, args.split)
@@ -241,6 +231,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--split', default='test', choices=('test', 'val', 'train'))
     p.add_argument('--num-classes', type=int, default=None)
     p.add_argument('--in-chans', type=int, default=None)
+    p.add_argument('--drop-path-rate', type=float, default=None,
+                   help='1 - p_L the checkpoint was trained with (the paper scaling uses it at test time; default: '
+                        'recorded with the checkpoint, else the model default)')
+    p.add_argument('--sd-scaling', choices=('paper', 'inverted'), default=None, help='scaling used in training')
     p.add_argument('--batch-size', type=int, default=256)
     p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16', 'auto'))
     p.add_argument('--device', default='auto')
