@@ -467,4 +467,10 @@ def test_publish_and_validate_keep_a_non_default_drop_path_rate(tmp_path, small_
     assert json.loads((folder / 'config.json').read_text())['model_args']['drop_path_rate'] == 0.2
     published = json.loads((folder / 'validate.json').read_text())
     assert (published['top1'], round(published['loss'], 5)) == (test['top1'], round(test['loss'], 5))
+    # a fine-tune from those weights inherits their 0.2 and records it (config.json and checkpoint), so that
+    # its own publish and cards rebuild the network it trained, not the model default
+    ft = root / 'runs' / 'ft'
+    Trainer(_cfg(root / 'runs', small_cifar, epochs=1, pretrained=True, out=str(ft)), progress=False, max_steps=1).fit()
+    assert json.loads((ft / 'config.json').read_text())['drop_path_rate'] == 0.2
+    assert load_checkpoint(ft / 'last.pt')['config']['drop_path_rate'] == 0.2
     capsys.readouterr()

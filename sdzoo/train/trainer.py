@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -181,6 +181,13 @@ def create_train_model(cfg: TrainConfig) -> nn.Module:
     return model
 
 
+def built_sd_settings(model: nn.Module) -> Dict[str, Any]:
+    """``drop_path_rate`` / ``sd_mode`` / ``sd_scaling`` a built sdzoo model carries (None where unknown)."""
+    units = sd_modules(model)
+    return dict(drop_path_rate=getattr(model, 'sd_drop_path_rate', None),
+                sd_mode=units[0].mode if units else None, sd_scaling=units[0].scaling if units else None)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp: str = 'none',
              max_batches: Optional[int] = None, progress: bool = False, desc: str = 'eval') -> Dict[str, float]:
@@ -266,6 +273,11 @@ class Trainer:
 
         self.model = create_train_model(cfg)
         self.model_name = cfg.model
+        # record what the network was built with, not just what was asked: a fine-tune inherits its weights'
+        # drop_path_rate (a ViT's 0.1), a recipe without one the model default; with the paper's scaling the
+        # eval network depends on it, and publishing rebuilds the model from config.json
+        cfg = self.cfg = replace(cfg, **{k: v for k, v in built_sd_settings(self.model).items()
+                                         if getattr(cfg, k) is None and v is not None})
         from timm.data import resolve_data_config
         self.data_cfg = resolve_data_config(model=self.model)
         in_chans = cfg.in_chans or self.data_cfg['input_size'][0]
