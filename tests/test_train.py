@@ -160,6 +160,10 @@ def test_hardware_summary_spans_machines():
     assert hardware_summary(s, 160) == ('not recorded (epochs 1-19); Xeon, 2 threads, bf16 autocast (epochs 19-60); '
                                         'EPYC, 2 threads, fp32 (epochs 60-160)')
     assert hardware_summary(s[1:2], 160) == 'Xeon, 2 threads, bf16 autocast'
+    # the old "1 threads" spelling and the new "1 thread" are one machine, one stretch
+    one = [dict(epoch=5, batch=9, hardware='EPYC, 1 threads', amp='bfloat16'),
+           dict(epoch=5, batch=300, hardware='EPYC, 1 thread', amp='bfloat16')]
+    assert hardware_summary(one, 6) == 'EPYC, 1 thread, bf16 autocast'
 
 
 def test_resume_may_switch_memory_format(tmp_path, small_cifar):

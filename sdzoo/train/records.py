@@ -82,7 +82,9 @@ def hardware_summary(sessions: List[Dict[str, Any]], epochs: int) -> str:
     groups: List[List[Any]] = []  # [label, first epoch, last epoch]
     for i, s in enumerate(sessions):
         prec = {'bfloat16': 'bf16 autocast', 'float16': 'fp16 autocast'}.get(s.get('amp'), 'fp32')
-        label = f"{s['hardware']}, {prec}" if s.get('hardware') else s.get('note', 'not recorded')
+        # records written before "1 thread" was spelled right still name the same machine
+        hw = s['hardware'].replace(', 1 threads', ', 1 thread') if s.get('hardware') else None
+        label = f"{hw}, {prec}" if hw else s.get('note', 'not recorded')
         end = max(s['epoch'], sessions[i + 1]['epoch'] if i + 1 < len(sessions) else epochs)
         if groups and groups[-1][0] == label:
             groups[-1][2] = end
