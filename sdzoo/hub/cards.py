@@ -25,13 +25,12 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @functools.lru_cache(maxsize=None)
 def _default_drop_path_rate(model_name: str) -> float:
-    """The rate a recipe without ``--drop-path-rate`` trained with: the model's own default, read
-    from the built network (last block's ``p_L = 1 - drop_path_rate`` for linear and uniform)."""
+    """The rate a recipe without ``--drop-path-rate`` trained with (runs from before the trainer
+    recorded it): the model's own default, read from the built network."""
     import timm
     import sdzoo  # noqa: F401
-    from ..layers.stochastic_depth import sd_modules
-    units = sd_modules(timm.create_model(model_name))
-    return round(1.0 - units[-1].survival_prob, 6) if units else 0.0
+    from ..layers import sd_settings
+    return float(sd_settings(timm.create_model(model_name))['drop_path_rate'])
 
 
 def _drop_path_rate(model_name: str, configured: Any) -> float:

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 __all__ = [
     'SD_MODES', 'SD_SCALINGS', 'SD_SCHEDULES', 'survival_schedule', 'SDSampler', 'StochasticDepth',
-    'apply_stochastic_depth', 'sd_modules', 'sd_blocks', 'set_sd_seed',
+    'apply_stochastic_depth', 'sd_modules', 'sd_blocks', 'sd_settings', 'set_sd_seed',
 ]
 
 SD_MODES = ('batch', 'row')
@@ -208,6 +208,14 @@ class StochasticDepth(nn.Module):
 def sd_modules(model: nn.Module) -> List[StochasticDepth]:
     """All stochastic-depth units of a model, in network order."""
     return [m for m in model.modules() if isinstance(m, StochasticDepth)]
+
+
+def sd_settings(model: nn.Module) -> dict:
+    """``drop_path_rate`` / ``sd_mode`` / ``sd_scaling`` a built model carries, as
+    :func:`apply_stochastic_depth` set them (None where unknown, e.g. an explicit schedule's rate)."""
+    units = sd_modules(model)
+    return dict(drop_path_rate=getattr(model, 'sd_drop_path_rate', None),
+                sd_mode=units[0].mode if units else None, sd_scaling=units[0].scaling if units else None)
 
 
 def sd_blocks(model: nn.Module) -> List[List[StochasticDepth]]:

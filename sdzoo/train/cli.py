@@ -169,6 +169,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     import sdzoo  # noqa: F401
     from timm.data import resolve_data_config
     from ..data import create_loader, load_splits
+    from ..export.cli import _model_kwargs
     from ..export.onnx import create_model, data_config
     from .trainer import evaluate
     if args.data_dir:
@@ -183,14 +184,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     # with the paper's scaling the survival probabilities are part of the eval network: a checkpoint's
     # recorded drop_path_rate / sd_scaling (trainer .pt, or the config.json beside a .safetensors) are
     # used, explicit flags win, and only then the model defaults (export builds its models the same way)
-    kwargs = {k: getattr(args, k) for k in ('drop_path_rate', 'sd_scaling') if getattr(args, k) is not None}
     model = create_model(args.model, pretrained=bool(args.pretrained), checkpoint=args.checkpoint,
-                         num_classes=args.num_classes, in_chans=args.in_chans, **kwargs)
+                         **_model_kwargs(args))
     device = torch.device(args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
     model.to(device).eval()
     data_cfg = resolve_data_config(model=model)
-    in_chans = data_config(model)['input_size'][0]  # the first conv's, e.g. a recorded in_chans=1
-    data_cfg['input_size'] = (in_chans,) + tuple(data_cfg['input_size'][1:])
+    data_cfg['input_size'] = tuple(data_config(model)['input_size'])  # the first conv's channels, e.g. in_chans=1
     splits = load_splits(args.data, tuple(data_cfg['input_size']), val_size=0 if args.split == 'test' else None)
     split = getattr(splits, args.split)
     if split is None:

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import create_loader, load_splits
-from ..layers import SDSampler, sd_modules
+from ..layers import SDSampler, sd_modules, sd_settings
 from .checkpoint import atomic_save, atomic_write_json as _write_json, load_checkpoint, save_safetensors
 from .records import append_metrics, hardware_summary, plot_curves
 
@@ -181,13 +181,6 @@ def create_train_model(cfg: TrainConfig) -> nn.Module:
     return model
 
 
-def built_sd_settings(model: nn.Module) -> Dict[str, Any]:
-    """``drop_path_rate`` / ``sd_mode`` / ``sd_scaling`` a built sdzoo model carries (None where unknown)."""
-    units = sd_modules(model)
-    return dict(drop_path_rate=getattr(model, 'sd_drop_path_rate', None),
-                sd_mode=units[0].mode if units else None, sd_scaling=units[0].scaling if units else None)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp: str = 'none',
              max_batches: Optional[int] = None, progress: bool = False, desc: str = 'eval') -> Dict[str, float]:
@@ -276,7 +269,7 @@ class Trainer:
         # record what the network was built with, not just what was asked: a fine-tune inherits its weights'
         # drop_path_rate (a ViT's 0.1), a recipe without one the model default; with the paper's scaling the
         # eval network depends on it, and publishing rebuilds the model from config.json
-        cfg = self.cfg = replace(cfg, **{k: v for k, v in built_sd_settings(self.model).items()
+        cfg = self.cfg = replace(cfg, **{k: v for k, v in sd_settings(self.model).items()
                                          if getattr(cfg, k) is None and v is not None})
         from timm.data import resolve_data_config
         self.data_cfg = resolve_data_config(model=self.model)
