@@ -27,7 +27,7 @@ def model_info(name: str, flops: bool = True, **kwargs) -> Dict[str, Any]:
     """Summary of a registered sd_* model (created without weights)."""
     import timm
     import sdzoo  # noqa: F401
-    from .layers import sd_blocks, sd_modules
+    from .layers import sd_blocks, sd_modules, sd_settings
     if not timm.is_model(name):
         raise ValueError(f'unknown model {name!r}; `sdzoo list` shows the registered sd_* models')
     model = timm.create_model(name, **kwargs)
@@ -42,9 +42,7 @@ def model_info(name: str, flops: bool = True, **kwargs) -> Dict[str, Any]:
         'num_classes': model.num_classes,
         'droppable_blocks': len(blocks),
         'sd_units': len(units),
-        'drop_path_rate': getattr(model, 'sd_drop_path_rate', None),
-        'sd_mode': units[0].mode if units else None,
-        'sd_scaling': units[0].scaling if units else None,
+        **sd_settings(model),  # drop_path_rate, sd_mode, sd_scaling
         'survival_probs': [round(p, 6) for p in probs],
         'expected_depth_fraction': sum(probs) / len(probs) if probs else 1.0,
         'pretrained_tags': [m.split('.', 1)[1] for m in timm.list_pretrained(name + '.*')],
