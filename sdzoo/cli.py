@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 # sub-command name -> module that provides ``add_parser(subparsers)`` and the handler it sets
 _COMMANDS = {
@@ -26,6 +26,23 @@ _COMMANDS = {
 
 class CLIError(Exception):
     """A user error: printed as ``sdzoo: error: …`` with exit status 2, no traceback."""
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """Flags that rebuild the architecture a checkpoint was trained with (export and validate share them):
+    with the paper's scaling the survival probabilities are part of the eval network."""
+    p.add_argument('--num-classes', type=int, default=None, help='classes of the checkpoint (default: the model cfg)')
+    p.add_argument('--in-chans', type=int, default=None, help='input channels of the checkpoint')
+    p.add_argument('--drop-path-rate', type=float, default=None,
+                   help='1 - p_L the checkpoint was trained with (paper scaling uses it at test time; default: '
+                        'recorded with the checkpoint, else the model default)')
+    p.add_argument('--sd-scaling', choices=('paper', 'inverted'), default=None, help='scaling used in training')
+
+
+def checkpoint_kwargs(args: argparse.Namespace) -> Dict:
+    """``create_model`` kwargs from :func:`add_checkpoint_args` flags that were given."""
+    return {k: v for k in ('num_classes', 'in_chans', 'drop_path_rate', 'sd_scaling')
+            if (v := getattr(args, k)) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..cli import add_checkpoint_args, checkpoint_kwargs
+
 __all__ = ['add_parser', 'shipped_weights', 'repository_name']
 
 
@@ -56,15 +58,6 @@ def _export_kwargs(args: argparse.Namespace) -> Dict:
     return kwargs
 
 
-def _model_kwargs(args: argparse.Namespace) -> Dict:
-    kwargs = {}
-    for k in ('num_classes', 'in_chans', 'drop_path_rate', 'sd_scaling'):
-        v = getattr(args, k)
-        if v is not None:
-            kwargs[k] = v
-    return kwargs
-
-
 def _print_report(report: Dict, as_json: bool) -> None:
     from .validate import format_report
     print(json.dumps(report, indent=2) if as_json else format_report(report))
@@ -73,7 +66,7 @@ def _print_report(report: Dict, as_json: bool) -> None:
 def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool, checkpoint: Optional[str],
                 tag: Optional[str]) -> Dict:
     from .onnx import create_model, export_onnx
-    model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, **_model_kwargs(args))
+    model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, **checkpoint_kwargs(args))
     if tag is None:
         tag = ((model.pretrained_cfg or {}).get('tag') or '') if pretrained else ''
     return export_onnx(model, out, model_name=name.split('.', 1)[0], tag=tag,
@@ -213,12 +206,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--repository', metavar='DIR', help='Triton model repository: writes DIR/NAME/{config.pbtxt,'
                                                        'labels.txt,1/model.onnx}')
     p.add_argument('--name', help='repository entry name (default: model name, or model_tag for other tags)')
-    p.add_argument('--num-classes', type=int, default=None, help='classes of the checkpoint (default: the model cfg)')
-    p.add_argument('--in-chans', type=int, default=None, help='input channels of the checkpoint')
-    p.add_argument('--drop-path-rate', type=float, default=None,
-                   help='1 - p_L the checkpoint was trained with (paper scaling uses it at test time; default: '
-                        'recorded in the checkpoint, else the model default)')
-    p.add_argument('--sd-scaling', choices=('paper', 'inverted'), default=None, help='scaling used in training')
+    add_checkpoint_args(p)
     p.add_argument('--tag', default=None, help='weights tag recorded in the metadata (default: the pretrained tag)')
     p.add_argument('--labels', metavar='FILE', help='class names, one per line')
     p.add_argument('--fp16', action='store_true', help='fp16 weights and compute (inputs/outputs stay float32)')

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict
 
+from ..cli import add_checkpoint_args, checkpoint_kwargs
 from .trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingInterrupted, recipe
 
 # CLI flag -> TrainConfig field; None defaults mean "take the recipe's value"
@@ -169,7 +170,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     import sdzoo  # noqa: F401
     from timm.data import resolve_data_config
     from ..data import create_loader, load_splits
-    from ..export.cli import _model_kwargs
     from ..export.onnx import create_model, data_config
     from .trainer import evaluate
     if args.data_dir:
@@ -185,7 +185,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     # recorded drop_path_rate / sd_scaling (trainer .pt, or the config.json beside a .safetensors) are
     # used, explicit flags win, and only then the model defaults (export builds its models the same way)
     model = create_model(args.model, pretrained=bool(args.pretrained), checkpoint=args.checkpoint,
-                         **_model_kwargs(args))
+                         **checkpoint_kwargs(args))
     device = torch.device(args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
     model.to(device).eval()
     data_cfg = resolve_data_config(model=model)
@@ -228,12 +228,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--data', default='cifar10')
     p.add_argument('--data-dir', default=None, help='folder that contains cifar10/ (overrides $SDZOO_DATA)')
     p.add_argument('--split', default='test', choices=('test', 'val', 'train'))
-    p.add_argument('--num-classes', type=int, default=None)
-    p.add_argument('--in-chans', type=int, default=None)
-    p.add_argument('--drop-path-rate', type=float, default=None,
-                   help='1 - p_L the checkpoint was trained with (the paper scaling uses it at test time; default: '
-                        'recorded with the checkpoint, else the model default)')
-    p.add_argument('--sd-scaling', choices=('paper', 'inverted'), default=None, help='scaling used in training')
+    add_checkpoint_args(p)
     p.add_argument('--batch-size', type=int, default=256)
     p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16', 'auto'))
     p.add_argument('--device', default='auto')
