@@ -212,6 +212,33 @@ def test_mixup_cutmix_train_and_resume_exactly(tmp_path, small_cifar):
     assert not torch.equal(a['fc.weight'], c['fc.weight'])
 
 
+@pytest.mark.parametrize('cfg', [
+    TrainConfig(model='sd_vit_lite_patch4_32', epochs=100, mixup=0.8, cutmix=1.0, sd_mode='batch', sd_scaling='paper',
+                lr=5e-4, optimizer='adamw', weight_decay=0.05, sched='cosine', warmup_epochs=5, label_smoothing=0.1,
+                drop_path_rate=0.1, threads=2, out='runs/vit'),
+    TrainConfig(model='sd_resnet20', epochs=160, lr=0.1, sched='step', milestones=(0.3, 0.6), warmup_epochs=1.0,
+                drop_path_rate=0.0, ema=True, cifar_aug=False, sd_mode='row', seed=3, out='runs/r20'),
+    TrainConfig(model='sd_resnet20', data='fashion_mnist', epochs=10, lr=0.05, sched='cosine', warmup_epochs=0.5,
+                weight_decay=1e-4, pretrained=True, num_classes=10, in_chans=1, reset_head=False, out='runs/ft'),
+])
+def test_train_command_recreates_the_recipe(cfg):
+    """A card's reproduce line, parsed by the real CLI, must rebuild the run's recipe (it once dropped mixup)."""
+    import argparse
+    from sdzoo.train.cli import _RUNTIME_ONLY, _config_from_args, add_parser, train_command
+    line = train_command(asdict(cfg))
+    argv = line.split()[1:]
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest='command'))
+    rebuilt = asdict(_config_from_args(parser.parse_args(argv), finetune=argv[0] == 'finetune'))
+    want = asdict(cfg)
+    for k in _RUNTIME_ONLY:
+        rebuilt.pop(k), want.pop(k)
+    want['sd_mode'] = want['sd_mode'] or 'batch'
+    rebuilt['sd_mode'] = rebuilt['sd_mode'] or 'batch'
+    rebuilt['sd_scaling'], want['sd_scaling'] = rebuilt['sd_scaling'] or 'paper', want['sd_scaling'] or 'paper'
+    assert rebuilt == want, line
+
+
 def test_sigterm_mid_epoch_leaves_checkpoint(tmp_path, small_cifar):
     out = tmp_path / 'run'
     cmd = [sys.executable, '-m', 'sdzoo.cli', 'train', 'sd_resnet20', '--data', str(small_cifar), '--out', str(out),

@@ -139,7 +139,7 @@ def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, 
     import timm
     import sdzoo  # noqa: F401
     from ..train.checkpoint import load_state_dict_file
-    from ..train.cli import _cmd_validate, add_parser as add_train_parser
+    from ..train.cli import _cmd_validate, add_parser as add_train_parser, train_command
     from .publish import save_weights_folder
 
     cfg_path, summary_path = run_dir / 'config.json', run_dir / 'summary.json'
@@ -190,20 +190,12 @@ def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, 
     labels = data_info.get('classes')
     hours = snap['hours']
     commands = [
-        ' '.join(['sdzoo train', model_name, '--data', cfg['data'], '--epochs', str(cfg['epochs']),
-                  '--lr', str(cfg['lr']), '--sched', cfg['sched']]
-                 + (['--warmup-epochs', str(cfg['warmup_epochs'])] if cfg.get('warmup_epochs') else [])
-                 + (['--pretrained'] if cfg.get('pretrained') else [])
-                 + (['--in-chans', str(cfg['in_chans'])] if cfg.get('in_chans') else [])
-                 + (['--num-classes', str(cfg['num_classes'])] if cfg.get('num_classes') else [])
-                 + (['--drop-path-rate', str(cfg['drop_path_rate'])] if cfg.get('drop_path_rate') is not None else [])
-                 + ['--out', str(run_dir)]),
+        train_command(dict(cfg, model=model_name, out=str(run_dir))),
         _validate_cmd(f'{model_name}.{tag}', data, '--pretrained'),
     ]
-    if cfg.get('pretrained') or cfg.get('pretrained_file'):
-        commands[0] = commands[0].replace('sdzoo train', 'sdzoo finetune', 1)
     recipe = {k: cfg[k] for k in ('epochs', 'batch_size', 'optimizer', 'lr', 'momentum', 'nesterov', 'weight_decay',
-                                  'sched', 'milestones', 'warmup_epochs', 'label_smoothing', 'drop_path_rate',
+                                  'sched', 'milestones', 'warmup_epochs', 'label_smoothing', 'mixup', 'cutmix',
+                                  'drop_path_rate',
                                   'sd_mode', 'sd_scaling', 'amp', 'seed', 'ema') if k in cfg}
     train_info = dict(epochs=snap['epochs'], wall_clock=(hours or 0) * 3600, hardware=snap['hardware'],
                       recipe=recipe, commands=commands, data=data_info.get('source'),

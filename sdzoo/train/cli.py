@@ -94,6 +94,40 @@ _RECIPE_SWITCHES = [('--milestones', 'milestones'), ('--ema', 'ema'), ('--no-cif
                     ('--deterministic', 'deterministic')]
 
 
+# knobs that change how fast a run goes, not what it learns
+_RUNTIME_ONLY = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device'}
+
+
+def train_command(cfg: Dict[str, Any]) -> str:
+    """The ``sdzoo train`` (or ``finetune``) command line that re-creates a run's recipe.
+
+    Every recipe field that differs from what the command would default to is spelled out, so a card's
+    reproduce line stays complete when a run used flags the recipe does not default (a ViT's mixup).
+    """
+    from ..layers.stochastic_depth import SD_MODES, SD_SCALINGS
+    finetune = bool(cfg.get('pretrained') or cfg.get('pretrained_file'))
+    base = asdict(TrainConfig(model=cfg['model']))
+    base.update(recipe(cfg['model'], finetune))
+    base.update(sd_mode=SD_MODES[0], sd_scaling=SD_SCALINGS[0])  # what the models default to
+    argv = ['sdzoo', 'finetune' if finetune else 'train', cfg['model'], '--data', str(cfg['data'])]
+    for flag, dest, _ in _FLAGS:
+        v = cfg.get(dest)
+        if dest in _RUNTIME_ONLY or v is None:
+            continue
+        if dest in ('epochs', 'lr', 'sched') or v != base.get(dest):
+            argv += [flag, str(v)]
+    if cfg.get('milestones') is not None and tuple(cfg['milestones']) != tuple(base['milestones']):
+        argv += ['--milestones'] + [str(m) for m in cfg['milestones']]
+    argv += [flag for flag, dest in _RECIPE_SWITCHES[1:] if cfg.get(dest) is not None and cfg[dest] != base[dest]]
+    if cfg.get('pretrained_file'):
+        argv += ['--pretrained', str(cfg['pretrained_file'])]
+    elif cfg.get('pretrained'):
+        argv += ['--pretrained']
+    if finetune and cfg.get('reset_head') is False:
+        argv += ['--keep-head']
+    return ' '.join(argv + ['--out', str(cfg['out'])])
+
+
 def _run(args: argparse.Namespace, finetune: bool) -> int:
     if args.data_dir:
         import os
