@@ -233,9 +233,8 @@ def test_train_command_recreates_the_recipe(cfg):
     want = asdict(cfg)
     for k in _RUNTIME_ONLY:
         rebuilt.pop(k), want.pop(k)
-    want['sd_mode'] = want['sd_mode'] or 'batch'
-    rebuilt['sd_mode'] = rebuilt['sd_mode'] or 'batch'
-    rebuilt['sd_scaling'], want['sd_scaling'] = rebuilt['sd_scaling'] or 'paper', want['sd_scaling'] or 'paper'
+    for k, model_default in (('sd_mode', 'batch'), ('sd_scaling', 'paper')):  # None: the model's default
+        rebuilt[k], want[k] = rebuilt[k] or model_default, want[k] or model_default
     assert rebuilt == want, line
 
 

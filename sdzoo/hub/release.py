@@ -195,8 +195,7 @@ def _publish_run(run_dir: Path, tag: str, weights_root: Path, data: str | None, 
     ]
     recipe = {k: cfg[k] for k in ('epochs', 'batch_size', 'optimizer', 'lr', 'momentum', 'nesterov', 'weight_decay',
                                   'sched', 'milestones', 'warmup_epochs', 'label_smoothing', 'mixup', 'cutmix',
-                                  'drop_path_rate',
-                                  'sd_mode', 'sd_scaling', 'amp', 'seed', 'ema') if k in cfg}
+                                  'drop_path_rate', 'sd_mode', 'sd_scaling', 'amp', 'seed', 'ema') if k in cfg}
     train_info = dict(epochs=snap['epochs'], wall_clock=(hours or 0) * 3600, hardware=snap['hardware'],
                       recipe=recipe, commands=commands, data=data_info.get('source'),
                       data_split=f"train {data_info.get('train')} / val {data_info.get('val')} / test {data_info.get('test')}")

@@ -87,15 +87,12 @@ def _config_from_args(args: argparse.Namespace, finetune: bool) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
-_RESUME_KNOBS = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device', 'channels_last', 'eval_test',
-                 'epochs'}
+# knobs that change how fast a run goes, not what it learns
+_RUNTIME_ONLY = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device'}
+_RESUME_KNOBS = _RUNTIME_ONLY | {'channels_last', 'eval_test', 'epochs'}
 # recipe flags outside _FLAGS (switches); --no-test and --[no-]channels-last are resume knobs
 _RECIPE_SWITCHES = [('--milestones', 'milestones'), ('--ema', 'ema'), ('--no-cifar-aug', 'cifar_aug'),
                     ('--deterministic', 'deterministic')]
-
-
-# knobs that change how fast a run goes, not what it learns
-_RUNTIME_ONLY = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device'}
 
 
 def train_command(cfg: Dict[str, Any]) -> str:
@@ -114,11 +111,14 @@ def train_command(cfg: Dict[str, Any]) -> str:
         v = cfg.get(dest)
         if dest in _RUNTIME_ONLY or v is None:
             continue
-        if dest in ('epochs', 'lr', 'sched') or v != base.get(dest):
+        if dest in ('epochs', 'lr', 'sched') or v != base[dest]:
             argv += [flag, str(v)]
-    if cfg.get('milestones') is not None and tuple(cfg['milestones']) != tuple(base['milestones']):
-        argv += ['--milestones'] + [str(m) for m in cfg['milestones']]
-    argv += [flag for flag, dest in _RECIPE_SWITCHES[1:] if cfg.get(dest) is not None and cfg[dest] != base[dest]]
+    for flag, dest in _RECIPE_SWITCHES:
+        v = cfg.get(dest)
+        if dest == 'milestones' and v is not None and tuple(v) != tuple(base[dest]):
+            argv += [flag] + [str(m) for m in v]
+        elif dest != 'milestones' and v is not None and v != base[dest]:
+            argv.append(flag)
     if cfg.get('pretrained_file'):
         argv += ['--pretrained', str(cfg['pretrained_file'])]
     elif cfg.get('pretrained'):
