@@ -56,8 +56,9 @@ if [ -n "$dry_run" ]; then
 fi
 
 # An editable install left over from a deleted clone makes every run die with "No module named sdzoo.cli":
-# refuse to start unless sdzoo imports from this checkout (found without importing torch).
-pkg=$(python -c 'import importlib.util as u, os; print(os.path.realpath(os.path.dirname(u.find_spec("sdzoo").origin)))' 2>/dev/null)
+# refuse to start unless sdzoo imports from this checkout (found without importing torch; -I keeps the working
+# directory off sys.path, as it is for the installed sdzoo command).
+pkg=$(python -I -c 'import importlib.util as u, os; print(os.path.realpath(os.path.dirname(u.find_spec("sdzoo").origin)))' 2>/dev/null)
 if [ "$pkg" != "$(realpath sdzoo)" ]; then
     echo "$(date -u +%FT%TZ) sdzoo imports from '${pkg:-nowhere}', not $(pwd)/sdzoo: run pip install -e . here first"
     exit 1

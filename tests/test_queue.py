@@ -138,7 +138,8 @@ def test_term_stops_the_running_trainer_and_the_queue(tree):
 def test_refuses_to_train_with_sdzoo_installed_from_another_checkout(tree):
     root, env, log = tree
     (root / 'sdzoo').unlink()
-    (root / 'sdzoo').mkdir()  # this checkout's package is not the one python imports
+    (root / 'sdzoo').mkdir()  # this checkout's package is not the one the installed sdzoo command imports,
+    (root / 'sdzoo' / '__init__.py').write_text('')  # though `python -c` run from here would find it first
     r = _queue(root, env)
     assert r.returncode == 1 and f"not {root}/sdzoo: run pip install -e . here first" in r.stdout, r.stdout
     assert not log.exists()
