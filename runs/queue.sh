@@ -29,7 +29,9 @@ done
 # run (forked before its first LR drop; see runs/README.md). The 160-epoch ResNet-110 plateaued near 90% val top-1
 # on the JPEG q75 copy, short of the 6.41% target; the branch (~237 epochs left) stays last so the missing weights
 # land first. The control is sd_resnet20 with drop_path_rate 0 (otherwise its recipe): how far this data set's
-# ceiling is from He et al.'s 8.75%, i.e. how much of the SD nets' gap is the JPEG q75 copy, not SD.
+# ceiling is from He et al.'s 8.75%, i.e. how much of the SD nets' gap is the JPEG q75 copy, not SD. Last, the
+# constant-depth sd_resnet110 control (issue 31): the paper's central comparison, SD vs constant depth at depth 110,
+# with exactly the 160-epoch SD run's recipe.
 ENTRIES=(
     "runs/sd_resnet110-cifar10"
     "runs/sd_resnet20-cifar10 sd_resnet20 --data cifar10 --epochs 160 --warmup-epochs 1"
@@ -37,6 +39,7 @@ ENTRIES=(
     "runs/sd_resnet20-cifar10-nosd sd_resnet20 --data cifar10 --epochs 160 --warmup-epochs 1 --drop-path-rate 0"
     "runs/sd_vit_lite_patch4_32-cifar10 sd_vit_lite_patch4_32 --data cifar10 --epochs 100 --mixup 0.8 --cutmix 1.0"
     "runs/sd_resnet110-cifar10-300ep"
+    "runs/sd_resnet110-cifar10-nosd sd_resnet110 --data cifar10 --epochs 160 --warmup-epochs 1 --drop-path-rate 0"
 )
 
 state_of() {  # state_of DIR [ARGS]: finished | resume | start | skip
