@@ -82,7 +82,8 @@ def _final_weights(run_dir: Path, cfg: Dict[str, Any], ema: bool, work: Path) ->
         return run_dir / name
     last = run_dir / 'last.pt'
     if not last.is_file():
-        raise FileNotFoundError(f'{run_dir / name} and {last} missing: nothing to publish in the finished run {run_dir}')
+        raise FileNotFoundError(f'{run_dir / name} and {last} missing: nothing to publish in the finished run {run_dir} '
+                                '(finished runs keep last.pt in git history only: runs/README.md says how to restore it)')
     ckpt = _run_checkpoint(run_dir, cfg, last)
     at, total = (int(ckpt['epoch']), int(ckpt['batch'])), int(cfg['epochs'])
     if at != (total, 0):

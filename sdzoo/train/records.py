@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List
 
-__all__ = ['METRIC_FIELDS', 'append_metrics', 'write_metrics', 'read_metrics', 'plot_curves', 'hardware_summary']
+__all__ = ['METRIC_FIELDS', 'append_metrics', 'write_metrics', 'read_metrics', 'plot_curves', 'hardware_summary',
+           'session_label', 'clean_epoch_labels']
 
 METRIC_FIELDS = ['epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5',
                  'epoch_seconds', 'images_per_sec', 'wall_clock_hours', 'blocks_run_fraction']
@@ -77,14 +78,30 @@ def plot_curves(metrics_csv: os.PathLike | str, out_png: os.PathLike | str, titl
     os.replace(tmp, out_png)
 
 
+def session_label(session: Dict[str, Any]) -> str:
+    """The hardware and precision of one stretch of a run (a ``sessions.json`` entry)."""
+    prec = {'bfloat16': 'bf16 autocast', 'float16': 'fp16 autocast'}.get(session.get('amp'), 'fp32')
+    # records written before "1 thread" was spelled right still name the same machine
+    hw = session['hardware'].replace(', 1 threads', ', 1 thread') if session.get('hardware') else None
+    return f"{hw}, {prec}" if hw else session.get('note', 'not recorded')
+
+
+def clean_epoch_labels(sessions: List[Dict[str, Any]], epochs: int) -> Dict[int, str]:
+    """Epoch -> :func:`session_label` for the epochs trained whole within one stretch: an epoch in which
+    a session started (or resumed) took part of its time elsewhere, so its seconds compare with nothing."""
+    out: Dict[int, str] = {}
+    for i, s in enumerate(sessions):
+        end = sessions[i + 1]['epoch'] - 1 if i + 1 < len(sessions) else epochs
+        for epoch in range(int(s['epoch']) + 1, int(end) + 1):
+            out[epoch] = session_label(s)
+    return out
+
+
 def hardware_summary(sessions: List[Dict[str, Any]], epochs: int) -> str:
     """Where a run trained, as epoch ranges per (hardware, precision): long runs span machines."""
     groups: List[List[Any]] = []  # [label, first epoch, last epoch]
     for i, s in enumerate(sessions):
-        prec = {'bfloat16': 'bf16 autocast', 'float16': 'fp16 autocast'}.get(s.get('amp'), 'fp32')
-        # records written before "1 thread" was spelled right still name the same machine
-        hw = s['hardware'].replace(', 1 threads', ', 1 thread') if s.get('hardware') else None
-        label = f"{hw}, {prec}" if hw else s.get('note', 'not recorded')
+        label = session_label(s)
         end = max(s['epoch'], sessions[i + 1]['epoch'] if i + 1 < len(sessions) else epochs)
         if groups and groups[-1][0] == label:
             groups[-1][2] = end

@@ -1,0 +1,75 @@
+"""MODEL_CARDS.md's SD-vs-constant-depth comparison, built from run directories' own records."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from sdzoo.hub.comparison import comparison_section, load_runs, plot_comparison
+from sdzoo.train.records import clean_epoch_labels, write_metrics
+
+RECIPE = dict(model='sd_resnet20', data='cifar10', epochs=6, batch_size=128, lr=0.1, sched='step', seed=0)
+XEON = dict(hardware='Xeon, 2 threads', amp='bfloat16')
+EPYC = dict(hardware='EPYC (AVX2), 2 threads', amp='fp32')
+
+
+def _run(root: Path, name: str, rate, seconds, sessions, top1=None, fraction=0.75, epochs=6) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / 'config.json').write_text(json.dumps(dict(RECIPE, epochs=epochs, out=str(run), drop_path_rate=rate)))
+    (run / 'sessions.json').write_text(json.dumps(sessions))
+    write_metrics(run / 'metrics.csv', [dict(epoch=e + 1, lr=0.1, train_loss=1.0, train_top1=50.0, val_loss=1.0,
+                                             val_top1=60.0 + e, val_top5=95.0, epoch_seconds=float(s),
+                                             images_per_sec=1.0, wall_clock_hours=0.0,
+                                             blocks_run_fraction=1.0 if rate == 0 else fraction)
+                                        for e, s in enumerate(seconds)])
+    if top1 is not None:
+        (run / 'summary.json').write_text(json.dumps(dict(test=dict(top1=top1, top5=99.0, images=10000))))
+    return run
+
+
+def test_epochs_where_a_session_started_are_left_out():
+    sessions = [dict(epoch=1, batch=0, **EPYC), dict(epoch=3, batch=40, **XEON)]
+    labels = clean_epoch_labels(sessions, 6)
+    assert sorted(labels) == [2, 4, 5, 6]  # epoch 1 (start) and 3 (resumed mid-epoch on another CPU) are mixed
+    assert labels[2].startswith('EPYC') and labels[4].startswith('Xeon') and labels[4].endswith('bf16 autocast')
+
+
+def test_pairs_compare_error_and_pace_on_the_common_stretch_only(tmp_path):
+    sd = _run(tmp_path, 'r-sd', None, [500, 500, 100, 100, 100, 100],
+              [dict(epoch=1, batch=0, **EPYC), dict(epoch=3, batch=0, **XEON)], top1=87.0)
+    _run(tmp_path, 'r-nosd', 0.0, [130, 130, 130, 130, 130, 130], [dict(epoch=1, batch=0, **XEON)], top1=86.5)
+    _run(tmp_path, 'r-sd-long', None, [100] * 9, [dict(epoch=1, batch=0, **XEON)], top1=88.0, epochs=9)
+    _run(tmp_path, 'other-lr', None, [100] * 6, [dict(epoch=1, batch=0, **XEON)], top1=99.0)
+    (tmp_path / 'other-lr' / 'config.json').write_text(json.dumps(dict(RECIPE, lr=0.2, drop_path_rate=None)))
+    runs = load_runs(tmp_path, lambda model: 0.5)
+    text = '\n'.join(comparison_section(runs, 'fig.png'))
+    rows = [line for line in text.splitlines() if line.startswith('| sd_resnet20')]
+    assert len(rows) == 2, text  # the 6-epoch pair, and the 9-epoch SD run of the same recipe; other-lr is no twin
+    # SD: the Xeon stretch's whole epochs 4-6 at 100 s (epoch 3 started there, epochs 1-2 were another CPU)
+    assert '| 13.00 | 13.50 | -0.50 | 100 / 130 s on Xeon, 2 threads, bf16 autocast (3 / 5 epochs, medians) | 1.30x |' \
+        in rows[0], rows[0]
+    assert '0.750 (1.33x)' in rows[0] and '| — / 8.75 |' in rows[0]
+    assert rows[1].startswith('| sd_resnet20 (9) | 12.00 | — | -1.50 (vs the 6-epoch control)'), rows[1]
+    assert 'exceeds what skipping blocks can give' not in text and '![validation top-1' in text
+    png = plot_comparison(runs, tmp_path / 'fig.png')
+    assert png is not None and Image.open(png).size[0] > 500
+
+
+def test_no_common_stretch_and_runs_in_training_say_so(tmp_path):
+    _run(tmp_path, 'r-sd', None, [100] * 6, [dict(epoch=1, batch=0, **XEON)], top1=87.0)
+    _run(tmp_path, 'r-nosd', 0.0, [300, 300], [dict(epoch=1, batch=0, **EPYC)])
+    text = '\n'.join(comparison_section(load_runs(tmp_path, lambda model: 0.5)))
+    assert '| training: epoch 2/6, val error 39.00 | pending | no common hardware stretch yet | pending |' in text, text
+    # a per-epoch ratio beyond what skipping blocks can explain is flagged as a machine difference
+    _run(tmp_path / 'b', 'r-sd', None, [50] * 6, [dict(epoch=1, batch=0, **XEON)], top1=87.0)
+    _run(tmp_path / 'b', 'r-nosd', 0.0, [130] * 6, [dict(epoch=1, batch=0, **XEON)], top1=86.0)
+    text = '\n'.join(comparison_section(load_runs(tmp_path / 'b', lambda model: 0.5)))
+    assert '2.60x exceeds what skipping blocks can give (1.33x)' in text, text
+
+
+def test_without_a_control_there_is_no_table(tmp_path):
+    _run(tmp_path, 'r-sd', None, [100] * 6, [dict(epoch=1, batch=0, **XEON)], top1=87.0)
+    assert comparison_section(load_runs(tmp_path, lambda model: 0.5)) == ['No constant-depth control run yet.\n']
+    assert plot_comparison(load_runs(tmp_path, lambda model: 0.5), tmp_path / 'x.png') is None
