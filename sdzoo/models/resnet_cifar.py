@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import create_classifier, get_device_dtype
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -32,17 +32,24 @@ class CifarBasicBlock(nn.Module):
             stride: int = 1,
             act_layer: Type[nn.Module] = nn.ReLU,
             norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = norm_layer(out_chs)
+        dd = dict(device=device, dtype=dtype)
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False, **dd)
+        self.bn1 = norm_layer(out_chs, **dd)
         self.act1 = act_layer(inplace=True)
-        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False)
-        self.bn2 = norm_layer(out_chs)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False, **dd)
+        self.bn2 = norm_layer(out_chs, **dd)
         self.shortcut = (AvgPoolPadShortcut(in_chs, out_chs, stride)
                          if stride > 1 or in_chs != out_chs else nn.Identity())
         self.drop_path = StochasticDepth()
         self.act2 = act_layer(inplace=True)
+
+    def zero_init_last(self) -> None:
+        """Start the branch at zero (timm's ``zero_init_last``): the block begins as its shortcut."""
+        nn.init.zeros_(self.bn2.weight)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
@@ -73,10 +80,14 @@ class CifarResNet(nn.Module):
             sd_mode: str = 'batch',
             sd_scaling: str = 'paper',
             sd_seed: int = 0,
+            zero_init_last: bool = False,
             act_layer: Type[nn.Module] = nn.ReLU,
             norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)  # timm's create_model(device=, dtype=)
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f'CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202), got {depth}')
         n = (depth - 2) // 6
@@ -85,35 +96,40 @@ class CifarResNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
-        self.bn1 = norm_layer(widths[0])
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False, **dd)
+        self.bn1 = norm_layer(widths[0], **dd)
         self.act1 = act_layer(inplace=True)
 
         self.feature_info = [dict(num_chs=widths[0], reduction=1, module='act1')]
         in_chs = widths[0]
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
-            blocks = [CifarBasicBlock(in_chs if j == 0 else w, w, stride if j == 0 else 1, act_layer, norm_layer)
+            blocks = [CifarBasicBlock(in_chs if j == 0 else w, w, stride if j == 0 else 1, act_layer, norm_layer, **dd)
                       for j in range(n)]
             self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=w, reduction=2 ** i, module=f'layer{i + 1}'))
             in_chs = w
-        self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_features = in_chs
+        self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = in_chs * self.global_pool.feat_mult()
 
         self.sd_sampler = SDSampler(sd_seed)
         self.survival_probs = apply_stochastic_depth(
             self, drop_path_rate, sd_schedule, mode=sd_mode, scaling=sd_scaling)
-        self._init_weights()
+        self._init_weights(zero_init_last)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_last: bool = False) -> None:
+        # the paper's init (He normal, BN weight 1); zero_init_last is timm's, off for the paper's recipe
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, CifarBasicBlock):
+                    m.zero_init_last()
 
     @property
     def stages(self) -> List[nn.Sequential]:
@@ -131,10 +147,16 @@ class CifarResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New head on the parameters' device and dtype; ``global_pool=None`` keeps the pooling (as timm)."""
         self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.global_pool, self.fc = create_classifier(
+            self.num_features, num_classes, pool_type=global_pool, **get_device_dtype(self))
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def forward_intermediates(
             self,
@@ -269,5 +291,10 @@ def sd_resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
 
 @register_model
 def sd_resnet1202(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ResNet-1202 (n=200): the paper's 1202-layer network (~19.4M params)."""
-    return _create_cifar_resnet('sd_resnet1202', pretrained, **dict(dict(depth=1202), **kwargs))
+    """ResNet-1202 (n=200): the paper's 1202-layer network (~19.4M params).
+
+    Unlike the paper's init, each residual branch starts at zero (``zero_init_last``, as timm's ResNets):
+    with the paper's init 600 branches overflow fp32 in eval mode before any training (BN running stats at
+    their defaults). ``zero_init_last=False`` gives the paper's init (docs/timm_conformance.md).
+    """
+    return _create_cifar_resnet('sd_resnet1202', pretrained, **dict(dict(depth=1202, zero_init_last=True), **kwargs))
