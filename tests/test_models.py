@@ -161,7 +161,9 @@ def test_cifar_forward_intermediates_and_pruning_follow_timm():
         model = timm.create_model('sd_resnet20').eval()
         model.reset_classifier(0, '')
         assert model(x).shape == (2, 64, 8, 8)
-        model.reset_classifier(0)
+        model.reset_classifier(0)  # keeps the current (no) pooling, as timm's ResNet
+        assert model(x).shape == (2, 64, 8, 8)
+        model.reset_classifier(0, 'avg')
         assert model(x).shape == (2, 64)
 
 

@@ -104,6 +104,7 @@ def test_create_model_device_and_dtype_reach_every_tensor(name: str):
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     with pytest.raises(TypeError):
         timm.create_model(name, not_a_model_arg=1)
+    assert timm.create_model(name, in_chans=1, device='meta').in_chans == 1  # timm's cfg test reads it
 
 
 def test_cifar_reset_classifier_keeps_pooling_device_and_dtype():

@@ -93,6 +93,7 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.depth = depth
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
