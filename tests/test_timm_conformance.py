@@ -116,3 +116,54 @@ def test_cifar_reset_classifier_keeps_pooling_device_and_dtype():
     assert out.shape == (2, 5)
     model.reset_classifier(0, '')
     assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).shape == (1, 64, 8, 8)
+
+
+# --------------------------------------------------------------------------------------------
+# benchmarks/timm_conformance.py: the exclusion list and the summary it prints
+# --------------------------------------------------------------------------------------------
+
+def _conformance_script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / 'benchmarks' / 'timm_conformance.py'
+    spec = importlib.util.spec_from_file_location('timm_conformance', path)
+    module = importlib.util.module_from_spec(spec)
+    import sys
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+def test_conformance_exclusions_name_their_reason():
+    tc = _conformance_script()
+    assert 'drop_path_rate=0' in tc.exclusion_reason('test_model_backward', 'sd_resnet20')
+    assert 'TorchScript' in tc.exclusion_reason('test_model_forward_torchscript', 'sd_vit_lite_patch4_32')
+    assert 'non-standard' in tc.exclusion_reason('test_model_default_cfgs', 'sd_vit_tiny_patch16_224.augreg_in21k_ft_in1k')
+    for test, model in [('test_model_forward', 'sd_resnet1202'), ('test_model_default_cfgs', 'sd_resnet20.sd_cifar10'),
+                        ('test_model_forward_fx', 'sd_vit_base_patch16_224'),
+                        ('test_model_load_pretrained', 'sd_resnet20.sd_cifar10'),  # sdzoo's own weights, offline
+                        ('test_model_load_pretrained', 'sd_resnet50.tv_in1k')]:
+        assert tc.exclusion_reason(test, model, include_hub=True) is None, (test, model)
+
+
+def test_conformance_summary_counts_each_outcome():
+    tc = _conformance_script()
+    outcomes = {
+        'a': dict(test='test_model_forward', model='sd_resnet20', outcome='passed'),
+        'b': dict(test='test_model_forward', model='sd_resnet1202', outcome='failed', message='AssertionError: NaN'),
+        'c': dict(test='test_model_backward', model='sd_resnet20', outcome='excluded', message='excluded: by design'),
+        'd': dict(test='test_model_backward', model='sd_resnet32'),  # never reported: counts as failed
+    }
+    rows = {r['test']: r for r in tc.summarize(outcomes)}
+    assert rows['test_model_forward'] == dict(test='test_model_forward', passed=1, failed=1, excluded=0, skipped=0)
+    assert rows['test_model_backward'] == dict(test='test_model_backward', passed=0, failed=1, excluded=1, skipped=0)
+    text = tc.render(outcomes, 'header')
+    assert '| **total** | **1** | **2** | **1** | **0** |' in text
+    assert '`test_model_forward[sd_resnet1202]`: AssertionError: NaN' in text and '- 1: by design' in text
+
+
+def test_conformance_refuses_a_source_without_timm_tests(tmp_path, capsys):
+    tc = _conformance_script()
+    (tmp_path / 'src').mkdir()
+    assert tc.main([str(tmp_path / 'src'), '--out', '']) == 2
+    assert 'is not a timm source checkout' in capsys.readouterr().err
