@@ -137,6 +137,7 @@ def _conformance_script():
 def test_conformance_exclusions_name_their_reason():
     tc = _conformance_script()
     assert 'drop_path_rate=0' in tc.exclusion_reason('test_model_backward', 'sd_resnet20')
+    assert 'by design' in tc.exclusion_reason('test_prune_intermediate_layers_contract', 'sd_resnet18')
     assert 'TorchScript' in tc.exclusion_reason('test_model_forward_torchscript', 'sd_vit_lite_patch4_32')
     assert 'non-standard' in tc.exclusion_reason('test_model_default_cfgs', 'sd_vit_tiny_patch16_224.augreg_in21k_ft_in1k')
     for test, model in [('test_model_forward', 'sd_resnet1202'), ('test_model_default_cfgs', 'sd_resnet20.sd_cifar10'),
