@@ -63,7 +63,7 @@ EXCLUSIONS = (
         ('test_model_backward', 'test_model_backward_fx'), ('sd_*',),
         'by design: with the default drop_path_rate (0.5) a train-mode step does not run dropped blocks, so '
         'their parameters get no gradient; with drop_path_rate=0 every parameter gets one '
-        '(tests/test_models.py::test_every_parameter_gets_a_gradient_without_drop_path)'),
+        '(tests/test_timm_conformance.py::test_every_parameter_gets_a_gradient_without_drop_path)'),
     Exclusion(
         ('test_prune_intermediate_layers_contract',), ('sd_*',),
         'by design, as test_model_backward: after its eval-mode checks of the pruned feature taps it runs a '
@@ -132,7 +132,12 @@ def pytest_collection_modifyitems(config, items) -> None:
     if drop:
         config.hook.pytest_deselected(items=drop)
     items[:] = keep
-    config._sdzoo_outcomes = {item.nodeid: dict(test=item.originalname, model=_model_of(item)) for item in keep}
+
+
+def pytest_collection_finish(session) -> None:
+    # after every deselection (ours and -k): the items that will run
+    session.config._sdzoo_outcomes = {
+        item.nodeid: dict(test=item.originalname, model=_model_of(item)) for item in session.items}
 
 
 def pytest_runtest_logreport(report) -> None:
