@@ -188,7 +188,7 @@ class StochasticDepth(nn.Module):
             return identity + (out * train_scale if train_scale != 1.0 else out)
 
         # row mode: an independent coin per sample, the branch runs only on the survivors
-        keep = torch.rand(x.shape[0], device=x.device) < p
+        keep = self._row_keep(x, p)
         n_keep = int(keep.sum())
         if n_keep == 0:
             return identity
@@ -196,10 +196,14 @@ class StochasticDepth(nn.Module):
             out = branch(x)
             return identity + (out * train_scale if train_scale != 1.0 else out)
         idx = keep.nonzero().squeeze(1)
-        out = branch(x.index_select(0, idx))
+        out = branch(x[idx])  # indexing keeps channels_last; index_select / index_add would not
         if train_scale != 1.0:
             out = out * train_scale
-        return identity.index_add(0, idx, out.to(identity.dtype))
+        return identity.clone(memory_format=torch.preserve_format).index_add_(0, idx, out.to(identity.dtype))
+
+    def _row_keep(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """Row mode: this step's per-sample survival mask (bool, one entry per sample of ``x``)."""
+        return torch.rand(x.shape[0], device=x.device) < p
 
     def extra_repr(self) -> str:
         return f'survival_prob={self.survival_prob:.4f}, mode={self.mode}, scaling={self.scaling}'
