@@ -32,6 +32,9 @@ def _max_drop_prob(model: nn.Module) -> float:
 def create_timm_train_model(cfg: Any) -> nn.Module:
     """Build ``cfg.model`` through timm and convert it as ``cfg.convert`` says (see module doc)."""
     import timm
+    if cfg.sd_scaling not in (None, 'inverted'):
+        raise ValueError(f"--sd-scaling {cfg.sd_scaling}: timm models train with timm's inverted scaling, so that "
+                         'the trained weights are plain timm weights (the paper scaling would change the eval network)')
     kwargs: Dict[str, Any] = {k: getattr(cfg, k) for k in ('drop_path_rate', 'num_classes', 'in_chans')
                               if getattr(cfg, k) is not None}
     if cfg.pretrained_file:
