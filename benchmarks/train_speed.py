@@ -20,6 +20,13 @@ At batch 128 one ResNet-110 step takes seconds on a 2-core CPU (bf16 without nat
 slower still): the default 2 + 12 rounds x 3 variants x 2 configs is a run of tens of minutes.
 
 Prints a markdown table of medians and ratios and writes it to benchmarks/results/train_speed.md.
+
+``--timm-models`` instead compares timm's own models as they are (``timm``: every dropped branch is
+computed and multiplied by zero) with the same instance after ``sdzoo.convert`` (``converted``:
+same weights, same per-block rates and per-sample coins, dropped branches not computed):
+
+    python benchmarks/train_speed.py --timm-models vit_small_patch16_224,convnext_tiny \
+        --drop-path-rate 0.4 --batch-size 32 --img-size 224 --configs bf16-cl --steps 6 --warmup 2
 """
 from __future__ import annotations
 
@@ -125,6 +132,80 @@ def run_config(args: argparse.Namespace, name: str, amp: bool, channels_last: bo
             for v, t in times.items()}
 
 
+TIMM_VARIANTS = ('converted', 'timm')
+
+
+def build_timm_variants(model_name: str, drop_path_rate: float, seed: int) -> Dict[str, nn.Module]:
+    """timm's model and a converted deep copy of it (same weights, same per-block rates)."""
+    import copy
+    torch.manual_seed(seed)
+    model = timm.create_model(model_name, drop_path_rate=drop_path_rate)
+    return {'converted': sdzoo.convert(copy.deepcopy(model)), 'timm': model}
+
+
+def run_timm_config(args: argparse.Namespace, model_name: str, name: str, amp: bool,
+                    channels_last: bool) -> Dict[str, dict]:
+    models = build_timm_variants(model_name, args.drop_path_rate, args.seed)
+    mem = torch.channels_last if channels_last else torch.contiguous_format
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(memory_format=mem)
+    y = torch.randint(0, models['timm'].num_classes, (args.batch_size,), generator=g)
+    opts = {}
+    for v, m in models.items():
+        m.train().to(memory_format=mem)
+        opts[v] = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    times: Dict[str, List[float]] = {v: [] for v in TIMM_VARIANTS}
+    cpu: Dict[str, List[float]] = {v: [] for v in TIMM_VARIANTS}
+    for r in range(args.warmup + args.steps):
+        order = TIMM_VARIANTS if r % 2 == 0 else TIMM_VARIANTS[::-1]
+        last = {}
+        for v in order:
+            # CPU time next to wall time: on a shared machine a descheduled process loses wall time, not CPU
+            # time (with --threads 1 CPU time is the step's compute; with more threads it adds spin-waits)
+            t0, c0 = time.perf_counter(), time.process_time()
+            train_step(models[v], opts[v], x, y, amp)
+            last[v] = (time.perf_counter() - t0, time.process_time() - c0)
+            if r >= args.warmup:
+                times[v].append(last[v][0])
+                cpu[v].append(last[v][1])
+        print(f'  {model_name} {name} round {r + 1}/{args.warmup + args.steps}'
+              f'{" (warm-up)" if r < args.warmup else ""}: '
+              + ', '.join(f'{v} {last[v][0] * 1e3:.0f} ms (cpu {last[v][1] * 1e3:.0f} ms)' for v in TIMM_VARIANTS),
+              file=sys.stderr, flush=True)
+    probs = [u.survival_prob for u in sd_modules(models['converted'])]
+    return {v: dict(median=statistics.median(t), mean=statistics.fmean(t), min=min(t), n=len(t),
+                    cpu=statistics.median(cpu[v]), expected=sum(probs) / len(probs)) for v, t in times.items()}
+
+
+def render_timm(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], load: tuple) -> str:
+    lines = [
+        f'# Training-step time: timm models as they are vs sdzoo.convert, batch {args.batch_size}, '
+        f'{args.img_size}x{args.img_size}, CPU',
+        '',
+        f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}; command: '
+        f'`python {" ".join(sys.argv)}`',
+        f'- {_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} '
+        f'({torch.get_num_threads()} threads), timm {timm.__version__}, sdzoo {sdzoo.__version__}',
+        f'- drop_path_rate {args.drop_path_rate} (timm\'s linear ramp 0 -> rate over the blocks); per-sample coins '
+        '(timm\'s semantics in both); synthetic batch; step = forward + cross-entropy + backward + SGD',
+        f'- {args.warmup} warm-up + {args.steps} timed steps per variant, alternating which goes first; medians; '
+        f'load average at start/end: {load[0]:.2f} / {load[1]:.2f}',
+    ]
+    if load[0] > 0.5 * (os.cpu_count() or 1):
+        lines.append('- **the machine was shared (load above half the CPUs at the start): absolute times are '
+                     'inflated, the interleaved ratio is the figure to read**')
+    lines += ['', '| model | precision | timm ms/step | converted ms/step | speed-up (wall) | timm CPU ms/step | '
+              'converted CPU ms/step | speed-up (CPU time) | ideal (1 / mean survival) |',
+              '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+    for (model_name, cfg), res in results.items():
+        t, c = res['timm'], res['converted']
+        lines.append(f'| {model_name} | {cfg} | {t["median"] * 1e3:.0f} | {c["median"] * 1e3:.0f} | '
+                     f'{t["median"] / c["median"]:.2f}x | {t["cpu"] * 1e3:.0f} | {c["cpu"] * 1e3:.0f} | '
+                     f'{t["cpu"] / c["cpu"]:.2f}x | {1.0 / c["expected"]:.2f}x |')
+    lines += ['', 'Target: >= 1.15x per training step (medians of the interleaved steps).']
+    return '\n'.join(lines) + '\n'
+
+
 def _cpu_name() -> str:
     try:
         with open('/proc/cpuinfo') as f:
@@ -201,7 +282,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--configs', default=','.join(CONFIGS), help=f'comma list of {list(CONFIGS)}')
     p.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch\'s)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--out', type=Path, default=DEFAULT_OUT, help='markdown file to write')
+    p.add_argument('--out', type=Path, default=None, help='markdown file to write (default '
+                   'results/train_speed.md, with --timm-models results/train_speed_timm.md)')
+    p.add_argument('--timm-models', default=None,
+                   help='comma list of timm model names: compare each as it is with its sdzoo.convert copy')
     args = p.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(',') if c.strip()]
     bad = [c for c in configs if c not in CONFIGS]
@@ -213,6 +297,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error(f'--drop-path-rate must lie in [0, 1), got {args.drop_path_rate}')
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.timm_models:
+        return main_timm(args, configs)
 
     probe = timm.create_model(args.model, drop_path_rate=args.drop_path_rate)
     probs = [g[0].survival_prob for g in sd_blocks(probe)]
@@ -225,8 +311,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         results[c] = run_config(args, c, **CONFIGS[c])
     text = render(args, results, expected_fraction, (load0, os.getloadavg()[0]))
     print(text)
+    args.out = args.out or DEFAULT_OUT
     write_atomic(args.out, text)
     print(f'written to {args.out}', file=sys.stderr)
+    return 0
+
+
+def main_timm(args: argparse.Namespace, configs: List[str]) -> int:
+    names = [n.strip() for n in args.timm_models.split(',') if n.strip()]
+    for n in names:
+        if not timm.is_model(n) or n.startswith('sd_'):
+            raise SystemExit(f'--timm-models: {n!r} is not one of timm\'s own models')
+    load0 = os.getloadavg()[0]
+    results = {}
+    for n in names:
+        for c in configs:
+            results[(n, c)] = run_timm_config(args, n, c, **CONFIGS[c])
+    text = render_timm(args, results, (load0, os.getloadavg()[0]))
+    print(text)
+    out = args.out or DEFAULT_OUT.with_name('train_speed_timm.md')
+    write_atomic(out, text)
+    print(f'written to {out}', file=sys.stderr)
     return 0
 
 

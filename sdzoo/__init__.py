@@ -11,6 +11,7 @@ from .layers import (
     SDSampler, StochasticDepth, apply_stochastic_depth, sd_blocks, sd_modules, set_sd_seed,
     survival_schedule,
 )
+from .convert import convert  # noqa: E402  (sdzoo.convert(model); the sdzoo.convert package stays importable)
 
 _LAZY = {
     'fold': ('sdzoo.export.fold', 'fold'),

@@ -137,6 +137,9 @@ def create_model(
         raise ValueError(f'checkpoint {checkpoint} was trained as {info["architecture"]}, not {arch}')
     for k, v in (info.get('model_args') or {}).items():
         kwargs.setdefault(k, v)
+    if not arch.startswith('sd_'):  # timm's own model (e.g. a converted run): its eval network is plain timm's
+        for k in ('sd_schedule', 'sd_mode', 'sd_scaling'):
+            kwargs.pop(k, None)
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if state is not None:
         try:

@@ -4,3 +4,4 @@ from .stochastic_depth import (
     sd_blocks, sd_modules, sd_settings, set_sd_seed, survival_schedule,
 )
 from .shortcut import AvgPoolPadShortcut
+from .drop_path import SkippingDropPath, drop_prob_of

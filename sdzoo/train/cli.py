@@ -29,7 +29,7 @@ _FLAGS = [
 
 
 def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
-    p.add_argument('model', nargs='?', help='a registered sd_* model (omit with --resume)')
+    p.add_argument('model', nargs='?', help="an sd_* model or any of timm's (see --convert); omit with --resume")
     p.add_argument('--data', default=None,
                    help="cifar10 (default location $SDZOO_DATA/cifar10 or ../shared/datasets/cifar10), "
                         "fashion_mnist (Debian dataset-fashion-mnist IDX files), or an image-folder path")
@@ -60,12 +60,18 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     else:
         p.add_argument('--pretrained', nargs='?', const=True, default=False,
                        help='start from the shipped/Hub weights, or from the given weights file')
+    p.add_argument('--convert', dest='convert', action='store_true', default=None,
+                   help="timm's own models (not sd_*): skip dropped branches with sdzoo.convert, same weights and "
+                        'per-sample semantics (default: whenever the family is supported and drop_path_rate > 0)')
+    p.add_argument('--no-convert', dest='convert', action='store_false', help="train timm's model as it is")
     p.add_argument('--debug', action='store_true', help='show tracebacks')
 
 
 def _config_from_args(args: argparse.Namespace, finetune: bool) -> TrainConfig:
     if not args.model:
         raise ValueError('name a model (e.g. sd_resnet20) or pass --resume RUN_DIR')
+    if args.convert is not None and args.model.startswith('sd_'):
+        raise ValueError(f'{args.model} already skips dropped blocks; --convert / --no-convert are for timm\'s own models')
     d: Dict[str, Any] = dict(model=args.model, data=args.data or 'cifar10')
     d.update(recipe(args.model, finetune))
     for _, dest, _ in _FLAGS:
@@ -74,7 +80,7 @@ def _config_from_args(args: argparse.Namespace, finetune: bool) -> TrainConfig:
             d[dest] = v
     if finetune:
         d['reset_head'] = args.reset_head
-    for dest in ('milestones', 'ema', 'channels_last', 'cifar_aug', 'deterministic', 'eval_test'):
+    for dest in ('milestones', 'ema', 'channels_last', 'cifar_aug', 'deterministic', 'eval_test', 'convert'):
         v = getattr(args, dest)
         if v is not None:
             d[dest] = tuple(v) if dest == 'milestones' else v
@@ -92,7 +98,7 @@ _RUNTIME_ONLY = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'dev
 _RESUME_KNOBS = _RUNTIME_ONLY | {'channels_last', 'eval_test', 'epochs'}
 # recipe flags outside _FLAGS (switches); --no-test and --[no-]channels-last are resume knobs
 _RECIPE_SWITCHES = [('--milestones', 'milestones'), ('--ema', 'ema'), ('--no-cifar-aug', 'cifar_aug'),
-                    ('--deterministic', 'deterministic')]
+                    ('--deterministic', 'deterministic'), ('--convert', 'convert')]
 
 
 def train_command(cfg: Dict[str, Any]) -> str:
@@ -118,7 +124,7 @@ def train_command(cfg: Dict[str, Any]) -> str:
         if dest == 'milestones' and v is not None and tuple(v) != tuple(base[dest]):
             argv += [flag] + [str(m) for m in v]
         elif dest != 'milestones' and v is not None and v != base[dest]:
-            argv.append(flag)
+            argv.append('--no-convert' if (dest, v) == ('convert', False) else flag)
     if cfg.get('pretrained_file'):
         argv += ['--pretrained', str(cfg['pretrained_file'])]
     elif cfg.get('pretrained'):

@@ -78,6 +78,7 @@ class TrainConfig:
     eval_test: bool = True
     optimizer: str = 'sgd'               # sgd | adamw
     reset_head: bool = False             # fine-tuning on new classes: a fresh classifier (timm's reset_classifier)
+    convert: Optional[bool] = None       # timm models: sdzoo.convert (None: when supported and drop_path_rate > 0)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
@@ -164,7 +165,10 @@ def create_train_model(cfg: TrainConfig) -> nn.Module:
     import timm
     import sdzoo  # noqa: F401  (registers the models)
     if not timm.is_model(cfg.model):
-        raise ValueError(f'unknown model {cfg.model!r}; `sdzoo list` shows the registered sd_* models')
+        raise ValueError(f'unknown model {cfg.model!r}; `sdzoo list` shows the sd_* models, timm.list_models() timm\'s')
+    if not cfg.model.startswith('sd_'):
+        from .timm_model import create_timm_train_model
+        return create_timm_train_model(cfg)  # timm's own model, converted to skip dropped branches
     kwargs: Dict[str, Any] = {}
     for k in ('drop_path_rate', 'sd_mode', 'sd_scaling', 'num_classes', 'in_chans'):
         v = getattr(cfg, k)

@@ -1,0 +1,67 @@
+"""The network a run trains when it names one of timm's own models instead of an ``sd_*`` model.
+
+By default (``convert=None``) a timm model with a non-zero ``drop_path_rate`` whose family
+``sdzoo.convert`` supports is converted: same weights, same per-block rates, timm's per-sample
+semantics, but dropped branches are not computed. ``--convert`` insists (an unsupported family or
+a zero rate is an error), ``--no-convert`` trains timm's model as it is.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import torch.nn as nn
+from timm.layers import DropPath
+
+from ..convert import convert
+from ..layers import SDSampler
+
+__all__ = ['is_sd_model', 'create_timm_train_model']
+
+
+def is_sd_model(name: str) -> bool:
+    """sdzoo's own models are all registered as ``sd_*``."""
+    return name.split('.', 1)[0].startswith('sd_')
+
+
+def _max_drop_prob(model: nn.Module) -> float:
+    return max((float(m.drop_prob) for m in model.modules() if isinstance(m, DropPath)), default=0.0)
+
+
+def create_timm_train_model(cfg: Any) -> nn.Module:
+    """Build ``cfg.model`` through timm and convert it as ``cfg.convert`` says (see module doc)."""
+    import timm
+    if cfg.sd_scaling not in (None, 'inverted'):
+        raise ValueError(f"--sd-scaling {cfg.sd_scaling}: timm models train with timm's inverted scaling, so that "
+                         'the trained weights are plain timm weights (the paper scaling would change the eval network)')
+    kwargs: Dict[str, Any] = {k: getattr(cfg, k) for k in ('drop_path_rate', 'num_classes', 'in_chans')
+                              if getattr(cfg, k) is not None}
+    if cfg.pretrained_file:
+        if not Path(cfg.pretrained_file).is_file():
+            raise FileNotFoundError(f'--pretrained-file {cfg.pretrained_file} does not exist')
+        kwargs['pretrained_cfg_overlay'] = dict(file=str(cfg.pretrained_file))
+    model = timm.create_model(cfg.model, pretrained=cfg.pretrained or bool(cfg.pretrained_file), **kwargs)
+    if cfg.reset_head:
+        model.reset_classifier(model.num_classes)
+    rate = _max_drop_prob(model)
+    want = cfg.convert
+    if want and rate == 0:
+        raise ValueError(f'--convert: {cfg.model} has drop_path_rate 0 here, so no branch is ever dropped; '
+                         'pass --drop-path-rate')
+    if want is None and rate > 0:
+        try:
+            return convert(model, mode=cfg.sd_mode or 'row', scaling=cfg.sd_scaling or 'inverted', seed=cfg.seed)
+        except ValueError as e:
+            if cfg.sd_mode or cfg.sd_scaling:
+                raise
+            print(f'note: training timm\'s {cfg.model} as it is (dropped branches are computed): {e}',
+                  file=sys.stderr)
+    elif want:
+        return convert(model, mode=cfg.sd_mode or 'row', scaling=cfg.sd_scaling or 'inverted', seed=cfg.seed)
+    elif cfg.sd_mode or cfg.sd_scaling:
+        raise ValueError(f'--sd-mode / --sd-scaling apply to sd_* models and converted timm models; {cfg.model} '
+                         'is not converted' + (' (--no-convert)' if want is False else ' (drop_path_rate 0)'))
+    model.sd_sampler = SDSampler(cfg.seed)  # the trainer checkpoints every model's coin source
+    model.sd_drop_path_rate = float(f'{rate:.6g}')
+    return model
