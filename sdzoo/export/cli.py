@@ -241,8 +241,31 @@ def _land_int8(args: argparse.Namespace, name: str, out: Path, entry: Optional[s
         write_triton_model(args.repository, f'{entry}_int8', **_triton_kwargs(args))
         _print_report(report, args.json)
     print(json.dumps(int8_report, indent=2) if args.json else format_int8_report(int8_report))
+    if args.int8_record:
+        _record_int8(args, out if entry is not None else None, Path(int8_report['file']), int8_report, data)
     if entry is not None:
         print(f'{name} -> {model_dir(args.repository, entry)} (fp32), {model_dir(args.repository, entry + "_int8")} (int8)')
+
+
+def _record_int8(args: argparse.Namespace, fp32_file: Optional[Path], int8_file: Path, int8_report: Dict,
+                 data: str) -> None:
+    """``--int8-record``: top-1 of fp32 and INT8 on the full test split into ``weights/<model>.<tag>/int8.json``."""
+    from ..cli import CLIError
+    from ..hub.weights import find_weights_folder
+    from ..train.checkpoint import atomic_write_json
+    from .quantize import measure_pair
+    name = f"{int8_report['model']}.{int8_report['tag']}" if int8_report.get('tag') else int8_report['model']
+    folder = find_weights_folder(name)
+    if folder is None or fp32_file is None:
+        raise CLIError(f'--int8-record needs shipped weights and --repository (no weights folder for {name})')
+    test = measure_pair(fp32_file, int8_file, data, split='test', threads=args.threads)
+    record = {'model': name, 'precision': 'int8', 'test': test, 'gate': int8_report['accuracy'],
+              'quantization': int8_report['quantization'], 'bytes': int8_report['bytes'],
+              'fp32_bytes': int8_report['fp32_bytes'],
+              'command': 'sdzoo ' + ' '.join(sys.argv[1:])}
+    atomic_write_json(Path(folder) / 'int8.json', record)
+    print(f"{name}: test top-1 fp32 {test['top1_fp32']:.2f}% int8 {test['top1_int8']:.2f}% on {test['data']} "
+          f"-> {Path(folder) / 'int8.json'}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -335,6 +358,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument('--eval-split', choices=('val', 'test'), default='val',
                    help='split the accuracy gate measures on (default val: the held-out training images)')
     q.add_argument('--eval-images', type=int, default=None, help='images of --eval-split to measure (default all)')
+    q.add_argument('--int8-record', action='store_true',
+                   help='also measure fp32 and INT8 top-1 on the full test split and write weights/<model>.<tag>/'
+                        'int8.json (what MODEL_CARDS.md shows; shipped weights into a --repository only)')
     q.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads for the accuracy gate')
     p.add_argument('--json', action='store_true', help='print the report as JSON')
     p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')

@@ -289,6 +289,20 @@ def quantize_onnx(
     return report
 
 
+def measure_pair(fp32_path: Union[str, os.PathLike], int8_path: Union[str, os.PathLike], data: str,
+                 split: str = 'test', limit: Optional[int] = None, threads: Optional[int] = None) -> Dict[str, Any]:
+    """Top-1 of an fp32 export and its INT8 model side by side on one split (e.g. the full test set)."""
+    from ..runtime import OrtModel
+    kw = dict(intra_op_num_threads=threads, providers=['CPUExecutionProvider'])
+    fp32, int8 = OrtModel(fp32_path, **kw), OrtModel(int8_path, **kw)
+    x, y, desc = load_labelled_images(
+        data, split, [fp32.in_chans, *fp32.spatial_size], fp32.num_classes, json.loads(fp32.metadata['sdzoo.mean']),
+        json.loads(fp32.metadata['sdzoo.std']), limit=limit, channels_last=fp32.channels_last)
+    a, b = top1(fp32, x, y) * 100, top1(int8, x, y) * 100
+    return {'split': split, 'images': int(len(y)), 'data': desc, 'top1_fp32': round(a, 4), 'top1_int8': round(b, 4),
+            'drop_points': round(a - b, 4)}
+
+
 def format_int8_report(report: Dict[str, Any]) -> str:
     """One paragraph for the console: what was quantized, how, and what it cost."""
     q, a = report['quantization'], report['accuracy']
