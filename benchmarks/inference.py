@@ -61,19 +61,42 @@ def _time(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def _from_repository(repository: Path, name: str) -> Dict[str, Dict]:
+    """The fp32 and INT8 files ``sdzoo export --int8`` put into a model repository, if both are there."""
+    import onnx
+    from sdzoo.export.onnx import op_histogram
+    found = {}
+    for kind, entry in (('ort_fp32', name), ('ort_int8', f'{name}_int8')):
+        path = repository / entry / '1' / 'model.onnx'
+        if not path.is_file():
+            return {}
+        proto = onnx.load(str(path), load_external_data=False)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        found[kind] = {'path': path, 'nodes': len(proto.graph.node), 'mul': op_histogram(proto).get('Mul', 0)}
+        if kind == 'ort_int8':
+            found[kind].update(gate=json.loads(meta['sdzoo.accuracy']), quantization=json.loads(meta['sdzoo.quantization']))
+    return found
+
+
 def build_files(name: str, engines: List[str], pretrained: bool, data: Optional[str], workdir: Path,
-                exporter: str, calibration_images: int) -> Dict[str, Dict]:
+                exporter: str, calibration_images: int, repository: Optional[Path] = None) -> Dict[str, Dict]:
     """``{engine: {'path', 'nodes', 'mul'}}`` for the ONNX engines asked for, plus the PyTorch model."""
     import timm
     import sdzoo
     model = timm.create_model(name, pretrained=pretrained).eval()
     files: Dict[str, Dict] = {'model': model}
+    if repository is not None and pretrained:
+        files.update(_from_repository(repository, name))
+        if 'ort_fp32' in files:
+            print(f'  {name}: fp32 and INT8 files from {repository}', file=sys.stderr)
     for kind, fold in (('ort_fp32', True), ('ort_unfolded', False)):
+        if kind in files:
+            continue
         if kind in engines or (kind == 'ort_fp32' and 'ort_int8' in engines):
             out = workdir / f'{name}.{kind}.onnx'
             rep = sdzoo.export_onnx(model, out, fold_survival=fold, write_report=False, dynamo=exporter == 'dynamo')
             files[kind] = {'path': out, 'nodes': rep['nodes'], 'mul': rep['op_histogram'].get('Mul', 0)}
-    if 'ort_int8' in engines:
+    if 'ort_int8' in engines and 'ort_int8' not in files:
         from sdzoo.export.quantize import quantize_onnx
         out = workdir / f'{name}.int8.onnx'
         rep = quantize_onnx(files['ort_fp32']['path'], out, data=data, calibration_images=calibration_images,
@@ -185,6 +208,9 @@ def main(argv=None) -> int:
     p.add_argument('--accuracy-images', type=int, default=None,
                    help='test images for the accuracy table (default all; 0 skips it)')
     p.add_argument('--exporter', choices=('dynamo', 'torchscript'), default='dynamo')
+    p.add_argument('--repository', default=None,
+                   help='take fp32 and INT8 files from this model repository (NAME/1, NAME_int8/1) when both exist, '
+                        'e.g. export (the files MODEL_CARDS.md measured); else export and quantize afresh')
     p.add_argument('--note', default='', help='free text for the results header (e.g. what else ran)')
     p.add_argument('--out-dir', default=str(REPO / 'benchmarks' / 'results'))
     p.add_argument('--out-name', default='inference')
@@ -200,7 +226,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix='sdzoo-bench-') as tmp:
         for name in args.models:
             files = build_files(name, args.engines, args.pretrained, args.data, Path(tmp), args.exporter,
-                                args.calibration_images)
+                                args.calibration_images, Path(args.repository) if args.repository else None)
             info[name] = {k: v for k, v in files.items() if k != 'model'}
             rows += bench(files, args.engines, args.batches, args.threads, args.iters, args.warmup, name)
             if args.pretrained and args.accuracy_images != 0:
