@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument('--methods', nargs='+', default=['minmax', 'entropy', 'percentile'])
     p.add_argument('--calibration-images', type=int, default=512)
     p.add_argument('--eval-images', type=int, default=None, help='validation images (default all)')
+    p.add_argument('--symmetric', action='store_true', help='add static minmax with symmetric int8 activations')
     p.add_argument('--iters', type=int, default=10)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--out', default=str(REPO / 'benchmarks' / 'results' / 'int8_calibration.md'))
@@ -71,16 +72,20 @@ def main(argv=None) -> int:
         for name in args.models:
             fp32 = Path(tmp) / f'{name}.onnx'
             export_onnx(f'{name}.sd_cifar10', fp32, pretrained=True, write_report=False)
-            variants = [('static', m) for m in args.methods]
+            variants = [('static', m, 'uint8') for m in args.methods]
+            if args.symmetric:  # what TensorRT needs
+                variants.append(('static', 'minmax', 'int8'))
             if 'vit' in name:
-                variants.append(('dynamic', None))
+                variants.append(('dynamic', None, None))
             files = {'fp32': fp32}
-            for mode, method in variants:
-                key = f'{mode} {method or "(MatMul only, no calibration)"}'
-                out = Path(tmp) / f'{name}.{mode}.{method}.onnx'
+            for mode, method, act in variants:
+                key = (f'static {method}, {act} activations' + (' (symmetric)' if act == 'int8' else '')
+                       if mode == 'static' else 'dynamic (MatMul only, no calibration)')
+                out = Path(tmp) / f'{name}.{mode}.{method}.{act}.onnx'
                 t0 = time.perf_counter()
                 r = quantize_onnx(fp32, out, data=args.data, calibration_images=args.calibration_images,
                                   method=method or 'minmax', mode=mode, eval_images=args.eval_images,
+                                  activation_type=act or 'uint8',
                                   max_accuracy_drop=100.0, write_report=False, threads=args.threads)
                 files[key] = out
                 rows.append({'model': name, 'variant': key, 'seconds': time.perf_counter() - t0, **r['accuracy']})

@@ -291,6 +291,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         results += model.predict(model.preprocess(images[i:i + args.batch_size]), top_k=args.top_k)
     if args.json:
         print(json.dumps({'model': str(args.model), 'provider': model.provider,
+                          'precision': model.metadata.get('sdzoo.precision', 'fp32'),
                           'predictions': [{'image': str(p), 'top_k': [{'label': lab, 'prob': prob} for lab, prob in r]}
                                           for p, r in zip(args.images, results)]}, indent=2))
         return 0
