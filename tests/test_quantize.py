@@ -189,3 +189,19 @@ def pb2_or_skip():
     except (ImportError, RuntimeError) as e:
         pytest.skip(f'Triton ModelConfig proto unavailable: {e}')
     return model_config_pb2
+
+
+def test_model_cards_int8_rows_come_from_the_committed_records(repo_root):
+    """Every weights/<model>.<tag>/int8.json is a MODEL_CARDS.md row with its measured numbers."""
+    from sdzoo.hub.cards import _int8
+    records = sorted((repo_root / 'weights').glob('*/int8.json'))
+    if not records:
+        pytest.skip('no INT8 records committed')
+    section = '\n'.join(_int8(repo_root / 'weights'))
+    cards = (repo_root / 'MODEL_CARDS.md').read_text()
+    for f in records:
+        r = json.loads(f.read_text())
+        assert r['test']['split'] == 'test' and r['quantization']['format'] == 'QDQ'
+        row = next(line for line in section.splitlines() if line.startswith(f'| `{f.parent.name}` |'))
+        assert f"| {r['test']['top1_fp32']:.2f} | {r['test']['top1_int8']:.2f} |" in row
+        assert row in cards, 'MODEL_CARDS.md is stale: run sdzoo cards'
