@@ -146,8 +146,22 @@ def test_cli_int8_repository_entries_serve_and_predict(cifar_root, tmp_path, cap
 
     cat = sorted((cifar_root / 'test' / 'cat').glob('*.jpg'))[:4]
     assert main(['predict', str(int8_file), *map(str, cat), '--top-k', '1', '--json']) == 0
-    preds = json.loads(capsys.readouterr().out)['predictions']
-    assert sum(p['top_k'][0]['label'] == 'cat' for p in preds) >= 2
+    out = json.loads(capsys.readouterr().out)
+    assert out['precision'] == 'int8'
+    assert sum(p['top_k'][0]['label'] == 'cat' for p in out['predictions']) >= 2
+
+    # `sdzoo serve REPO` over real HTTP: the INT8 entry answers like a direct onnxruntime call on it
+    httpx = pytest.importorskip('httpx')
+    from PIL import Image
+    from sdzoo.serve.app import ServeSettings, create_app
+    from serve_support import ServerThread
+    expected = OrtModel(int8_file).predict([Image.open(f) for f in cat], top_k=1)
+    with ServerThread(create_app(repo, ServeSettings(), intra_op_num_threads=1)) as s:
+        for f, exp in zip(cat, expected):
+            r = httpx.post(f'{s.url}/v2/models/sd_resnet20_int8/classify?top_k=1', content=f.read_bytes(), timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()['results'][0]['predictions'][0]['label'] == exp[0][0]
+        assert httpx.get(f'{s.url}/v2/models/sd_resnet20/ready', timeout=30).status_code == 200
 
 
 def test_cli_gate_failure_exits_2_and_leaves_repository_untouched(cifar_root, tmp_path, capsys):
