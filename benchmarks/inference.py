@@ -115,6 +115,7 @@ def accuracy(files: Dict[str, Dict], engines: List[str], data: str, images: Opti
     x, y, desc = load_labelled_images(data, 'test', cfg['input_size'], model.num_classes, cfg['mean'], cfg['std'],
                                       limit=images)
     out = {'images': int(len(y)), 'data': desc}
+    torch.set_num_threads(1)  # accuracy does not depend on it; a 2-thread pool on a busy machine only stalls
     for e in engines:
         if e == 'torch_eager':
             with torch.inference_mode():
