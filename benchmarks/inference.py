@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -236,7 +237,7 @@ def main(argv=None) -> int:
             'onnxruntime': onnxruntime.__version__, 'cpu': cpu_name(), 'cpu_flags': cpu_flags(),
             'cores': os.cpu_count(), 'pretrained': args.pretrained, 'exporter': args.exporter,
             'engines': args.engines, 'note': args.note, 'date': time.strftime('%Y-%m-%d %H:%M:%S'),
-            'command': 'python benchmarks/inference.py ' + ' '.join(argv if argv is not None else sys.argv[1:])}
+            'command': 'python benchmarks/inference.py ' + shlex.join(argv if argv is not None else sys.argv[1:])}
     md = to_markdown(rows, acc, info, meta)
     print(md)
     out = Path(args.out_dir)
