@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--max-queue-delay-us', type=int, default=None,
                    help='server batching window (default: the model config.pbtxt)')
     p.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads (server and raw)')
+    p.add_argument('--int8', action='store_true',
+                   help='also serve the INT8 entry <model>_int8 (sdzoo export --int8), interleaved with fp32')
+    p.add_argument('--modes', nargs='+', choices=('batching', 'no-batching'), default=['batching', 'no-batching'])
     p.add_argument('--out', default=str(REPO_ROOT / 'benchmarks' / 'results' / 'serve.md'))
     p.add_argument('--timeout', type=float, default=600.0, help='give up on one measurement after this long')
     args = p.parse_args(argv)
@@ -198,36 +201,54 @@ def _pct(values: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1e3, q))
 
 
+def _cpu() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line for line in f if line.startswith('model name')).split(':', 1)[1].strip()
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from sdzoo.runtime import OrtModel
     repo, source = prepare_repository(args)
-    onnx_path = max((repo / args.model).glob('[0-9]*/model.onnx'), key=lambda p: int(p.parent.name))
+    names = [args.model] + ([f'{args.model}_int8'] if args.int8 else [])
+    onnx_paths = {}
+    for name in names:
+        found = list((repo / name).glob('[0-9]*/model.onnx'))
+        if not found:
+            raise SystemExit(f'{repo}/{name}/<version>/model.onnx not found (sdzoo export --int8 writes {name})')
+        onnx_paths[name] = max(found, key=lambda p: int(p.parent.name))
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    request = infer_request(args.model, x)
+    requests = {name: infer_request(name, x) for name in names}
     load_avg = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
 
-    raw: Dict[str, List[float]] = {'batched': [], 'batch1': []}
-    model = OrtModel(onnx_path, intra_op_num_threads=args.threads)
-    expected = model.run(x)
+    raws = {name: {'batched': [], 'batch1': []} for name in names}
+    sessions = {name: OrtModel(onnx_paths[name], intra_op_num_threads=args.threads) for name in names}
+    expected = {name: sessions[name].run(x) for name in names}
+    model = sessions[args.model]
 
     def measure_raw():
-        raw['batched'].append(raw_throughput(model, args.max_batch_size, args.requests))
-        raw['batch1'].append(raw_throughput(model, 1, args.requests))
+        for name in names:
+            raws[name]['batched'].append(raw_throughput(sessions[name], args.max_batch_size, args.requests))
+            raws[name]['batch1'].append(raw_throughput(sessions[name], 1, args.requests))
 
     common = ['--max-batch-size', str(args.max_batch_size), '--max-queue-size', str(max(256, 2 * max(args.clients)))]
     if args.threads:
         common += ['--intra-op-threads', str(args.threads)]
     if args.max_queue_delay_us is not None:
         common += ['--max-queue-delay-us', str(args.max_queue_delay_us)]
-    modes = [('dynamic batching', []), ('no batching', ['--no-batching'])]
-    runs: Dict[Tuple[str, int], List[dict]] = {}
+    modes = [m for m in [('dynamic batching', []), ('no batching', ['--no-batching'])]
+             if {'dynamic batching': 'batching', 'no batching': 'no-batching'}[m[0]] in args.modes]
+    runs: Dict[Tuple[str, str, int], List[dict]] = {}
     log_dir = Path(tempfile.mkdtemp(prefix='sdzoo_bench_serve_logs_'))
     for rep in range(args.repeats):
         measure_raw()
-        for mode, flags in modes:
-            server = ServerProcess(repo, args.model, common + flags, log_dir / f'{mode.replace(" ", "_")}.log')
+        for (mode, flags), name in ((m, n) for m in modes for n in names):  # fp32 and INT8 back to back
+            request = requests[name]
+            server = ServerProcess(repo, name, common + flags, log_dir / f'{name}_{mode.replace(" ", "_")}.log')
             try:
                 async def session():
                     reader, writer = await asyncio.open_connection('127.0.0.1', server.port)
@@ -235,43 +256,53 @@ def main(argv=None) -> int:
                     writer.close()
                     if status != 200:
                         raise RuntimeError(f'server answered {status}: {body[:300]!r}')
-                    np.testing.assert_allclose(decode_logits(headers, body), expected, rtol=1e-4, atol=1e-4)
+                    np.testing.assert_allclose(decode_logits(headers, body), expected[name], rtol=1e-4, atol=1e-4)
                     await load(server.port, request, min(args.clients), min(args.requests, 32))  # warm-up
                     out = []
                     for clients in args.clients:
-                        c0, s0 = await batch_stats(server.port, args.model)
+                        c0, s0 = await batch_stats(server.port, name)
                         secs, lat, errors = await asyncio.wait_for(
                             load(server.port, request, clients, args.requests), args.timeout)
-                        c1, s1 = await batch_stats(server.port, args.model)
+                        c1, s1 = await batch_stats(server.port, name)
                         out.append((clients, {'throughput': args.requests / secs, 'p50': _pct(lat, 50),
                                               'p99': _pct(lat, 99), 'errors': errors,
                                               'mean_batch': (s1 - s0) / max(c1 - c0, 1)}))
                     return out
                 for clients, r in asyncio.run(session()):
-                    runs.setdefault((mode, clients), []).append(r)
-                    print(f'[{rep + 1}/{args.repeats}] {mode:16s} {clients:3d} clients: {r["throughput"]:7.1f} img/s  '
+                    runs.setdefault((name, mode, clients), []).append(r)
+                    print(f'[{rep + 1}/{args.repeats}] {name} {mode:16s} {clients:3d} clients: {r["throughput"]:7.1f} img/s  '
                           f'p50 {r["p50"]:7.1f} ms  p99 {r["p99"]:7.1f} ms  mean batch {r["mean_batch"]:5.1f}'
                           + (f'  ERRORS {r["errors"]}' if r['errors'] else ''), flush=True)
             finally:
                 server.stop()
     measure_raw()
 
-    raw_b = statistics.median(raw['batched'])
-    raw_1 = statistics.median(raw['batch1'])
     med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
-    rows = [
-        f'| raw onnxruntime, batch {args.max_batch_size} | - | {raw_b:.1f} | - | - | {args.max_batch_size} | 100% |',
-        f'| raw onnxruntime, batch 1 | - | {raw_1:.1f} | {1e3 / raw_1:.1f} | - | 1 | {raw_1 / raw_b:.0%} |',
-    ]
-    for (mode, clients), rs in runs.items():
-        errors = sum(r['errors'] for r in rs)
-        rows.append(f'| server, {mode} | {clients} | {med(rs, "throughput"):.1f} | {med(rs, "p50"):.1f} | '
-                    f'{med(rs, "p99"):.1f} | {med(rs, "mean_batch"):.1f} | {med(rs, "throughput") / raw_b:.0%}'
-                    + (f' ({errors} errors)' if errors else '') + ' |')
-    target = runs.get(('dynamic batching', 64))
+    rows, raw_bs = [], {}
+    for name in names:
+        raw_b = raw_bs[name] = statistics.median(raws[name]['batched'])
+        raw_1 = statistics.median(raws[name]['batch1'])
+        label = f'{name}: ' if args.int8 else ''
+        rows += [
+            f'| {label}raw onnxruntime, batch {args.max_batch_size} | - | {raw_b:.1f} | - | - | {args.max_batch_size} | 100% |',
+            f'| {label}raw onnxruntime, batch 1 | - | {raw_1:.1f} | {1e3 / raw_1:.1f} | - | 1 | {raw_1 / raw_b:.0%} |',
+        ]
+        for (n, mode, clients), rs in runs.items():
+            if n != name:
+                continue
+            errors = sum(r['errors'] for r in rs)
+            rows.append(f'| {label}server, {mode} | {clients} | {med(rs, "throughput"):.1f} | {med(rs, "p50"):.1f} | '
+                        f'{med(rs, "p99"):.1f} | {med(rs, "mean_batch"):.1f} | {med(rs, "throughput") / raw_b:.0%}'
+                        + (f' ({errors} errors)' if errors else '') + ' |')
+    target = runs.get((args.model, 'dynamic batching', 64))
     verdict = ('' if target is None else
-               f'\nDynamic batching at 64 clients: {med(target, "throughput") / raw_b:.0%} of raw batched '
+               f'\nDynamic batching at 64 clients: {med(target, "throughput") / raw_bs[args.model]:.0%} of raw batched '
                f'throughput (target >= 80%).\n')
+    int8 = runs.get((f'{args.model}_int8', 'dynamic batching', 64))
+    if int8 is not None and target is not None:
+        verdict += (f'\nServed INT8 vs served fp32 at 64 clients (dynamic batching): '
+                    f'{med(int8, "throughput") / med(target, "throughput"):.2f}x the throughput (target >= 1.8x); '
+                    f'raw batched INT8 vs fp32: {raw_bs[names[1]] / raw_bs[args.model]:.2f}x.\n')
     busy = max(load_avg[0], os.getloadavg()[0])
     if busy > 0.5 * (os.cpu_count() or 1):
         verdict += (f'\nThe machine was busy (load average up to {busy:.1f} on {os.cpu_count()} cores): these numbers are '
@@ -280,9 +311,9 @@ def main(argv=None) -> int:
         verdict += '\nSmoke-test size (few requests per client or a single repeat): not a measurement.\n'
     cmd = ' '.join(['python', 'benchmarks/serve.py', *(argv if argv is not None else sys.argv[1:])])
     text = (
-        f'# Serving benchmark: {args.model}\n\n'
+        f'# Serving benchmark: {", ".join(names)}\n\n'
         f'- command: `{cmd}`\n'
-        f'- date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} cores, '
+        f'- date: {started:%Y-%m-%d %H:%M} UTC; machine: {_cpu()}, {os.cpu_count()} cores, '
         f'load average at start {load_avg[0]:.2f}; provider {model.provider}, intra-op threads '
         f'{args.threads or "default"}\n'
         f'- model: {source}; batch-1 requests of 3x32x32 FP32 in Triton binary format over HTTP/1.1 keep-alive '

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     'PROVIDER_ORDER', 'GPU_PROVIDERS', 'ProviderUnavailableError', 'select_providers', 'OrtModel',
-    'softmax', 'resize_center_crop',
+    'softmax', 'resize_center_crop', 'preload_gpu_libraries', 'gpu_provider_problems',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -41,6 +41,80 @@ class ProviderUnavailableError(RuntimeError):
     """A GPU execution provider was required but onnxruntime cannot use one here."""
 
 
+_PROVIDER_LIBS = {'TensorrtExecutionProvider': 'tensorrt', 'CUDAExecutionProvider': 'cuda'}
+_preloaded: Optional[str] = None
+
+
+def _ort_package() -> str:
+    """``onnxruntime-gpu 1.x`` / ``onnxruntime 1.x``: which wheel is installed (both ship ``import onnxruntime``)."""
+    from importlib import metadata
+    for dist in ('onnxruntime-gpu', 'onnxruntime'):
+        try:
+            return f'{dist} {metadata.version(dist)}'
+        except metadata.PackageNotFoundError:
+            continue
+    import onnxruntime as ort
+    return f'onnxruntime {ort.__version__}'
+
+
+def preload_gpu_libraries() -> str:
+    """Load the CUDA/cuDNN libraries of pip's nvidia wheels the way onnxruntime supports (``preload_dlls``).
+
+    Only with a GPU build of onnxruntime (the CPU wheel has nothing to load them for). Returns what
+    happened, for logs; never raises (a failure shows up as the provider's problem).
+    """
+    global _preloaded
+    if _preloaded is None:
+        import onnxruntime as ort
+        if not any(p in ort.get_available_providers() for p in GPU_PROVIDERS):
+            _preloaded = 'skipped: no GPU provider in this onnxruntime build'
+        elif not hasattr(ort, 'preload_dlls'):
+            _preloaded = f'skipped: onnxruntime {ort.__version__} has no preload_dlls (>= 1.21)'
+        else:
+            try:
+                ort.preload_dlls()
+                _preloaded = 'onnxruntime.preload_dlls() done'
+            except Exception as e:  # noqa: BLE001 - reported, the provider check says what is missing
+                _preloaded = f'onnxruntime.preload_dlls() failed: {type(e).__name__}: {e}'
+    return _preloaded
+
+
+def library_problem(path: Union[str, os.PathLike]) -> Optional[str]:
+    """Why the shared library at ``path`` cannot be loaded (the dynamic loader's own words), or None."""
+    import ctypes
+    if not Path(path).is_file():
+        return f'{path} does not exist'
+    try:
+        ctypes.CDLL(str(path))
+    except OSError as e:
+        return str(e)
+    return None
+
+
+def gpu_provider_problems(available: Optional[List[str]] = None) -> Dict[str, str]:
+    """``{provider: reason}`` for each GPU execution provider onnxruntime cannot actually use here.
+
+    onnxruntime-gpu lists CUDA and TensorRT as available even where their libraries are missing and
+    then silently runs on the CPU; this loads each provider library (after :func:`preload_gpu_libraries`)
+    and reports the loader's error, e.g. ``libcublasLt.so.13: cannot open shared object file``.
+    """
+    import onnxruntime as ort
+    available = ort.get_available_providers() if available is None else available
+    problems: Dict[str, str] = {}
+    capi = Path(ort.__file__).parent / 'capi'
+    for provider, lib in _PROVIDER_LIBS.items():
+        if provider not in available:
+            problems[provider] = (f'not in this onnxruntime build ({_ort_package()}, providers {list(available)}); '
+                                  'install onnxruntime-gpu instead (pip install "sdzoo[gpu]", never both)')
+            continue
+        preload_gpu_libraries()
+        name = f'onnxruntime_providers_{lib}.dll' if os.name == 'nt' else f'libonnxruntime_providers_{lib}.so'
+        reason = library_problem(capi / name)
+        if reason:
+            problems[provider] = f'{name} does not load: {reason} ({preload_gpu_libraries()})'
+    return problems
+
+
 def select_providers(
         require_gpu: bool = False,
         allow_fallback: bool = True,
@@ -59,8 +133,8 @@ def select_providers(
     has_gpu = any(p in GPU_PROVIDERS for p in chosen)
     if require_gpu and not has_gpu:
         msg = (f'a GPU execution provider ({" or ".join(GPU_PROVIDERS)}) is required but onnxruntime here '
-               f'only has {list(available)}; install onnxruntime-gpu (pip install "sdzoo[gpu]") on a machine '
-               'with CUDA')
+               f'only has {list(available)} ({_ort_package()}); install onnxruntime-gpu (pip install "sdzoo[gpu]") '
+               'on a machine with CUDA')
         if not allow_fallback:
             raise ProviderUnavailableError(msg)
         _logger.warning('%s; falling back to the CPU', msg)
@@ -158,6 +232,8 @@ class OrtModel:
             if missing:
                 raise ProviderUnavailableError(f'execution provider(s) {missing} not available; onnxruntime '
                                                f'has {ort.get_available_providers()}')
+        if any(p in GPU_PROVIDERS for p in providers):
+            preload_gpu_libraries()  # the CUDA libraries of pip's nvidia wheels, before the session needs them
         so = ort.SessionOptions()
         if intra_op_num_threads is not None:
             so.intra_op_num_threads = int(intra_op_num_threads)
@@ -190,8 +266,20 @@ class OrtModel:
                 tmp_cache.unlink()
 
         self.provider: str = self.session.get_providers()[0]
-        if require_gpu and self.provider not in GPU_PROVIDERS:
-            msg = f'asked for a GPU but onnxruntime created the session on {self.provider}'
+        asked_gpu = [p for p in providers if p in GPU_PROVIDERS]
+        #: why each GPU provider that was asked for is not in use (empty when one runs, or none was asked for)
+        self.provider_problems: Dict[str, str] = {}
+        if asked_gpu and self.provider not in GPU_PROVIDERS:
+            self.provider_problems = {p: r for p, r in gpu_provider_problems().items() if p in asked_gpu} or {
+                p: 'onnxruntime dropped it when creating the session (see its log)' for p in asked_gpu}
+            why = '; '.join(f'{p}: {r}' for p, r in self.provider_problems.items())
+            msg = f'asked for a GPU but onnxruntime created the session on {self.provider}: {why}'
+            if require_gpu and not allow_fallback:
+                raise ProviderUnavailableError(msg)
+            _logger.warning('%s', msg)
+        elif require_gpu and self.provider not in GPU_PROVIDERS:
+            msg = (f'asked for a GPU but onnxruntime created the session on {self.provider}: '
+                   + '; '.join(f'{p}: {r}' for p, r in gpu_provider_problems().items()))
             if not allow_fallback:
                 raise ProviderUnavailableError(msg)
             _logger.warning('%s (fallback allowed)', msg)

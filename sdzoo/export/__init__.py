@@ -1,4 +1,4 @@
-"""Deployment: survival folding, ONNX export with built-in validation, Triton model repositories.
+"""Deployment: survival folding, ONNX export with built-in validation, INT8 quantization, Triton model repositories.
 
 ``fold`` is plain PyTorch; the ONNX pieces (``export_onnx``, ``validate_onnx``, ``write_triton_model``)
 import onnx / onnxruntime only when first used.
@@ -6,12 +6,13 @@ import onnx / onnxruntime only when first used.
 from .fold import fold, fold_batchnorm, is_folded, timm_equivalent, to_timm
 
 __all__ = ['fold', 'fold_batchnorm', 'is_folded', 'timm_equivalent', 'to_timm', 'export_onnx', 'validate_onnx',
-           'write_triton_model']
+           'write_triton_model', 'quantize_onnx']
 
 _LAZY = {
     'export_onnx': ('sdzoo.export.onnx', 'export_onnx'),
     'validate_onnx': ('sdzoo.export.validate', 'validate_onnx'),
     'write_triton_model': ('sdzoo.export.triton', 'write_triton_model'),
+    'quantize_onnx': ('sdzoo.export.quantize', 'quantize_onnx'),
 }
 
 

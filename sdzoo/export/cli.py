@@ -73,6 +73,49 @@ def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool
                        labels=_read_labels(args.labels), **_export_kwargs(args))
 
 
+def _recorded_data(name: str) -> Optional[str]:
+    """The data set a shipped ``<model>.<tag>`` was evaluated on (its ``validate.json``), if recorded."""
+    from ..hub.weights import weights_dirs
+    for d in weights_dirs():
+        f = d / name / 'validate.json'
+        if f.is_file():
+            try:
+                return json.loads(f.read_text(encoding='utf-8')).get('data') or None
+            except ValueError:
+                return None
+    return None
+
+
+def _int8_kwargs(args: argparse.Namespace) -> Dict:
+    activations = args.int8_activations
+    if activations == 'auto':  # TensorRT's explicit quantization takes symmetric int8 only; the CPU is fastest with uint8
+        activations = 'int8' if args.tensorrt else 'uint8'
+    return dict(calibration_images=args.calibration_images, method=args.calibration_method, mode=args.int8_mode,
+                activation_type=activations, eval_split=args.eval_split, eval_images=args.eval_images,
+                max_accuracy_drop=args.max_accuracy_drop, threads=args.threads)
+
+
+def _export_int8(args: argparse.Namespace, name: str, fp32_out: Optional[Path], int8_out: Path, pretrained: bool,
+                 checkpoint: Optional[str], tag: Optional[str], data: str) -> Tuple[Optional[Dict], Dict]:
+    """fp32 export (validated) into a temp folder, INT8 from it behind the accuracy gate, then both land.
+
+    ``fp32_out`` None keeps only the INT8 file. Nothing is written when either step fails."""
+    import tempfile
+    from ..train.checkpoint import atomic_write_json
+    from .onnx import report_path_for
+    from .quantize import land_file, quantize_onnx
+    with tempfile.TemporaryDirectory(prefix='sdzoo-export-') as tmp:
+        staged = Path(tmp) / 'model.onnx'
+        report = _export_one(args, name, staged, pretrained, checkpoint, tag)
+        int8_report = quantize_onnx(staged, int8_out, data=data, **_int8_kwargs(args))
+        if fp32_out is None:
+            return None, int8_report
+        land_file(staged, fp32_out)
+        report.update(file=str(fp32_out), report=str(report_path_for(fp32_out)))
+        atomic_write_json(report_path_for(fp32_out), report)
+    return report, int8_report
+
+
 def _triton_kwargs(args: argparse.Namespace) -> Dict:
     return dict(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
                 instance_kind=args.instance_kind, tensorrt=args.tensorrt, tensorrt_fp16=not args.tensorrt_fp32)
@@ -100,6 +143,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f'--val-images must be >= 0, got {args.val_images}')
     if args.tolerance is not None and not args.tolerance > 0:
         raise CLIError(f'--tolerance must be > 0, got {args.tolerance}')
+    int8_data = args.data
+    if args.int8:
+        if args.fp16:
+            raise CLIError('--int8 quantizes the fp32 export: drop --fp16')
+        if args.calibration_images < 1:
+            raise CLIError(f'--calibration-images must be >= 1, got {args.calibration_images}')
+        if args.eval_images is not None and args.eval_images < 1:
+            raise CLIError(f'--eval-images must be >= 1, got {args.eval_images}')
+        if not args.max_accuracy_drop >= 0:
+            raise CLIError(f'--max-accuracy-drop must be >= 0 (top-1 points), got {args.max_accuracy_drop}')
+        if args.model is not None and int8_data is None and not (args.pretrained and _recorded_data(args.model)):
+            raise CLIError('--int8 needs --data DATASET (e.g. cifar10, or a folder with train/): calibration uses its '
+                           'training split, the accuracy gate its validation (--eval-split) split')
+        if not args.out and not args.repository:
+            args.repository = 'export'
+            print('note: --int8 without --out/--repository: writing into the model repository export/', file=sys.stderr)
     if args.data is not None:
         args.data = _image_folder(args.data)
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
@@ -126,6 +185,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         for n in names:
             entry = repository_name(n)
             out = model_dir(args.repository, entry) / '1' / MODEL_FILE
+            if args.int8:
+                data = _recorded_data(n) or int8_data
+                if data is None:
+                    raise CLIError(f'{n} records no data set (validate.json): give --data for its calibration')
+                _land_int8(args, n, out, entry, True, None, None, data)
+                continue
             report = _export_one(args, n, out, pretrained=True, checkpoint=None, tag=None)
             write_triton_model(args.repository, entry, **_triton_kwargs(args))
             _print_report(report, args.json)
@@ -147,6 +212,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not weighted:
         print(f'note: neither --pretrained nor --checkpoint given: exporting a randomly initialised {args.model}',
               file=sys.stderr)
+    if args.int8:
+        data = int8_data or _recorded_data(args.model)
+        _land_int8(args, args.model, out, entry if args.repository else None, bool(args.pretrained),
+                   args.checkpoint, args.tag, data)
+        return 0
     report = _export_one(args, args.model, out, bool(args.pretrained), args.checkpoint, args.tag)
     if args.repository:
         folder = write_triton_model(args.repository, entry, **_triton_kwargs(args))
@@ -155,6 +225,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         _print_report(report, args.json)
     return 0
+
+
+def _land_int8(args: argparse.Namespace, name: str, out: Path, entry: Optional[str], pretrained: bool,
+               checkpoint: Optional[str], tag: Optional[str], data: str) -> None:
+    """``--int8``: into a repository, entries ``<entry>`` (fp32) and ``<entry>_int8``; else the INT8 file at ``out``."""
+    from .quantize import format_int8_report
+    from .triton import MODEL_FILE, model_dir, write_triton_model
+    if entry is None:
+        _, int8_report = _export_int8(args, name, None, out, pretrained, checkpoint, tag, data)
+    else:
+        int8_out = model_dir(args.repository, f'{entry}_int8') / '1' / MODEL_FILE
+        report, int8_report = _export_int8(args, name, out, int8_out, pretrained, checkpoint, tag, data)
+        write_triton_model(args.repository, entry, **_triton_kwargs(args))
+        write_triton_model(args.repository, f'{entry}_int8', **_triton_kwargs(args))
+        _print_report(report, args.json)
+    print(json.dumps(int8_report, indent=2) if args.json else format_int8_report(int8_report))
+    if args.int8_record:
+        _record_int8(args, out if entry is not None else None, Path(int8_report['file']), int8_report, data)
+    if entry is not None:
+        print(f'{name} -> {model_dir(args.repository, entry)} (fp32), {model_dir(args.repository, entry + "_int8")} (int8)')
+
+
+def _record_int8(args: argparse.Namespace, fp32_file: Optional[Path], int8_file: Path, int8_report: Dict,
+                 data: str) -> None:
+    """``--int8-record``: top-1 of fp32 and INT8 on the full test split into ``weights/<model>.<tag>/int8.json``."""
+    from ..cli import CLIError
+    from ..hub.weights import find_weights_folder
+    from ..train.checkpoint import atomic_write_json
+    from .quantize import measure_pair
+    name = f"{int8_report['model']}.{int8_report['tag']}" if int8_report.get('tag') else int8_report['model']
+    folder = find_weights_folder(name)
+    if folder is None or fp32_file is None:
+        raise CLIError(f'--int8-record needs shipped weights and --repository (no weights folder for {name})')
+    test = measure_pair(fp32_file, int8_file, data, split='test', threads=args.threads)
+    record = {'model': name, 'precision': 'int8', 'test': test, 'gate': int8_report['accuracy'],
+              'quantization': int8_report['quantization'], 'bytes': int8_report['bytes'],
+              'fp32_bytes': int8_report['fp32_bytes'],
+              'command': 'sdzoo ' + ' '.join(sys.argv[1:])}
+    atomic_write_json(Path(folder) / 'int8.json', record)
+    print(f"{name}: test top-1 fp32 {test['top1_fp32']:.2f}% int8 {test['top1_int8']:.2f}% on {test['data']} "
+          f"-> {Path(folder) / 'int8.json'}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -180,6 +291,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         results += model.predict(model.preprocess(images[i:i + args.batch_size]), top_k=args.top_k)
     if args.json:
         print(json.dumps({'model': str(args.model), 'provider': model.provider,
+                          'precision': model.metadata.get('sdzoo.precision', 'fp32'),
                           'predictions': [{'image': str(p), 'top_k': [{'label': lab, 'prob': prob} for lab, prob in r]}
                                           for p, r in zip(args.images, results)]}, indent=2))
         return 0
@@ -227,6 +339,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--instance-kind', choices=('gpu', 'cpu'), default='gpu', help='Triton instance group kind')
     p.add_argument('--tensorrt', action='store_true', help='add the TensorRT accelerator to config.pbtxt')
     p.add_argument('--tensorrt-fp32', action='store_true', help='TensorRT precision FP32 (default FP16)')
+    from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_METHOD
+    q = p.add_argument_group('INT8 (docs/int8.md)')
+    q.add_argument('--int8', action='store_true',
+                   help='also write an INT8 model (onnxruntime static QDQ quantization, per-channel weights): with '
+                        '--repository as entry NAME_int8 next to NAME, with --out at FILE.onnx; needs --data DATASET')
+    q.add_argument('--calibration-images', type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                   help=f'training-split images that calibrate the activation ranges (default {DEFAULT_CALIBRATION_IMAGES})')
+    q.add_argument('--calibration-method', choices=sorted(CALIBRATION_METHODS), default=DEFAULT_METHOD,
+                   help=f'activation range calibration (default {DEFAULT_METHOD}, chosen by measurement)')
+    q.add_argument('--int8-activations', choices=('auto', 'uint8', 'int8'), default='auto',
+                   help='activation type: uint8 (fastest on x86 CPUs) or symmetric int8 (what TensorRT takes); '
+                        'auto = int8 with --tensorrt, else uint8')
+    q.add_argument('--int8-mode', choices=('static', 'dynamic'), default='static',
+                   help='static QDQ (default) or dynamic quantization of the MatMuls (no calibration)')
+    q.add_argument('--max-accuracy-drop', type=float, default=DEFAULT_MAX_ACCURACY_DROP,
+                   help=f'refuse (exit 2, nothing written) if INT8 top-1 is more than this many points below fp32 '
+                        f'(default {DEFAULT_MAX_ACCURACY_DROP})')
+    q.add_argument('--eval-split', choices=('val', 'test'), default='val',
+                   help='split the accuracy gate measures on (default val: the held-out training images)')
+    q.add_argument('--eval-images', type=int, default=None, help='images of --eval-split to measure (default all)')
+    q.add_argument('--int8-record', action='store_true',
+                   help='also measure fp32 and INT8 top-1 on the full test split and write weights/<model>.<tag>/'
+                        'int8.json (what MODEL_CARDS.md shows; shipped weights into a --repository only)')
+    q.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads for the accuracy gate')
     p.add_argument('--json', action='store_true', help='print the report as JSON')
     p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')
     p.set_defaults(func=_cmd_export)

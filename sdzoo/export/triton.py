@@ -108,7 +108,11 @@ def triton_config(
         '  }',
         ']',
     ]
+    precision = meta.get('sdzoo.precision', 'fp32')
     if tensorrt:
+        trt_precision = 'FP16' if tensorrt_fp16 else 'FP32'
+        if precision == 'int8':
+            trt_precision = _tensorrt_int8_check(onnx_path, meta)
         # one optimization profile over the whole batch range: no engine rebuild per new batch size
         shape = lambda b: ','.join(f'{t["name"]}:' + 'x'.join(str(d) for d in [b, *t['dims']]) for t in inputs)  # noqa: E731
         if any(d < 0 for t in inputs for d in t['dims']):
@@ -117,7 +121,7 @@ def triton_config(
             'optimization { execution_accelerators {',
             '  gpu_execution_accelerator : [ {',
             '    name : "tensorrt"',
-            f'    parameters {{ key: "precision_mode" value: "{"FP16" if tensorrt_fp16 else "FP32"}" }}',
+            f'    parameters {{ key: "precision_mode" value: "{trt_precision}" }}',
             '    parameters { key: "max_workspace_size_bytes" value: "1073741824" }',
             '    parameters { key: "trt_engine_cache_enable" value: "1" }',
             f'    parameters {{ key: "trt_profile_min_shapes" value: "{shape(1)}" }}',
@@ -127,6 +131,20 @@ def triton_config(
             '}}',
         ]
     return '\n'.join(lines) + '\n'
+
+
+def _tensorrt_int8_check(onnx_path: Union[str, os.PathLike], meta: Dict[str, str]) -> str:
+    """``INT8`` for a QDQ graph TensorRT can build, else a ValueError saying why not.
+
+    Triton's onnxruntime backend maps ``precision_mode: INT8`` to ``trt_int8_enable``; a Q/DQ graph
+    carries its own scales, so no ``int8_calibration_table_name`` (with one, session creation fails).
+    TensorRT's explicit quantization takes symmetric int8 activations only (no uint8 zero points).
+    """
+    quant = json.loads(meta.get('sdzoo.quantization') or '{}')
+    if quant.get('format') != 'QDQ' or not str(quant.get('activations', '')).startswith('int8 symmetric'):
+        raise ValueError(f'{onnx_path}: TensorRT INT8 needs a QDQ graph with symmetric int8 activations, this one has '
+                         f'{quant.get("format")} / {quant.get("activations")}: re-export with --int8-activations int8')
+    return 'INT8'
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -84,6 +84,32 @@ def _published(weights: Path) -> List[str]:
     return [head] + rows + [''] + details
 
 
+def _int8(weights: Path) -> List[str]:
+    """INT8 rows from ``weights/<model>.<tag>/int8.json`` (``sdzoo export --int8 --int8-record``)."""
+    rows, cmds = [], []
+    for folder in sorted(p for p in weights.iterdir() if (p / 'int8.json').is_file()):
+        r = json.loads((folder / 'int8.json').read_text())
+        t, g, q = r['test'], r['gate'], r['quantization']
+        calib = f"{q['calibration_method']}, {q['calibration_images']} train images" if q.get('calibration_method') else 'none'
+        rows.append(f"| `{folder.name}` | {q['format']}, per-channel {'yes' if q['per_channel'] else 'no'}, "
+                    f"activations {q['activations']} | {calib} | {t['top1_fp32']:.2f} | {t['top1_int8']:.2f} | "
+                    f"{-t['drop_points']:+.2f} | {t['images']} | {g['top1_fp32']:.2f} / {g['top1_int8']:.2f} "
+                    f"({g['images']} {g['split']}) | {r['bytes'] / 1e6:.2f} / {r['fp32_bytes'] / 1e6:.2f} MB |")
+        if r.get('command') and r['command'] not in cmds:
+            cmds.append(r['command'])
+    if not rows:
+        return []
+    return ['## INT8 (onnxruntime static quantization)', '',
+            'The INT8 ONNX models `sdzoo export --int8` writes next to the fp32 ones (`export/<name>_int8/`), '
+            'measured side by side with their fp32 export on the full test split (`weights/<model>.<tag>/int8.json`); '
+            'the gate column is the accuracy check the export passed before writing the file. Speed: README '
+            '"Benchmarks" and docs/int8.md.', '',
+            '| weight | quantization | calibration | test top-1 fp32 % | test top-1 INT8 % | change (points) '
+            '| test images | gate fp32 / INT8 % | INT8 / fp32 size |',
+            '|---|---|---|---:|---:|---:|---:|---|---:|'] + rows + [''] + [
+            '```bash\n' + '\n'.join(cmds) + '\n```\n' if cmds else '']
+
+
 def _in_training(runs: Path) -> List[str]:
     out = []
     for run in sorted(p for p in runs.glob('*') if (p / 'metrics.csv').is_file() and not (p / 'summary.json').exists()):
@@ -158,7 +184,7 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
         '',
         '## Published weights',
         '',
-    ] + _published(root / 'weights') + [
+    ] + _published(root / 'weights') + _int8(root / 'weights') + [
         '## Finished runs',
         '',
         'The test result each finished run\'s trainer measured at its end (`runs/<run>/summary.json`, fp32, '

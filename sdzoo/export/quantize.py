@@ -1,0 +1,314 @@
+"""INT8 quantization of sdzoo ONNX exports with onnxruntime's own tools, behind an accuracy gate.
+
+Static quantization (``quant_pre_process`` -> ``quantize_static``, QDQ format, per-channel weights) is
+calibrated on images of the data set's *training* split, never on the split it is judged on. Before
+the INT8 file lands, top-1 of the fp32 and INT8 graphs is measured side by side on the validation
+(or test) split; a drop beyond ``max_accuracy_drop`` points raises :class:`QuantizationError` with the
+numbers and writes nothing. QDQ graphs are what TensorRT's explicit-precision INT8 path consumes too.
+
+``mode='dynamic'`` (``quantize_dynamic`` of the MatMuls only, no calibration) exists for the ViT
+comparison in ``docs/int8.md``; static is the default because it was measured faster and as accurate.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ['CALIBRATION_METHODS', 'DEFAULT_METHOD', 'DEFAULT_CALIBRATION_IMAGES', 'DEFAULT_MAX_ACCURACY_DROP',
+           'QuantizationError', 'load_labelled_images', 'top1', 'quantize_onnx', 'int8_path_for']
+
+CALIBRATION_METHODS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percentile'}
+DEFAULT_METHOD = 'minmax'  # chosen by measurement: docs/int8.md (benchmarks/results/int8_calibration.md)
+DEFAULT_CALIBRATION_IMAGES = 512
+DEFAULT_MAX_ACCURACY_DROP = 0.5  # top-1 points
+EVAL_SPLITS = ('val', 'test')
+
+
+class QuantizationError(ValueError):
+    """Bad calibration/evaluation data, or an INT8 model that fails the accuracy gate (nothing written)."""
+
+
+def land_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` next to ``dst`` and rename it into place: readers never see half a file."""
+    import shutil
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f'.{dst.name}.{os.getpid()}.tmp')
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def int8_path_for(onnx_path: Union[str, os.PathLike]) -> Path:
+    """``model.onnx`` -> ``model_int8.onnx`` (same folder)."""
+    p = Path(onnx_path)
+    return p.with_name(f'{p.stem}_int8{p.suffix}')
+
+
+# --------------------------------------------------------------------------------------------- data
+def _class_balanced(labels: np.ndarray, limit: Optional[int]) -> np.ndarray:
+    """Indices of the first ``limit`` images taken round-robin over the classes (all if ``limit`` is None)."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    per_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    order = [idx[i] for i in range(max(len(x) for x in per_class)) for idx in per_class if i < len(idx)]
+    return np.sort(np.asarray(order[:limit]))
+
+
+def _check_image_size(root: Path, split: str, size: Tuple[int, int]) -> None:
+    """Refuse a folder whose images are not the model's input size (load_splits would silently resize)."""
+    from PIL import Image
+    from .validate import list_images
+    folder = root / split if (root / split).is_dir() else root
+    first = list_images(folder, 1)
+    if not first:
+        return
+    with Image.open(first[0][0]) as img:
+        hw = (img.height, img.width)
+    if hw != tuple(size):
+        raise QuantizationError(f'images in {folder} are {hw[0]}x{hw[1]} (e.g. {first[0][0]}), the model expects '
+                                f'{size[0]}x{size[1]}: calibrate on the data set the model was trained on')
+
+
+def load_labelled_images(data: str, split: str, input_size: Sequence[int], num_classes: int,
+                         mean: Sequence[float], std: Sequence[float], limit: Optional[int] = None,
+                         channels_last: bool = False) -> Tuple[np.ndarray, np.ndarray, str]:
+    """``(x, labels, description)`` of one split of a data set, preprocessed as ``sdzoo validate`` does.
+
+    ``data`` is a data set name (``cifar10``, ``fashion_mnist``) or a folder with ``train/`` (and
+    ``val/``/``test/``) or class sub-folders; ``split`` is ``train`` (the training images without the
+    validation hold-out), ``val`` or ``test``. ``x`` is float32 NCHW normalized with ``mean``/``std``,
+    or uint8 NHWC with ``channels_last`` (graphs that normalize inside).
+    """
+    from ..data.sources import default_data_root, load_splits
+    c, h, w = (int(v) for v in input_size)
+    key = data.lower().replace('-', '_')
+    if key not in ('cifar10', 'fashion_mnist', 'fashionmnist') and not key.startswith('fashion_mnist:'):
+        root = Path(data).expanduser()
+        if not root.is_dir():
+            raise QuantizationError(f'data set {data!r} not found: neither cifar10/fashion_mnist nor a folder '
+                                    f'({root.resolve()})')
+        _check_image_size(root, 'train' if split in ('train', 'val') else split, (h, w))
+    elif key == 'cifar10' and not (default_data_root() / 'cifar10').is_dir():
+        raise QuantizationError(f'CIFAR-10 image folders not found at {default_data_root() / "cifar10"} '
+                                '(set SDZOO_DATA or pass a folder)')
+    try:
+        splits = load_splits(data, (c, h, w))
+    except (FileNotFoundError, ValueError) as e:
+        raise QuantizationError(f'cannot read data set {data!r}: {e}') from e
+    if splits.num_classes != num_classes:
+        raise QuantizationError(f'data set {data!r} has {splits.num_classes} classes ({", ".join(splits.classes[:5])}'
+                                f'{", …" if splits.num_classes > 5 else ""}), the model has {num_classes}')
+    chosen = getattr(splits, split)
+    if chosen is None or len(chosen) == 0:
+        raise QuantizationError(f'data set {data!r} has no {split} split ({splits.source})')
+    labels = chosen.labels.numpy()
+    idx = _class_balanced(labels, limit)
+    if chosen.images is not None:
+        pixels = chosen.images.numpy()[idx]
+    else:  # large inputs are streamed from files: decode the ones picked
+        from ..data.sources import _decode
+        pixels = _decode([chosen.files[i] for i in idx], (h, w), 'L' if c == 1 else 'RGB', split).numpy()
+    if channels_last:
+        x = np.ascontiguousarray(pixels)
+    else:
+        m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1) * 255
+        s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1) * 255
+        x = np.ascontiguousarray(((pixels.transpose(0, 3, 1, 2).astype(np.float32) - m) / s).astype(np.float32))
+    desc = f'{len(idx)} {split} images of {splits.name} ({splits.source})'
+    return x, labels[idx], desc
+
+
+def top1(session, x: np.ndarray, labels: np.ndarray, batch_size: int = 250) -> float:
+    """Top-1 accuracy (fraction) of an :class:`sdzoo.runtime.OrtModel` on preprocessed images."""
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += int((session.run(x[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+    return correct / len(x)
+
+
+class _Reader:
+    """onnxruntime ``CalibrationDataReader``: the calibration images in batches, then ``None``."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch_size: int = 32):
+        self.input_name, self.x, self.batch_size = input_name, x, batch_size
+        self._it: Iterator[Dict[str, np.ndarray]] = self._batches()
+
+    def _batches(self) -> Iterator[Dict[str, np.ndarray]]:
+        for i in range(0, len(self.x), self.batch_size):
+            yield {self.input_name: self.x[i:i + self.batch_size]}
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = self._batches()
+
+
+def _reader(input_name: str, x: np.ndarray):
+    from onnxruntime.quantization import CalibrationDataReader
+    reader = type('SdzooCalibrationReader', (_Reader, CalibrationDataReader), {})
+    return reader(input_name, x)
+
+
+# --------------------------------------------------------------------------------------------- quantize
+def _quantize(pre: Path, out: Path, mode: str, method: str, calib: Optional[np.ndarray], input_name: str,
+              per_channel: bool, activation_type: str, op_types: Optional[Sequence[str]]) -> None:
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    if mode == 'dynamic':
+        quantize_dynamic(str(pre), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=list(op_types or ['MatMul']))
+        return
+    act = {'int8': QuantType.QInt8, 'uint8': QuantType.QUInt8}[activation_type]
+    # symmetric int8 activations are what TensorRT's explicit quantization accepts
+    extra = {'ActivationSymmetric': activation_type == 'int8', 'WeightSymmetric': True}
+    quantize_static(str(pre), str(out), _reader(input_name, calib), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, activation_type=act, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(op_types) if op_types else None,
+                    calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]), extra_options=extra)
+
+
+def _check_args(method: str, mode: str, activation_type: str, calibration_images: int, eval_split: str,
+                max_accuracy_drop: float, eval_images: Optional[int]) -> None:
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f'calibration method must be one of {sorted(CALIBRATION_METHODS)}, got {method!r}')
+    if mode not in ('static', 'dynamic'):
+        raise ValueError(f"mode must be 'static' or 'dynamic', got {mode!r}")
+    if activation_type not in ('int8', 'uint8'):
+        raise ValueError(f"activation_type must be 'int8' or 'uint8', got {activation_type!r}")
+    if isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1:
+        raise ValueError(f'calibration_images must be a positive int, got {calibration_images!r}')
+    if eval_split not in EVAL_SPLITS:
+        raise ValueError(f'eval split must be one of {EVAL_SPLITS} (never the calibration split), got {eval_split!r}')
+    if not max_accuracy_drop >= 0:
+        raise ValueError(f'max_accuracy_drop must be >= 0 (top-1 points), got {max_accuracy_drop!r}')
+    if eval_images is not None and eval_images < 1:
+        raise ValueError(f'eval_images must be >= 1, got {eval_images!r}')
+
+
+def quantize_onnx(
+        fp32_path: Union[str, os.PathLike],
+        out: Union[str, os.PathLike],
+        *,
+        data: str,
+        calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+        method: str = DEFAULT_METHOD,
+        mode: str = 'static',
+        per_channel: bool = True,
+        activation_type: str = 'uint8',
+        op_types: Optional[Sequence[str]] = None,
+        eval_split: str = 'val',
+        eval_images: Optional[int] = None,
+        max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+        write_report: bool = True,
+        threads: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Quantize a validated fp32 sdzoo export to INT8, gate it on accuracy, then write it; returns the report.
+
+    ``data`` names the data set (see :func:`load_labelled_images`): ``calibration_images`` class-balanced
+    images of its training split calibrate the activation ranges (``method``: minmax / entropy /
+    percentile). Top-1 of both graphs is measured on ``eval_images`` (default all) images of
+    ``eval_split``; when INT8 loses more than ``max_accuracy_drop`` points, :class:`QuantizationError`
+    is raised and ``out`` is not touched. The ONNX metadata records precision, calibration and the
+    accuracies; the report also goes to ``<out stem>.report.json`` unless ``write_report=False``.
+    """
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import quant_pre_process
+    from ..runtime import OrtModel
+    from ..train.checkpoint import atomic_write_json
+    from .onnx import _set_metadata, op_histogram, report_path_for
+
+    _check_args(method, mode, activation_type, calibration_images, eval_split, max_accuracy_drop, eval_images)
+    fp32_path, out = Path(fp32_path), Path(out)
+    if out.suffix != '.onnx':
+        raise ValueError(f'output file must end in .onnx, got {out}')
+    session_kw = dict(intra_op_num_threads=threads, providers=['CPUExecutionProvider'])
+    fp32 = OrtModel(fp32_path, **session_kw)
+    meta = dict(fp32.metadata)
+    if meta.get('sdzoo.precision', 'fp32') != 'fp32':
+        raise ValueError(f'{fp32_path} is a {meta["sdzoo.precision"]} export: quantize the fp32 one')
+    size = [fp32.in_chans, *fp32.spatial_size]
+    img_kw = dict(input_size=size, num_classes=fp32.num_classes, mean=json.loads(meta.get('sdzoo.mean', '[0.5]')),
+                  std=json.loads(meta.get('sdzoo.std', '[0.5]')), channels_last=fp32.channels_last)
+    t0 = time.perf_counter()
+    x_cal, _, cal_desc = load_labelled_images(data, 'train', limit=calibration_images, **img_kw)
+    x_eval, y_eval, eval_desc = load_labelled_images(data, eval_split, limit=eval_images, **img_kw)
+
+    with tempfile.TemporaryDirectory(prefix='sdzoo-int8-') as tmp:
+        pre, q = Path(tmp) / 'pre.onnx', Path(tmp) / 'int8.onnx'
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        _quantize(pre, q, mode, method, x_cal if mode == 'static' else None, fp32.input_name, per_channel,
+                  activation_type, op_types)
+        quant_seconds = time.perf_counter() - t0
+        int8 = OrtModel(q, **session_kw)
+        t1 = time.perf_counter()
+        acc_fp32, acc_int8 = top1(fp32, x_eval, y_eval), top1(int8, x_eval, y_eval)
+        eval_seconds = time.perf_counter() - t1
+        drop = (acc_fp32 - acc_int8) * 100
+        accuracy = {'split': eval_split, 'images': int(len(y_eval)), 'data': eval_desc,
+                    'top1_fp32': round(acc_fp32 * 100, 4), 'top1_int8': round(acc_int8 * 100, 4),
+                    'drop_points': round(drop, 4), 'max_drop_points': float(max_accuracy_drop)}
+        if drop > max_accuracy_drop:
+            raise QuantizationError(
+                f'{meta.get("sdzoo.model", fp32_path.name)}: INT8 top-1 {acc_int8 * 100:.2f}% vs fp32 '
+                f'{acc_fp32 * 100:.2f}% on {eval_desc}: a drop of {drop:.2f} points exceeds the allowed '
+                f'{max_accuracy_drop:g} (--max-accuracy-drop); nothing written to {out}')
+        quant = {'tool': f'onnxruntime.quantization {onnxruntime.__version__}', 'mode': mode,
+                 'format': 'QDQ' if mode == 'static' else 'QOperator (dynamic)', 'per_channel': per_channel,
+                 'weights': 'int8 symmetric', 'activations': (f'{activation_type} '
+                 f'{"symmetric" if activation_type == "int8" else "asymmetric"}') if mode == 'static' else 'dynamic uint8',
+                 'calibration_method': method if mode == 'static' else None,
+                 'calibration_images': int(len(x_cal)) if mode == 'static' else 0,
+                 'calibration_data': cal_desc if mode == 'static' else None}
+        proto = onnx.load(str(q))
+        meta.update({'sdzoo.precision': 'int8', 'sdzoo.quantization': json.dumps(quant),
+                     'sdzoo.calibration_method': str(quant['calibration_method'] or ''),
+                     'sdzoo.calibration_images': str(quant['calibration_images']),
+                     'sdzoo.accuracy': json.dumps(accuracy)})
+        _set_metadata(proto, meta)
+        proto.doc_string = f'{proto.doc_string or ""} INT8 ({quant["format"]}) by sdzoo; accuracy gate passed.'.strip()
+        staged = Path(tmp) / 'final.onnx'
+        onnx.save_model(proto, str(staged))
+        land_file(staged, out)
+    report = {'model': meta.get('sdzoo.model'), 'tag': meta.get('sdzoo.tag', ''), 'file': str(out),
+              'bytes': out.stat().st_size, 'fp32_bytes': fp32_path.stat().st_size, 'precision': 'int8',
+              'quantization': quant, 'accuracy': accuracy, 'quantize_seconds': round(quant_seconds, 2),
+              'eval_seconds': round(eval_seconds, 2), 'op_histogram': op_histogram(proto), 'metadata': meta}
+    if write_report:
+        report['report'] = str(report_path_for(out))
+        atomic_write_json(report_path_for(out), report)
+    return report
+
+
+def measure_pair(fp32_path: Union[str, os.PathLike], int8_path: Union[str, os.PathLike], data: str,
+                 split: str = 'test', limit: Optional[int] = None, threads: Optional[int] = None) -> Dict[str, Any]:
+    """Top-1 of an fp32 export and its INT8 model side by side on one split (e.g. the full test set)."""
+    from ..runtime import OrtModel
+    kw = dict(intra_op_num_threads=threads, providers=['CPUExecutionProvider'])
+    fp32, int8 = OrtModel(fp32_path, **kw), OrtModel(int8_path, **kw)
+    x, y, desc = load_labelled_images(
+        data, split, [fp32.in_chans, *fp32.spatial_size], fp32.num_classes, json.loads(fp32.metadata['sdzoo.mean']),
+        json.loads(fp32.metadata['sdzoo.std']), limit=limit, channels_last=fp32.channels_last)
+    a, b = top1(fp32, x, y) * 100, top1(int8, x, y) * 100
+    return {'split': split, 'images': int(len(y)), 'data': desc, 'top1_fp32': round(a, 4), 'top1_int8': round(b, 4),
+            'drop_points': round(a - b, 4)}
+
+
+def format_int8_report(report: Dict[str, Any]) -> str:
+    """One paragraph for the console: what was quantized, how, and what it cost."""
+    q, a = report['quantization'], report['accuracy']
+    calib = (f"{q['calibration_method']} calibration on {q['calibration_data']}" if q['mode'] == 'static'
+             else 'dynamic (no calibration)')
+    return (f"INT8 {report['file']} ({report['bytes'] / 1e6:.2f} MB, fp32 {report['fp32_bytes'] / 1e6:.2f} MB): "
+            f"{q['format']}, per-channel {q['per_channel']}, {calib}\n"
+            f"  top-1 on {a['data']}: fp32 {a['top1_fp32']:.2f}%  int8 {a['top1_int8']:.2f}%  "
+            f"drop {a['drop_points']:+.2f} points (allowed {a['max_drop_points']:g}) -> ok")
