@@ -79,4 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # `python -m sdzoo.cli` (torchrun): run the importable module's main, so that its CLIError is the one the
+    # sub-commands raise (this file runs as __main__, a second copy of the module)
+    from sdzoo.cli import main as _main
+    sys.exit(_main())

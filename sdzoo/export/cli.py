@@ -67,9 +67,11 @@ def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool
                 tag: Optional[str]) -> Dict:
     from .onnx import create_model, export_onnx
     model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, **checkpoint_kwargs(args))
+    cfg = model.pretrained_cfg or {}
     if tag is None:
-        tag = ((model.pretrained_cfg or {}).get('tag') or '') if pretrained else ''
-    return export_onnx(model, out, model_name=name.split('.', 1)[0], tag=tag,
+        tag = (cfg.get('tag') or '') if pretrained or Path(name).is_dir() else ''
+    arch = cfg.get('architecture') if Path(name).is_dir() else name.split('.', 1)[0]
+    return export_onnx(model, out, model_name=arch, tag=tag,
                        labels=_read_labels(args.labels), **_export_kwargs(args))
 
 
@@ -91,6 +93,30 @@ def _image_folder(data: str) -> str:
     if (path / 'test').is_dir() and (path / 'train').is_dir():
         path = path / 'test'
     return str(path)
+
+
+def folder_entry_name(folder: Path) -> str:
+    """Repository entry of a model folder: ``<architecture>_<tag>`` from its config.json."""
+    cfg = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+    tag = (cfg.get('pretrained_cfg') or {}).get('tag')
+    return f"{cfg['architecture']}_{tag}" if tag else cfg['architecture']
+
+
+def _model_folder(args: argparse.Namespace) -> Optional[Path]:
+    """MODEL given as a model folder or finished run directory: its model folder (default --out beside it)."""
+    from ..cli import CLIError
+    from ..hub.run_model import find_model_folder
+    if args.model is None or not Path(args.model).is_dir():
+        return None
+    folder = find_model_folder(args.model)
+    if folder is None:
+        raise CLIError(f'{args.model} is a folder but holds no model: expected config.json + model.safetensors, '
+                       'or a finished run directory with model/ in it')
+    if args.pretrained or args.checkpoint:
+        raise CLIError(f'{args.model} is a model folder and brings its own weights: drop --pretrained/--checkpoint')
+    if not args.out and not args.repository:
+        args.out = str(folder / 'model.onnx')
+    return folder
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -132,13 +158,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print(f'{n} -> {model_dir(args.repository, entry)}')
         return 0
 
+    folder = _model_folder(args)
     if not args.out and not args.repository:
         raise CLIError('where to? give --out FILE.onnx, or --repository DIR for a Triton model repository')
-    weighted = args.pretrained or args.checkpoint
+    weighted = args.pretrained or args.checkpoint or folder is not None
     if args.repository:
         if not weighted:
             raise CLIError('a repository entry needs trained weights: add --pretrained or --checkpoint FILE')
-        entry = check_model_name(args.name) if args.name else repository_name(args.model)
+        entry = check_model_name(args.name) if args.name else (
+            folder_entry_name(folder) if folder is not None else repository_name(args.model))
         out = model_dir(args.repository, entry) / '1' / MODEL_FILE
     else:
         out = Path(args.out)
@@ -149,11 +177,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
               file=sys.stderr)
     report = _export_one(args, args.model, out, bool(args.pretrained), args.checkpoint, args.tag)
     if args.repository:
-        folder = write_triton_model(args.repository, entry, **_triton_kwargs(args))
+        entry_dir = write_triton_model(args.repository, entry, **_triton_kwargs(args))
         _print_report(report, args.json)
-        print(f'{args.model} -> {folder}')
+        print(f'{args.model} -> {entry_dir}')
     else:
         _print_report(report, args.json)
+        if folder is not None and not args.json:
+            print(f'{args.model} -> {out}')
     return 0
 
 
@@ -166,6 +196,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for p in args.images:
         if not Path(p).is_file():
             raise CLIError(f'image {p}: no such file')
+    if Path(args.model).is_dir():  # a model folder or finished run: the ONNX `sdzoo export RUN_DIR` put there
+        from ..hub.run_model import find_model_folder
+        folder = find_model_folder(args.model)
+        if folder is None or not (folder / 'model.onnx').is_file():
+            raise CLIError(f'{args.model} has no exported model.onnx yet: run `sdzoo export {args.model}` first')
+        args.model = str(folder / 'model.onnx')
     model = OrtModel(args.model, require_gpu=args.require_gpu, allow_fallback=not args.require_gpu,
                      intra_op_num_threads=args.threads)
     images = []
@@ -196,8 +232,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         'export', help='export a model to a validated ONNX file or a Triton model repository',
         description='Fold the survival factors and BatchNorms, export to ONNX (dynamic batch), check it with '
                     'onnxruntime against PyTorch, and only then write it (plus MODEL.report.json).')
-    p.add_argument('model', nargs='?', help='registered model, e.g. sd_resnet110 or sd_resnet110.sd_cifar10; omit '
-                                            'with --repository to export every shipped weight')
+    p.add_argument('model', nargs='?', help='registered model, e.g. sd_resnet110 or sd_resnet110.sd_cifar10, a model '
+                                            'folder or a finished run directory (default --out: its model/model.onnx); '
+                                            'omit with --repository to export every shipped weight')
     w = p.add_mutually_exclusive_group()
     w.add_argument('--pretrained', action='store_true', help='the shipped / published weights of MODEL')
     w.add_argument('--checkpoint', metavar='FILE',
@@ -232,7 +269,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser('predict', help='top-k classes of images with an exported ONNX model (onnxruntime)')
-    p.add_argument('model', metavar='MODEL.onnx', help='ONNX file written by sdzoo export')
+    p.add_argument('model', metavar='MODEL', help='ONNX file written by sdzoo export, or a model folder / finished '
+                                                  'run directory exported with `sdzoo export RUN_DIR`')
     p.add_argument('images', metavar='IMAGE', nargs='+')
     p.add_argument('--top-k', type=int, default=5)
     p.add_argument('--batch-size', type=int, default=32)

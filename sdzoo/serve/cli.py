@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
         'serve', help='serve a model repository over the Open Inference Protocol (KServe v2 / Triton) REST API',
         description='Serve every model of a Triton-layout repository (<name>/config.pbtxt, <name>/<v>/model.onnx) '
                     'over HTTP with dynamic batching, Prometheus metrics at /metrics and JSON logs.')
-    p.add_argument('repository', help='model repository directory, e.g. export/')
+    p.add_argument('repository', help='model repository directory (e.g. export/), or one exported model folder / '
+                                      'finished run directory (`sdzoo export RUN_DIR` first)')
     p.add_argument('--host', default='127.0.0.1', help='bind address (default: 127.0.0.1)')
     p.add_argument('--port', type=int, default=8000, help='port (default: 8000; 0 picks a free one)')
     p.add_argument('--models', nargs='+', default=None, metavar='NAME', help='serve only these repository entries')
@@ -51,8 +52,7 @@ def configure_logging(level: str = 'info', stream=None) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-    from .app import ServeSettings, create_app
+    from .app import ServeSettings
     configure_logging(args.log_level)
     for flag, value in (('--max-batch-size', args.max_batch_size), ('--max-queue-size', args.max_queue_size),
                         ('--intra-op-threads', args.intra_op_threads)):
@@ -70,7 +70,16 @@ def serve(args: argparse.Namespace) -> int:
     ort_kwargs = {'intra_op_num_threads': args.intra_op_threads, 'require_gpu': args.require_gpu}
     if args.providers:
         ort_kwargs['providers'] = args.providers
-    app = create_app(args.repository, settings, models=args.models, **ort_kwargs)
+    from .entries import check_exported, single_model_repository
+    with single_model_repository(args.repository) as repository:
+        check_exported(repository, args.models, shown=args.repository)
+        return _run(repository, args, settings, ort_kwargs)
+
+
+def _run(repository: str, args: argparse.Namespace, settings, ort_kwargs) -> int:
+    import uvicorn
+    from .app import create_app
+    app = create_app(repository, settings, models=args.models, **ort_kwargs)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=args.graceful_timeout, lifespan='on')
     server = uvicorn.Server(config)

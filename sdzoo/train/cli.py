@@ -213,8 +213,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.pretrained and args.checkpoint:
         raise ValueError('give either --pretrained or --checkpoint, not both')
-    if not args.pretrained and not args.checkpoint:
-        raise ValueError('say which weights to evaluate: --pretrained or --checkpoint FILE')
+    folder = Path(args.model).is_dir()  # a model folder or a finished run: it brings its weights
+    if not folder and not args.pretrained and not args.checkpoint:
+        raise ValueError('say which weights to evaluate: --pretrained or --checkpoint FILE '
+                         '(or give a model folder / finished run directory as MODEL)')
+    if args.data is None:  # a run directory knows what it was trained on
+        run_cfg = Path(args.model) / 'config.json'
+        saved = json.loads(run_cfg.read_text()) if folder and run_cfg.is_file() else {}
+        args.data = saved.get('data') if isinstance(saved.get('data'), str) and 'epochs' in saved else 'cifar10'
     # with the paper's scaling the survival probabilities are part of the eval network: a checkpoint's
     # recorded drop_path_rate / sd_scaling (trainer .pt, or the config.json beside a .safetensors) are
     # used, explicit flags win, and only then the model defaults (export builds its models the same way)
@@ -224,7 +230,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     model.to(device).eval()
     data_cfg = resolve_data_config(model=model)
     data_cfg['input_size'] = tuple(data_config(model)['input_size'])  # the first conv's channels, e.g. in_chans=1
-    splits = load_splits(args.data, tuple(data_cfg['input_size']), val_size=0 if args.split == 'test' else None)
+    splits = load_splits(args.data, tuple(data_cfg['input_size']), val_size=0 if args.split == 'test' else None,
+                         only=args.split)
     split = getattr(splits, args.split)
     if split is None:
         raise ValueError(f'data set {args.data!r} has no {args.split} split (found in {splits.source})')
@@ -233,11 +240,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     loader = create_loader(split, args.batch_size, data_cfg, train=False, in_chans=data_cfg['input_size'][0],
                            workers=args.workers)
     res = evaluate(model, loader, device, amp=args.amp, progress=sys.stderr.isatty(), desc=f'validate {args.split}')
-    out = dict(model=args.model, weights=('pretrained' if args.pretrained else str(args.checkpoint)),
-               pretrained_tag=model.pretrained_cfg.get('tag') if args.pretrained else None,
+    out = dict(model=args.model, weights=('pretrained' if args.pretrained or folder else str(args.checkpoint)),
+               pretrained_tag=model.pretrained_cfg.get('tag') if args.pretrained or folder else None,
                data=args.data, data_source=splits.source, split=args.split, amp=args.amp, **res)
+    top5 = f"top-5 {res['top5']:.2f}%  " if model.num_classes > 5 else ''  # trivially 100% for <= 5 classes
     print(f"{args.model} on {args.data} {args.split} ({res['images']} images): top-1 {res['top1']:.2f}%  "
-          f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  {res['images_per_sec']:.0f} img/s")
+          f"{top5}loss {res['loss']:.4f}  {res['images_per_sec']:.0f} img/s")
     if args.out:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,10 +264,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_train_args(p, finetune=True)
     p.set_defaults(func=_cmd_finetune)
     p = sub.add_parser('validate', help='top-1/top-5/loss of weights on a data set, written as JSON')
-    p.add_argument('model')
+    p.add_argument('model', help='a registered model (with --pretrained or --checkpoint), a model folder, or a '
+                                 'finished run directory (its model/ folder)')
     p.add_argument('--pretrained', action='store_true', help='the shipped/Hub weights')
     p.add_argument('--checkpoint', default=None, help='a .safetensors file or trainer checkpoint')
-    p.add_argument('--data', default='cifar10')
+    p.add_argument('--data', default=None,
+                   help="cifar10, fashion_mnist or an image-folder path (default: a run directory's own data, "
+                        'else cifar10)')
     p.add_argument('--data-dir', default=None, help='folder that contains cifar10/ (overrides $SDZOO_DATA)')
     p.add_argument('--split', default='test', choices=('test', 'val', 'train'))
     add_checkpoint_args(p)
