@@ -7,6 +7,9 @@ from __future__ import annotations
 __version__ = '0.1.0'
 
 from . import models  # noqa: F401  (registers the models with timm)
+from .hub.offline import install as _install_hub_guard
+
+_install_hub_guard()  # hf-hub: names fail within seconds, naming the shipped copy, when the Hub is unreachable
 from .layers import (
     SDSampler, StochasticDepth, apply_stochastic_depth, sd_blocks, sd_modules, set_sd_seed,
     survival_schedule,
