@@ -238,27 +238,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     w = p.add_mutually_exclusive_group()
     w.add_argument('--pretrained', action='store_true', help='the shipped / published weights of MODEL')
     w.add_argument('--checkpoint', metavar='FILE',
-                   help=".safetensors state dict or trainer checkpoint .pt (its 'model' entry)")
-    p.add_argument('--out', metavar='FILE.onnx', help='output file (the report goes next to it)')
+                   help=".safetensors state dict or trainer checkpoint .pt (its 'model' entry; default: none)")
+    p.add_argument('--out', metavar='FILE.onnx', help='output file, the report goes next to it (default: a model folder\'s model.onnx)')
     p.add_argument('--repository', metavar='DIR', help='Triton model repository: writes DIR/NAME/{config.pbtxt,'
-                                                       'labels.txt,1/model.onnx}')
+                                                       'labels.txt,1/model.onnx} (default: none)')
     p.add_argument('--name', help='repository entry name (default: model name, or model_tag for other tags)')
     add_checkpoint_args(p)
     p.add_argument('--tag', default=None, help='weights tag recorded in the metadata (default: the pretrained tag)')
-    p.add_argument('--labels', metavar='FILE', help='class names, one per line')
+    p.add_argument('--labels', metavar='FILE', help='class names, one per line (default: the weights\' label_names)')
     p.add_argument('--fp16', action='store_true', help='fp16 weights and compute (inputs/outputs stay float32)')
     p.add_argument('--preprocess', action='store_true',
                    help='normalization inside the graph: input "image" uint8 NHWC at the model input size')
-    from .onnx import DEFAULT_OPSET
+    from . import DEFAULT_OPSET
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset (default {DEFAULT_OPSET})')
     p.add_argument('--exporter', choices=('dynamo', 'torchscript'), default='dynamo',
                    help='torch.export-based exporter (default) or the legacy TorchScript one')
     p.add_argument('--data', metavar='DIR', help='image folder (class sub-folders) for real-image parity, or a '
-                   'data set name under $SDZOO_DATA (e.g. cifar10; a train/ test/ root gives its test split)')
+                   'data set name under $SDZOO_DATA (e.g. cifar10; a train/ test/ root gives its test split; default: random '
+                   'inputs only)')
     p.add_argument('--val-images', type=int, default=64, help='real images to check with --data (default 64)')
     p.add_argument('--tolerance', type=float, default=None,
                    help='max |onnx - torch| relative to the logit scale (default 1e-4 fp32, 1e-2 fp16)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the random parity inputs')
+    p.add_argument('--seed', type=int, default=0, help='seed of the random parity inputs (default: 0)')
     p.add_argument('--max-batch-size', type=int, default=64, help='Triton max_batch_size (default 64)')
     p.add_argument('--max-queue-delay-us', type=int, default=100, help='Triton dynamic batching delay')
     p.add_argument('--instance-kind', choices=('gpu', 'cpu'), default='gpu', help='Triton instance group kind')
@@ -271,10 +272,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('predict', help='top-k classes of images with an exported ONNX model (onnxruntime)')
     p.add_argument('model', metavar='MODEL', help='ONNX file written by sdzoo export, or a model folder / finished '
                                                   'run directory exported with `sdzoo export RUN_DIR`')
-    p.add_argument('images', metavar='IMAGE', nargs='+')
-    p.add_argument('--top-k', type=int, default=5)
-    p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads')
+    p.add_argument('images', metavar='IMAGE', nargs='+', help='image files (any format PIL reads)')
+    p.add_argument('--top-k', type=int, default=5, help='classes per image, at most the model\'s classes')
+    p.add_argument('--batch-size', type=int, default=32, help='images per onnxruntime call')
+    p.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads (default: onnxruntime\'s choice)')
     p.add_argument('--require-gpu', action='store_true', help='fail unless a GPU execution provider is used')
     p.add_argument('--json', action='store_true', help='print JSON')
     p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')

@@ -33,7 +33,7 @@ __all__ = [
     'create_model', 'load_checkpoint', 'resolve_labels', 'data_config', 'op_histogram', 'export_onnx',
 ]
 
-DEFAULT_OPSET = 20  # onnxruntime >= 1.17, TensorRT 10; carries Gelu and LayerNormalization as single ops
+from . import DEFAULT_OPSET  # noqa: E402  (defined with the package: `sdzoo export --help` shows it)
 INPUT_NAME, IMAGE_INPUT_NAME, OUTPUT_NAME = 'input', 'image', 'logits'
 FORBIDDEN_OPS = ('BatchNormalization', 'Dropout')
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')

@@ -17,17 +17,17 @@ def add_parser(sub) -> None:
                                       'finished run directory (`sdzoo export RUN_DIR` first)')
     p.add_argument('--host', default='127.0.0.1', help='bind address (default: 127.0.0.1)')
     p.add_argument('--port', type=int, default=8000, help='port (default: 8000; 0 picks a free one)')
-    p.add_argument('--models', nargs='+', default=None, metavar='NAME', help='serve only these repository entries')
+    p.add_argument('--models', nargs='+', default=None, metavar='NAME', help='serve only these repository entries (default: all)')
     g = p.add_argument_group('batching (defaults: each model\'s config.pbtxt)')
-    g.add_argument('--max-batch-size', type=int, default=None, help='most items per onnxruntime call')
+    g.add_argument('--max-batch-size', type=int, default=None, help='most items per onnxruntime call (default: config.pbtxt)')
     g.add_argument('--max-queue-delay-us', type=int, default=None,
-                   help='microseconds the oldest request waits for a batch to fill')
+                   help='microseconds the oldest request waits for a batch to fill (default: config.pbtxt)')
     g.add_argument('--no-batching', action='store_true', help='run every request on its own')
     g.add_argument('--max-queue-size', type=int, default=256,
                    help='requests waiting per model before answering 503 (default: 256)')
     g = p.add_argument_group('limits and runtime')
     g.add_argument('--max-body-mb', type=float, default=16.0, help='request body limit in MiB, 413 above (default: 16)')
-    g.add_argument('--intra-op-threads', type=int, default=None, help='onnxruntime intra-op threads per model')
+    g.add_argument('--intra-op-threads', type=int, default=None, help='onnxruntime intra-op threads per model (default: onnxruntime\'s choice)')
     g.add_argument('--providers', nargs='+', default=None,
                    help='onnxruntime execution providers (default: best available)')
     g.add_argument('--require-gpu', action='store_true', help='fail instead of falling back to CPU')
@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
                    help='/v2/health/ready is 200 while any model is ready (default: all must be)')
     g.add_argument('--graceful-timeout', type=float, default=30.0,
                    help='seconds to finish in-flight requests on shutdown (default: 30)')
-    g.add_argument('--log-level', default='info', choices=['debug', 'info', 'warning', 'error'])
+    g.add_argument('--log-level', default='info', choices=['debug', 'info', 'warning', 'error'],
+                   help='log level of the JSON logs')
     p.set_defaults(func=serve)
 
 
