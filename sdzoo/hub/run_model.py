@@ -72,7 +72,8 @@ def write_run_model(
     split = results.pop('split')
     # a contiguous CPU copy: the trained network may be channels_last or on a GPU
     net = copy.deepcopy(model).to('cpu', memory_format=torch.contiguous_format).eval()
-    dcfg = data_config(net)
+    dcfg = data_config(net)  # the first conv's channels (in_chans=1: grey mean/std), input size, crop
+    net.pretrained_cfg = dict(net.pretrained_cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in dcfg.items()})
     folder = run_dir / MODEL_DIR
     extras = {dst: run_dir / src for src, dst in (('metrics.csv', METRICS_FILE), ('curves.png', PLOT_FILE))
               if (run_dir / src).is_file()}
@@ -86,9 +87,6 @@ def write_run_model(
     return write_model_folder(
         net, folder, model_name=cfg['model'], tag=run_tag(cfg), results=results, train_info=train_info,
         dataset=dict(id=data_name, name=data_name, split=split), extras=extras, label_names=list(classes),
-        data_config=dict(input_size=tuple(dcfg['input_size']), mean=tuple(dcfg['mean']), std=tuple(dcfg['std']),
-                         crop_pct=dcfg['crop_pct'], crop_mode=dcfg['crop_mode'],
-                         interpolation=dcfg['interpolation']),
         usage=[f"model = timm.create_model('local-dir:{folder}', pretrained=True).eval()",
                "print(model.pretrained_cfg['label_names'])"])
 
