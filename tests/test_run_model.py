@@ -131,3 +131,16 @@ def test_a_run_without_model_folder_is_a_clear_error(tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert 'holds no model' in err and 'Traceback' not in err
+
+
+def test_evaluating_one_split_decodes_only_that_split(tmp_path, cifar_root, monkeypatch):
+    """`sdzoo validate --split test` must not decode the whole training set first."""
+    from sdzoo.data import load_splits
+    data = _three_class_folder(cifar_root, tmp_path / 'imgs', n_train=20, n_test=5)
+    monkeypatch.setenv('SDZOO_CACHE', str(tmp_path / 'cache'))
+    test_only = load_splits(str(data), (3, 32, 32), val_size=0, only='test')
+    assert test_only.test.images is not None and tuple(test_only.test.images.shape) == (15, 32, 32, 3)
+    assert test_only.train.images is None and len(test_only.train.files) == 60  # listed, not decoded
+    everything = load_splits(str(data), (3, 32, 32), val_size=0)
+    assert everything.train.images is not None
+    assert (test_only.test.images == everything.test.images).all()
