@@ -144,3 +144,17 @@ def test_evaluating_one_split_decodes_only_that_split(tmp_path, cifar_root, monk
     everything = load_splits(str(data), (3, 32, 32), val_size=0)
     assert everything.train.images is not None
     assert (test_only.test.images == everything.test.images).all()
+
+
+def test_resume_of_a_finished_run_keeps_working(run, tmp_path):
+    """--resume reads the run's own config.json/last.pt as before; finishing again rewrites model/ identically."""
+    import torch
+    from safetensors.torch import load_file
+    from sdzoo.cli import main
+    copy = tmp_path / 'run'
+    shutil.copytree(run['dir'], copy, ignore=shutil.ignore_patterns('model'))
+    assert main(['finetune', '--resume', str(copy), '--workers', '0', '--no-progress']) == 0
+    config = json.loads((copy / 'model' / 'config.json').read_text())
+    assert config['label_names'] == CLASSES and config['num_classes'] == 3
+    a, b = load_file(str(copy / 'model' / 'model.safetensors')), load_file(str(run['dir'] / 'model' / 'model.safetensors'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
