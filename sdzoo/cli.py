@@ -32,11 +32,12 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """Flags that rebuild the architecture a checkpoint was trained with (export and validate share them):
     with the paper's scaling the survival probabilities are part of the eval network."""
     p.add_argument('--num-classes', type=int, default=None, help='classes of the checkpoint (default: the model cfg)')
-    p.add_argument('--in-chans', type=int, default=None, help='input channels of the checkpoint')
+    p.add_argument('--in-chans', type=int, default=None, help='input channels of the checkpoint (default: the model cfg)')
     p.add_argument('--drop-path-rate', type=float, default=None,
                    help='1 - p_L the checkpoint was trained with (paper scaling uses it at test time; default: '
                         'recorded with the checkpoint, else the model default)')
-    p.add_argument('--sd-scaling', choices=('paper', 'inverted'), default=None, help='scaling used in training')
+    p.add_argument('--sd-scaling', choices=('paper', 'inverted'), default=None,
+                   help='scaling used in training (default: recorded with the checkpoint, else paper)')
 
 
 def checkpoint_kwargs(args: argparse.Namespace) -> Dict:
@@ -45,8 +46,21 @@ def checkpoint_kwargs(args: argparse.Namespace) -> Dict:
             if (v := getattr(args, k)) is not None}
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless it already says it, or the flag is a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and 'default' not in text and action.nargs != 0):
+            text += ' (default: %(default)s)'
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='sdzoo', description='Stochastic-depth model zoo for timm.')
+    parser = argparse.ArgumentParser(prog='sdzoo', formatter_class=HelpFormatter,
+                                     description='Stochastic-depth model zoo for timm. `sdzoo COMMAND --help` '
+                                                 'shows each command\'s options.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     seen = set()
@@ -60,12 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
         if module_name not in seen:
             module.add_parser(sub)
             seen.add(module_name)
+    for p in sub.choices.values():
+        p.formatter_class = HelpFormatter
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import sdzoo
+    sdzoo._register()  # the console script defers it until here: help and usage errors need no torch
     try:
         return int(args.func(args) or 0)
     except CLIError as e:
@@ -79,4 +97,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # `python -m sdzoo.cli` (torchrun): run the importable module's main, so that its CLIError is the one the
+    # sub-commands raise (this file runs as __main__, a second copy of the module)
+    from sdzoo.cli import main as _main
+    sys.exit(_main())

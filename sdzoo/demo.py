@@ -91,6 +91,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('demo', help='create sd_resnet110, show stochastic depth at work, export and check ONNX')
-    p.add_argument('--model', default='sd_resnet110')
-    p.add_argument('--no-export', action='store_true')
+    p.add_argument('--model', default='sd_resnet110', help='the sd_* model to demonstrate')
+    p.add_argument('--no-export', action='store_true', help='skip the ONNX export and check')
     p.set_defaults(func=_cmd_demo)

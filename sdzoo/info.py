@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ['model_info', 'count_flops']
 
 
 def count_flops(model: torch.nn.Module, input_size) -> int:
     """Forward FLOPs (multiply-add = 2) of the full-depth eval network for one image."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
     was_training = model.training
     model.eval()
@@ -28,8 +30,12 @@ def model_info(name: str, flops: bool = True, **kwargs) -> Dict[str, Any]:
     import timm
     import sdzoo  # noqa: F401
     from .layers import sd_blocks, sd_modules, sd_settings
-    if not timm.is_model(name):
-        raise ValueError(f'unknown model {name!r}; `sdzoo list` shows the registered sd_* models')
+    arch = name.split('.', 1)[0]
+    if arch not in timm.list_models('sd_*'):
+        if not timm.is_model(arch):
+            raise ValueError(f'unknown model {name!r}; `sdzoo list` shows the registered sd_* models')
+        raise ValueError(f'{name!r} is a timm model without stochastic depth: `sdzoo info` describes the sd_* '
+                         'models (`sdzoo list` shows them)')
     model = timm.create_model(name, **kwargs)
     cfg = model.pretrained_cfg
     blocks = sd_blocks(model)
@@ -62,9 +68,16 @@ def _fmt_num(n: float) -> str:
 def _cmd_list(args: argparse.Namespace) -> int:
     import timm
     import sdzoo  # noqa: F401
-    names = timm.list_pretrained('sd_*') if args.pretrained else timm.list_models(args.filter or 'sd_*')
-    for n in names:
-        print(n)
+    if not args.pretrained:
+        for n in timm.list_models(args.filter or 'sd_*'):
+            print(n)
+        return 0
+    from .hub.weights import find_weights_folder
+    names = timm.list_pretrained(args.filter or 'sd_*')
+    width = max([len(n) for n in names] + [4])
+    for n in names:  # shipped copies load offline; the rest download on first use
+        where = 'offline (shipped)' if find_weights_folder(n) is not None else 'download (Hugging Face Hub)'
+        print(f'{n:<{width}}  {where}')
     return 0
 
 
@@ -95,11 +108,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('list', help='list the sd_* models registered with timm')
-    p.add_argument('filter', nargs='?', default=None, help="wildcard filter, default 'sd_*'")
-    p.add_argument('--pretrained', action='store_true', help='only models with pretrained tags')
+    p.add_argument('filter', nargs='?', default=None, help="wildcard filter (default: 'sd_*')")
+    p.add_argument('--pretrained', action='store_true',
+                   help='list <model>.<tag> pretrained weights instead, each marked offline (shipped) or download')
     p.set_defaults(func=_cmd_list)
     p = sub.add_parser('info', help='params, FLOPs, droppable blocks and survival schedule of a model')
-    p.add_argument('model')
+    p.add_argument('model', help='an sd_* model, e.g. sd_resnet110')
     p.add_argument('--drop-path-rate', type=float, default=None, help='1 - p_L (default: the model default)')
     p.add_argument('--no-flops', action='store_true', help='skip the FLOP count')
     p.add_argument('--json', action='store_true', help='print JSON')

@@ -6,6 +6,7 @@ test_hub_server.py. No test here touches the network or the package's own manife
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -300,3 +301,26 @@ def test_push_dry_run_rejects_a_broken_folder(published, tmp_path, capsys, break
     assert 'FAIL' in captured.out and expected in captured.out
     assert 'sdzoo push: error:' in captured.err and expected in captured.err
     assert 'dry run: all checks passed' not in captured.out
+
+
+@pytest.mark.parametrize('env', [{'HF_HUB_OFFLINE': '1'}, {'HF_ENDPOINT': 'http://127.0.0.1:{port}'}])
+def test_hf_hub_name_without_hub_fails_at_once_naming_the_shipped_copy(env, tmp_path):
+    """HF_HUB_OFFLINE, or an endpoint nobody listens on (no network): no ~30 s of retries, a clear message."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = {k: v.format(port=port) for k, v in env.items()}
+    code = ("import timm\n"
+            "try:\n"
+            "    timm.create_model('hf-hub:sdzoo/sd_resnet20.sd_cifar10', pretrained=True)\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'hf-cache'), **env)).stdout
+    assert out.startswith('WeightsNotFoundError hf-hub:sdzoo/sd_resnet20.sd_cifar10: the Hugging Face Hub '
+                          'cannot be reached'), out
+    assert "timm.create_model('sd_resnet20.sd_cifar10', pretrained=True)" in out  # the offline alternative
+    assert 'Retry' not in out

@@ -104,3 +104,23 @@ def test_serve_cli_errors(repo, capsys, args, needle):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert 'sdzoo serve: error:' in err and needle in err
+
+
+def test_serve_fresh_clone_repository_names_the_export_command(repo_root, tmp_path, capsys):
+    """A fresh clone's export/ holds config.pbtxt + labels.txt but no ONNX: refuse, print the exact command."""
+    import logging
+    import shutil
+    from sdzoo.cli import main
+    fresh = tmp_path / 'export'
+    shutil.copytree(repo_root / 'export', fresh, ignore=shutil.ignore_patterns('*.onnx', '*.report.json'))
+    loggers = [logging.getLogger(n) for n in ('sdzoo', 'uvicorn', 'uvicorn.error')]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(['serve', str(fresh)])
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved):
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f'sdzoo export --repository {fresh}' in err and 'sd_resnet110' in err and len(err.splitlines()) == 1

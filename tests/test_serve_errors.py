@@ -238,3 +238,27 @@ def test_full_queue_answers_503_with_retry_after(repo, expected):
         for x in results:
             np.testing.assert_allclose(np.array(x.json()['outputs'][0]['data']).reshape(1, 10), expected, atol=1e-5)
         assert httpx.post(f'{s.url}/v2/models/cifar/infer', json=_req(), timeout=30).status_code == 200
+
+
+def _strict_json(text: str):
+    """Parse as standard JSON: NaN / Infinity are not JSON (Python's json would accept them)."""
+    def refuse(token):
+        raise ValueError(f'invalid JSON constant {token}')
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize('values,needles', [
+    ('NaN', ('NaN or infinite', '3072 of 3072')),            # JSON NaN literals
+    ('1e39', ('NaN or infinite',)),                          # finite in JSON, overflows float32
+    ('3e38', ('NaN or infinite logits',)),                   # a float32, but the logits overflow
+])
+def test_non_finite_inputs_and_logits_are_400_with_valid_json(server, values, needles):
+    body = ('{"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": ['
+            + ','.join([values] * 3072) + ']}]}').encode()
+    r = _post(server, content=body, headers={'Content-Type': 'application/json'})
+    assert r.status_code == 400, r.text
+    for n in needles:
+        assert n in _strict_json(r.text)['error']
+    # the server keeps answering with valid JSON
+    ok = _post(server, json=_req())
+    assert ok.status_code == 200 and _strict_json(ok.text)['outputs'][0]['shape'] == [1, 10]

@@ -220,12 +220,15 @@ def load_splits(
         input_size: Tuple[int, int, int],
         val_size: Optional[int] = None,
         in_memory: Optional[bool] = None,
+        only: Optional[str] = None,
 ) -> DataSplits:
     """Resolve a data spec: ``cifar10``, ``fashion_mnist``, or a path to an image folder.
 
     An image folder may hold ``train/`` plus ``val/`` and/or ``test/``; a folder of class folders
     only is split into train and a held-out validation set. ``val_size`` holds out that many
     training images (class-balanced); CIFAR-10 defaults to the paper's 45,000/5,000 split.
+    ``only='test'`` (or ``'val'``, ``'train'``) decodes just that split: the others stay file lists, so
+    evaluating the test set does not decode the whole training set first.
     """
     c, h, w = input_size
     size = (h, w)
@@ -261,15 +264,19 @@ def load_splits(
                                         f'(cifar10, fashion_mnist) nor an existing folder ({root.resolve()})')
             name = root.name
         train_dir = root / 'train' if (root / 'train').is_dir() else root
-        classes, train = _folder_split(train_dir, size, mode, in_memory)
+        def mem(split: str) -> bool:
+            return bool(in_memory) and only in (None, split)
+        # the held-out validation images come out of train/ when there is no val/ folder
+        has_val = train_dir != root and any((root / sub).is_dir() for sub in ('val', 'validation'))
+        classes, train = _folder_split(train_dir, size, mode, mem('train') or (mem('val') and not has_val))
         val = test = None
         if train_dir != root:
             for sub in ('val', 'validation'):
                 if (root / sub).is_dir():
-                    _, val = _folder_split(root / sub, size, mode, in_memory, classes)
+                    _, val = _folder_split(root / sub, size, mode, mem('val'), classes)
                     break
             if (root / 'test').is_dir():
-                _, test = _folder_split(root / 'test', size, mode, in_memory, classes)
+                _, test = _folder_split(root / 'test', size, mode, mem('test'), classes)
         in_chans, source = c, str(root)
     if val is None:
         if val_size is None:

@@ -67,9 +67,11 @@ def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool
                 tag: Optional[str]) -> Dict:
     from .onnx import create_model, export_onnx
     model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, **checkpoint_kwargs(args))
+    cfg = model.pretrained_cfg or {}
     if tag is None:
-        tag = ((model.pretrained_cfg or {}).get('tag') or '') if pretrained else ''
-    return export_onnx(model, out, model_name=name.split('.', 1)[0], tag=tag,
+        tag = (cfg.get('tag') or '') if pretrained or Path(name).is_dir() else ''
+    arch = cfg.get('architecture') if Path(name).is_dir() else name.split('.', 1)[0]
+    return export_onnx(model, out, model_name=arch, tag=tag,
                        labels=_read_labels(args.labels), **_export_kwargs(args))
 
 
@@ -136,6 +138,30 @@ def _image_folder(data: str) -> str:
     return str(path)
 
 
+def folder_entry_name(folder: Path) -> str:
+    """Repository entry of a model folder: ``<architecture>_<tag>`` from its config.json."""
+    cfg = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+    tag = (cfg.get('pretrained_cfg') or {}).get('tag')
+    return f"{cfg['architecture']}_{tag}" if tag else cfg['architecture']
+
+
+def _model_folder(args: argparse.Namespace) -> Optional[Path]:
+    """MODEL given as a model folder or finished run directory: its model folder (default --out beside it)."""
+    from ..cli import CLIError
+    from ..hub.run_model import find_model_folder
+    if args.model is None or not Path(args.model).is_dir():
+        return None
+    folder = find_model_folder(args.model)
+    if folder is None:
+        raise CLIError(f'{args.model} is a folder but holds no model: expected config.json + model.safetensors, '
+                       'or a finished run directory with model/ in it')
+    if args.pretrained or args.checkpoint:
+        raise CLIError(f'{args.model} is a model folder and brings its own weights: drop --pretrained/--checkpoint')
+    if not args.out and not args.repository:
+        args.out = str(folder / 'model.onnx')
+    return folder
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..cli import CLIError
     from .triton import MODEL_FILE, check_model_name, model_dir, write_triton_model
@@ -197,13 +223,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print(f'{n} -> {model_dir(args.repository, entry)}')
         return 0
 
+    folder = _model_folder(args)
     if not args.out and not args.repository:
         raise CLIError('where to? give --out FILE.onnx, or --repository DIR for a Triton model repository')
-    weighted = args.pretrained or args.checkpoint
+    weighted = args.pretrained or args.checkpoint or folder is not None
     if args.repository:
         if not weighted:
             raise CLIError('a repository entry needs trained weights: add --pretrained or --checkpoint FILE')
-        entry = check_model_name(args.name) if args.name else repository_name(args.model)
+        entry = check_model_name(args.name) if args.name else (
+            folder_entry_name(folder) if folder is not None else repository_name(args.model))
         out = model_dir(args.repository, entry) / '1' / MODEL_FILE
     else:
         out = Path(args.out)
@@ -219,11 +247,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     report = _export_one(args, args.model, out, bool(args.pretrained), args.checkpoint, args.tag)
     if args.repository:
-        folder = write_triton_model(args.repository, entry, **_triton_kwargs(args))
+        entry_dir = write_triton_model(args.repository, entry, **_triton_kwargs(args))
         _print_report(report, args.json)
-        print(f'{args.model} -> {folder}')
+        print(f'{args.model} -> {entry_dir}')
     else:
         _print_report(report, args.json)
+        if folder is not None and not args.json:
+            print(f'{args.model} -> {out}')
     return 0
 
 
@@ -277,6 +307,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for p in args.images:
         if not Path(p).is_file():
             raise CLIError(f'image {p}: no such file')
+    if Path(args.model).is_dir():  # a model folder or finished run: the ONNX `sdzoo export RUN_DIR` put there
+        from ..hub.run_model import find_model_folder
+        folder = find_model_folder(args.model)
+        if folder is None or not (folder / 'model.onnx').is_file():
+            raise CLIError(f'{args.model} has no exported model.onnx yet: run `sdzoo export {args.model}` first')
+        args.model = str(folder / 'model.onnx')
     model = OrtModel(args.model, require_gpu=args.require_gpu, allow_fallback=not args.require_gpu,
                      intra_op_num_threads=args.threads)
     images = []
@@ -308,32 +344,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         'export', help='export a model to a validated ONNX file or a Triton model repository',
         description='Fold the survival factors and BatchNorms, export to ONNX (dynamic batch), check it with '
                     'onnxruntime against PyTorch, and only then write it (plus MODEL.report.json).')
-    p.add_argument('model', nargs='?', help='registered model, e.g. sd_resnet110 or sd_resnet110.sd_cifar10; omit '
-                                            'with --repository to export every shipped weight')
+    p.add_argument('model', nargs='?', help='registered model, e.g. sd_resnet110 or sd_resnet110.sd_cifar10, a model '
+                                            'folder or a finished run directory (default --out: its model/model.onnx); '
+                                            'omit with --repository to export every shipped weight')
     w = p.add_mutually_exclusive_group()
     w.add_argument('--pretrained', action='store_true', help='the shipped / published weights of MODEL')
     w.add_argument('--checkpoint', metavar='FILE',
-                   help=".safetensors state dict or trainer checkpoint .pt (its 'model' entry)")
-    p.add_argument('--out', metavar='FILE.onnx', help='output file (the report goes next to it)')
+                   help=".safetensors state dict or trainer checkpoint .pt (its 'model' entry; default: none)")
+    p.add_argument('--out', metavar='FILE.onnx', help='output file, the report goes next to it (default: a model folder\'s model.onnx)')
     p.add_argument('--repository', metavar='DIR', help='Triton model repository: writes DIR/NAME/{config.pbtxt,'
-                                                       'labels.txt,1/model.onnx}')
+                                                       'labels.txt,1/model.onnx} (default: none)')
     p.add_argument('--name', help='repository entry name (default: model name, or model_tag for other tags)')
     add_checkpoint_args(p)
     p.add_argument('--tag', default=None, help='weights tag recorded in the metadata (default: the pretrained tag)')
-    p.add_argument('--labels', metavar='FILE', help='class names, one per line')
+    p.add_argument('--labels', metavar='FILE', help='class names, one per line (default: the weights\' label_names)')
     p.add_argument('--fp16', action='store_true', help='fp16 weights and compute (inputs/outputs stay float32)')
     p.add_argument('--preprocess', action='store_true',
                    help='normalization inside the graph: input "image" uint8 NHWC at the model input size')
-    from .onnx import DEFAULT_OPSET
+    from . import DEFAULT_OPSET
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset (default {DEFAULT_OPSET})')
     p.add_argument('--exporter', choices=('dynamo', 'torchscript'), default='dynamo',
                    help='torch.export-based exporter (default) or the legacy TorchScript one')
     p.add_argument('--data', metavar='DIR', help='image folder (class sub-folders) for real-image parity, or a '
-                   'data set name under $SDZOO_DATA (e.g. cifar10; a train/ test/ root gives its test split)')
+                   'data set name under $SDZOO_DATA (e.g. cifar10; a train/ test/ root gives its test split; default: random '
+                   'inputs only)')
     p.add_argument('--val-images', type=int, default=64, help='real images to check with --data (default 64)')
     p.add_argument('--tolerance', type=float, default=None,
                    help='max |onnx - torch| relative to the logit scale (default 1e-4 fp32, 1e-2 fp16)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the random parity inputs')
+    p.add_argument('--seed', type=int, default=0, help='seed of the random parity inputs (default: 0)')
     p.add_argument('--max-batch-size', type=int, default=64, help='Triton max_batch_size (default 64)')
     p.add_argument('--max-queue-delay-us', type=int, default=100, help='Triton dynamic batching delay')
     p.add_argument('--instance-kind', choices=('gpu', 'cpu'), default='gpu', help='Triton instance group kind')
@@ -368,11 +406,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser('predict', help='top-k classes of images with an exported ONNX model (onnxruntime)')
-    p.add_argument('model', metavar='MODEL.onnx', help='ONNX file written by sdzoo export')
-    p.add_argument('images', metavar='IMAGE', nargs='+')
-    p.add_argument('--top-k', type=int, default=5)
-    p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads')
+    p.add_argument('model', metavar='MODEL', help='ONNX file written by sdzoo export, or a model folder / finished '
+                                                  'run directory exported with `sdzoo export RUN_DIR`')
+    p.add_argument('images', metavar='IMAGE', nargs='+', help='image files (any format PIL reads)')
+    p.add_argument('--top-k', type=int, default=5, help='classes per image, at most the model\'s classes')
+    p.add_argument('--batch-size', type=int, default=32, help='images per onnxruntime call')
+    p.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads (default: onnxruntime\'s choice)')
     p.add_argument('--require-gpu', action='store_true', help='fail unless a GPU execution provider is used')
     p.add_argument('--json', action='store_true', help='print JSON')
     p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')

@@ -33,7 +33,7 @@ __all__ = [
     'create_model', 'load_checkpoint', 'resolve_labels', 'data_config', 'op_histogram', 'export_onnx',
 ]
 
-DEFAULT_OPSET = 20  # onnxruntime >= 1.17, TensorRT 10; carries Gelu and LayerNormalization as single ops
+from . import DEFAULT_OPSET  # noqa: E402  (defined with the package: `sdzoo export --help` shows it)
 INPUT_NAME, IMAGE_INPUT_NAME, OUTPUT_NAME = 'input', 'image', 'logits'
 FORBIDDEN_OPS = ('BatchNormalization', 'Dropout')
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
@@ -123,17 +123,32 @@ def create_model(
     """
     import timm
     import sdzoo  # noqa: F401  (registers the sd_* models)
+    from ..hub.run_model import local_dir_name
+    if Path(name).is_dir():  # a model folder (timm Hub layout) or a finished run's directory
+        ref = local_dir_name(name)
+        if ref is None:
+            raise ValueError(f'{name} is a folder but holds no model: expected config.json + model.safetensors, '
+                             'or a finished run directory with model/ in it')
+        if checkpoint:
+            raise ValueError(f'{name} is a model folder: it brings its own weights, drop --checkpoint')
+        name, pretrained = ref, True
     if pretrained and checkpoint:
         raise ValueError('give either pretrained weights or a checkpoint, not both')
-    arch = name.split('.', 1)[0]
-    if not timm.is_model(arch):
+    if name.startswith('local-dir:'):
+        config = json.loads((Path(name.split(':', 1)[1]) / 'config.json').read_text(encoding='utf-8'))
+        arch = config['architecture']
+    elif name.startswith('hf-hub:'):
+        arch = None
+    else:
+        arch = name.split('.', 1)[0]
+    if arch is not None and not timm.is_model(arch):
         raise ValueError(f'unknown model {name!r}; `sdzoo list` shows the registered sd_* models')
     if num_classes is not None:
         kwargs['num_classes'] = int(num_classes)
     if in_chans is not None:
         kwargs['in_chans'] = int(in_chans)
     state, info = load_checkpoint(checkpoint) if checkpoint else (None, {})  # a bad file fails before building
-    if info.get('architecture') and info['architecture'].split('.', 1)[0] != arch:
+    if info.get('architecture') and arch and info['architecture'].split('.', 1)[0] != arch:
         raise ValueError(f'checkpoint {checkpoint} was trained as {info["architecture"]}, not {arch}')
     for k, v in (info.get('model_args') or {}).items():
         kwargs.setdefault(k, v)

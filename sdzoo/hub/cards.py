@@ -67,7 +67,7 @@ def _published(weights: Path) -> List[str]:
             f"| `{folder.name}` | {_DATASETS.get(v.get('data'), {}).get('name', v.get('data'))} ({v.get('split')}, {v.get('images')} images) | "
             f"{v['top1']:.2f} | {v['top5']:.2f} | {params / 1e6:.2f}M | {flops / 1e6:.0f}M | "
             f"{'×'.join(map(str, input_size))} | {t.get('epochs', '?')} | "
-            f"{_hours(t.get('wall_clock', 0))} on {t.get('hardware', '?')} | "
+            f"{_hours(t.get('wall_clock', 0))} | "
             f"{recipe.get('optimizer', 'sgd')}, lr {recipe.get('lr')}, {recipe.get('sched')}, "
             f"drop_path_rate {_depth_label(_drop_path_rate(cfg['architecture'], recipe.get('drop_path_rate')))} |")
         cmds = '\n'.join(t.get('commands', []))
@@ -75,12 +75,13 @@ def _published(weights: Path) -> List[str]:
                        f"Evaluation (`{folder.name}/validate.json`): top-1 {v['top1']:.2f}%, top-5 {v['top5']:.2f}%, "
                        f"loss {v['loss']:.4f} on {v.get('images')} {v.get('split')} images of "
                        f"`{v.get('data_source')}`. Data split used in training: {t.get('data_split', '?')}."
-                       + (f" {t['note']}" if t.get('note') else '') + "\n\n"
+                       + (f" {t['note']}" if t.get('note') else '')
+                       + f"\n\nTrained on (every stretch of the run): {t.get('hardware', 'not recorded')}.\n\n"
                        f"```bash\n{cmds}\n```\n")
     if not rows:
         return ['No weights are published yet.\n']
     head = ('| weight | data set (split) | top-1 % | top-5 % | params | FLOPs | input | epochs | '
-            'training wall clock | recipe |\n|---|---|---:|---:|---:|---:|---|---:|---|---|')
+            'training wall clock | recipe |\n|---|---|---:|---:|---:|---:|---|---:|---:|---|')
     return [head] + rows + [''] + details
 
 
@@ -180,7 +181,11 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
         'is **CIFAR-10 (JPEG q75 copy)** of `../shared/datasets/cifar10`: close to, but not exactly comparable '
         'with, published numbers on the lossless original. Hardware: the project\'s 2-core CPUs, no GPU; each '
         'run records the CPU and precision of every stretch it trained (`runs/<run>/sessions.json`): long runs '
-        'span machines, and epoch times differ between them.',
+        'span machines, and epoch times differ between them (listed below each weight).',
+        '',
+        '`pretrained=True` loads the copies shipped in the package (`weights/`, `sdzoo/_weights` in the wheel): '
+        'they load offline. The Hugging Face Hub repos `sdzoo/<model>.<tag>` are the publishing target: they are '
+        'not published yet (`sdzoo push weights/<model>.<tag>` publishes one).',
         '',
         '## Published weights',
         '',

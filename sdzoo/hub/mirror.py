@@ -478,7 +478,7 @@ def add_mirror_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--port', type=int, default=8080, help='port (default: 8080; 0 picks a free one)')
     parser.add_argument('--owner', default='sdzoo', help='owner whose repos are the folders in ROOT (default: sdzoo)')
     parser.add_argument('--allow-upload', action='store_true', help='accept huggingface_hub uploads (sdzoo push)')
-    parser.add_argument('--token', default=None, help='with --allow-upload: require this bearer token for uploads')
+    parser.add_argument('--token', default=None, help='with --allow-upload: require this bearer token for uploads (default: none)')
     parser.add_argument('-q', '--quiet', action='store_true', help='do not log requests')
 
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 from .weights import WEIGHTS_FILE, manifest, manifest_path as default_manifest_path, sha256_file
 
 __all__ = [
-    'save_weights_folder', 'record_weights', 'validate_weights_folder', 'sd_model_args', 'render_model_card',
+    'save_weights_folder', 'write_model_folder', 'record_weights', 'validate_weights_folder', 'sd_model_args', 'render_model_card',
     'FolderReport', 'METRICS_FILE', 'PLOT_FILE',
 ]
 
@@ -157,8 +157,12 @@ def render_model_card(
         hf_hub_id: str,
         has_plot: bool,
         has_metrics: bool,
+        usage: Optional[Sequence[str]] = None,
 ) -> str:
-    """README.md: Hub metadata (incl. model-index results) in the front matter, then the card."""
+    """README.md: Hub metadata (incl. model-index results) in the front matter, then the card.
+
+    ``usage``: the lines that create the model in the card's usage example (default: by registry name).
+    """
     from huggingface_hub import EvalResult, ModelCardData
     metrics = _check_results(results)
     evals = [
@@ -204,8 +208,9 @@ def render_model_card(
         '```python',
         'import timm',
         '',
-        f"model = timm.create_model('{name}', pretrained=True).eval()  # shipped copy, else the Hub",
-        f"# or: timm.create_model('hf-hub:{hf_hub_id}', pretrained=True)",
+        *(usage or [f"model = timm.create_model('{name}', pretrained=True).eval()  # the copy shipped with sdzoo",
+                    f"# from the Hub once published there ({hf_hub_id} is the publishing target; `sdzoo push`):",
+                    f"# timm.create_model('hf-hub:{hf_hub_id}', pretrained=True)"]),
         'data_config = timm.data.resolve_model_data_config(model)',
         'transform = timm.data.create_transform(**data_config, is_training=False)',
         '```',
@@ -321,7 +326,6 @@ def save_weights_folder(
     Returns:
         The written folder.
     """
-    from timm.models import save_for_hf
     if not model_name or not tag or '.' in model_name or '/' in model_name + tag or '.' in tag:
         raise ValueError(f'model_name and tag must be plain names (model.tag naming), got {model_name!r}, {tag!r}')
     name = f'{model_name}.{tag}'
@@ -339,6 +343,40 @@ def save_weights_folder(
                 raise FileNotFoundError(f'{dst} source {src} does not exist')
             extras[dst] = Path(src)
 
+    write_model_folder(model, folder, model_name=model_name, tag=tag, results=results, train_info=train_info,
+                       extras=extras, label_names=label_names, dataset=ds, data_config=data_config,
+                       license=license, hf_hub_id=hf_hub_id or f'sdzoo/{name}')
+    record_weights(name, folder / WEIGHTS_FILE, manifest_path)
+    return folder
+
+
+def write_model_folder(
+        model: nn.Module,
+        folder: os.PathLike | str,
+        *,
+        model_name: str,
+        tag: str,
+        results: Mapping[str, Any],
+        train_info: Mapping[str, Any],
+        dataset: Mapping[str, str],
+        extras: Optional[Mapping[str, Path]] = None,
+        label_names: Optional[Sequence[str]] = None,
+        data_config: Optional[Dict[str, Any]] = None,
+        license: Optional[str] = None,
+        hf_hub_id: Optional[str] = None,
+        usage: Optional[Sequence[str]] = None,
+) -> Path:
+    """Write a Hub-layout folder (config.json, model.safetensors, README.md card, ``extras``) at ``folder``.
+
+    Built next to its target, checked by loading it as users will (timm's ``local-dir:``), then renamed into
+    place; the manifest is not touched (:func:`save_weights_folder` records published weights). The folder
+    may have any name (a run's ``model/``): its config says ``<model_name>.<tag>``.
+    """
+    from timm.models import save_for_hf
+    folder = Path(folder)
+    name = f'{model_name}.{tag}'
+    root = folder.parent
+    extras = dict(extras or {})
     added_cfg = not hasattr(model, 'pretrained_cfg')
     if added_cfg:  # a model built without timm.create_model: use the registry's cfg for this name
         model.pretrained_cfg = _registry_cfg(model_name, tag)
@@ -367,10 +405,10 @@ def save_weights_folder(
             files = {f: dict(bytes=(tmp / f).stat().st_size, sha256=sha256_file(tmp / f))
                      for f in ['config.json', WEIGHTS_FILE, *extras]}
             card = render_model_card(
-                name=name, config=config, results=results, train_info=train_info, dataset=ds, files=files,
+                name=name, config=config, results=results, train_info=train_info, dataset=dataset, files=files,
                 param_count=sum(p.numel() for p in model.parameters()),
                 license=config['pretrained_cfg'].get('license') or 'apache-2.0',
-                hf_hub_id=hf_hub_id or f'sdzoo/{name}', has_plot=PLOT_FILE in extras,
+                hf_hub_id=hf_hub_id or f'sdzoo/{name}', usage=usage, has_plot=PLOT_FILE in extras,
                 has_metrics=METRICS_FILE in extras)
             (tmp / 'README.md').write_text(card, encoding='utf-8')
             # what we publish must load: same checks as `sdzoo push --dry-run`, minus the manifest
@@ -384,7 +422,6 @@ def save_weights_folder(
     finally:
         if added_cfg:
             del model.pretrained_cfg
-    record_weights(name, folder / WEIGHTS_FILE, manifest_path)
     return folder
 
 

@@ -232,15 +232,15 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('publish', help='turn a finished training run (or, with --checkpoint, an interim snapshot of one) into a weights/<model>.<tag> folder')
-    p.add_argument('run_dir', type=Path)
-    p.add_argument('--tag', required=True, help='timm pretrained tag, e.g. sd_cifar10')
+    p.add_argument('run_dir', type=Path, help='a finished training run directory')
+    p.add_argument('--tag', required=True, help='timm pretrained tag, e.g. sd_cifar10 (required)')
     p.add_argument('--weights', type=Path, default=_REPO_ROOT / 'weights', help='weights root (default: weights/)')
     p.add_argument('--data', default=None, help='evaluation data (default: the run\'s data set)')
     p.add_argument('--ema', action='store_true', help='publish the EMA weights')
     p.add_argument('--overwrite', action='store_true', help='replace an existing folder')
     p.add_argument('--checkpoint', type=Path, default=None,
                    help='publish an interim snapshot of a run still training: a copy of its last.pt '
-                        '(copy it, the trainer rewrites last.pt)')
+                        '(copy it, the trainer rewrites last.pt; default: the finished run)')
     p.add_argument('--note', default=None,
-                   help='a reviewer\'s note for the card and MODEL_CARDS.md (what limited the run, what to expect)')
+                   help='a reviewer\'s note for the card and MODEL_CARDS.md (what limited the run, what to expect; default: none)')
     p.set_defaults(func=_cmd_publish)

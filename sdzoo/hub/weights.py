@@ -209,8 +209,14 @@ def _hub_download(
         force_download: bool = False,
 ) -> Path:
     """Download the first of ``filenames`` the repo has (huggingface_hub's cache, ``HF_ENDPOINT``)."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from .offline import hub_unreachable
+    reason = hub_unreachable()
+    if reason is not None and not any(isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache_dir,
+                                                                       revision=revision), str) for f in filenames):
+        # fail now instead of after huggingface_hub's ~30 s of retries
+        raise ConnectionError(f'the Hub cannot be reached: {reason}')
     last: Optional[Exception] = None
     for filename in filenames:
         try:

@@ -5,9 +5,11 @@ loaded with :class:`sdzoo.runtime.OrtModel` and gets a dynamic batcher (one work
 """
 from __future__ import annotations
 
-from .batching import DynamicBatcher, QueueFullError, ShuttingDownError
-from .repository import ModelEntry, RepositoryConfig, load_repository, parse_config_pbtxt
-
+_LAZY = {
+    'DynamicBatcher': 'batching', 'QueueFullError': 'batching', 'ShuttingDownError': 'batching',
+    'ModelEntry': 'repository', 'RepositoryConfig': 'repository', 'load_repository': 'repository',
+    'parse_config_pbtxt': 'repository', 'create_app': 'app',
+}
 __all__ = [
     'create_app', 'DynamicBatcher', 'QueueFullError', 'ShuttingDownError', 'ModelEntry', 'RepositoryConfig',
     'load_repository', 'parse_config_pbtxt',
@@ -15,8 +17,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # the app pulls in FastAPI / prometheus_client: import it only when asked for
-    if name == 'create_app':
-        from .app import create_app
-        return create_app
+    # numpy, FastAPI, prometheus_client: imported when first asked for (`sdzoo serve --help` needs none)
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

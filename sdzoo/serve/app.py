@@ -274,13 +274,17 @@ def _parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional
         if data is None:
             raise ApiError(400, f'input {iname!r} has neither "data" nor parameters.binary_data_size')
         try:
-            arr = np.asarray(data, dtype=dtype)
+            with np.errstate(over='ignore'):  # an out-of-range number becomes inf, refused below
+                arr = np.asarray(data, dtype=dtype)
         except (ValueError, TypeError, OverflowError) as e:
             raise ApiError(400, f'input {iname!r} data cannot be read as {datatype}: {_short(e, 200)}')
         if arr.size != count:
             raise ApiError(400, f'input {iname!r} has {arr.size} elements but shape {shape} needs {count}')
         x = arr.reshape(shape)
 
+    if x.dtype.kind == 'f' and not np.isfinite(x).all():  # NaN/Inf (or a value beyond the dtype's range)
+        raise ApiError(400, f'input {iname!r} holds NaN or infinite values ({int((~np.isfinite(x)).sum())} of '
+                            f'{x.size}); send finite numbers')
     outputs: List[Tuple[str, Dict[str, Any]]] = []
     requested = req.get('outputs')
     if requested is not None:
@@ -316,6 +320,9 @@ def _classification_strings(y: np.ndarray, k: int, labels: Sequence[str]) -> np.
 
 
 def _infer_response(entry: ModelEntry, req: _InferRequest, y: np.ndarray) -> Response:
+    if not np.isfinite(y).all():  # JSON has no NaN/Infinity: refuse instead of emitting invalid JSON
+        raise ApiError(400, f'the input drives model {entry.name!r} to NaN or infinite logits (values far outside '
+                            'what it was trained on?); send inputs preprocessed as the model expects')
     outputs, chunks = [], []
     for name, params in req.outputs:
         k = int(params.get('classification', 0))
@@ -339,7 +346,7 @@ def _infer_response(entry: ModelEntry, req: _InferRequest, y: np.ndarray) -> Res
     if req.request_id is not None:
         body['id'] = req.request_id
     body['outputs'] = outputs
-    header = json.dumps(body, separators=(',', ':')).encode()
+    header = json.dumps(body, separators=(',', ':'), allow_nan=False).encode()
     if not chunks:
         return Response(header, media_type='application/json')
     return Response(header + b''.join(chunks), media_type='application/octet-stream',
@@ -492,7 +499,8 @@ class _AccessMiddleware:
 # --- the app -------------------------------------------------------------------------------------------------
 
 def _json(obj: Any, status: int = 200) -> Response:
-    return Response(json.dumps(obj, separators=(',', ':')), status_code=status, media_type='application/json')
+    return Response(json.dumps(obj, separators=(',', ':'), allow_nan=False), status_code=status,
+                    media_type='application/json')
 
 
 def _tensor_meta(name: str, datatype: str, shape: List[int]) -> Dict[str, Any]:

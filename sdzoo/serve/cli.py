@@ -13,20 +13,21 @@ def add_parser(sub) -> None:
         'serve', help='serve a model repository over the Open Inference Protocol (KServe v2 / Triton) REST API',
         description='Serve every model of a Triton-layout repository (<name>/config.pbtxt, <name>/<v>/model.onnx) '
                     'over HTTP with dynamic batching, Prometheus metrics at /metrics and JSON logs.')
-    p.add_argument('repository', help='model repository directory, e.g. export/')
+    p.add_argument('repository', help='model repository directory (e.g. export/), or one exported model folder / '
+                                      'finished run directory (`sdzoo export RUN_DIR` first)')
     p.add_argument('--host', default='127.0.0.1', help='bind address (default: 127.0.0.1)')
     p.add_argument('--port', type=int, default=8000, help='port (default: 8000; 0 picks a free one)')
-    p.add_argument('--models', nargs='+', default=None, metavar='NAME', help='serve only these repository entries')
+    p.add_argument('--models', nargs='+', default=None, metavar='NAME', help='serve only these repository entries (default: all)')
     g = p.add_argument_group('batching (defaults: each model\'s config.pbtxt)')
-    g.add_argument('--max-batch-size', type=int, default=None, help='most items per onnxruntime call')
+    g.add_argument('--max-batch-size', type=int, default=None, help='most items per onnxruntime call (default: config.pbtxt)')
     g.add_argument('--max-queue-delay-us', type=int, default=None,
-                   help='microseconds the oldest request waits for a batch to fill')
+                   help='microseconds the oldest request waits for a batch to fill (default: config.pbtxt)')
     g.add_argument('--no-batching', action='store_true', help='run every request on its own')
     g.add_argument('--max-queue-size', type=int, default=256,
                    help='requests waiting per model before answering 503 (default: 256)')
     g = p.add_argument_group('limits and runtime')
     g.add_argument('--max-body-mb', type=float, default=16.0, help='request body limit in MiB, 413 above (default: 16)')
-    g.add_argument('--intra-op-threads', type=int, default=None, help='onnxruntime intra-op threads per model')
+    g.add_argument('--intra-op-threads', type=int, default=None, help='onnxruntime intra-op threads per model (default: onnxruntime\'s choice)')
     g.add_argument('--providers', nargs='+', default=None,
                    help='onnxruntime execution providers (default: best available)')
     g.add_argument('--require-gpu', action='store_true', help='fail instead of falling back to CPU')
@@ -34,7 +35,8 @@ def add_parser(sub) -> None:
                    help='/v2/health/ready is 200 while any model is ready (default: all must be)')
     g.add_argument('--graceful-timeout', type=float, default=30.0,
                    help='seconds to finish in-flight requests on shutdown (default: 30)')
-    g.add_argument('--log-level', default='info', choices=['debug', 'info', 'warning', 'error'])
+    g.add_argument('--log-level', default='info', choices=['debug', 'info', 'warning', 'error'],
+                   help='log level of the JSON logs')
     p.set_defaults(func=serve)
 
 
@@ -51,8 +53,7 @@ def configure_logging(level: str = 'info', stream=None) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-    from .app import ServeSettings, create_app
+    from .app import ServeSettings
     configure_logging(args.log_level)
     for flag, value in (('--max-batch-size', args.max_batch_size), ('--max-queue-size', args.max_queue_size),
                         ('--intra-op-threads', args.intra_op_threads)):
@@ -70,7 +71,16 @@ def serve(args: argparse.Namespace) -> int:
     ort_kwargs = {'intra_op_num_threads': args.intra_op_threads, 'require_gpu': args.require_gpu}
     if args.providers:
         ort_kwargs['providers'] = args.providers
-    app = create_app(args.repository, settings, models=args.models, **ort_kwargs)
+    from .entries import check_exported, single_model_repository
+    with single_model_repository(args.repository) as repository:
+        check_exported(repository, args.models, shown=args.repository)
+        return _run(repository, args, settings, ort_kwargs)
+
+
+def _run(repository: str, args: argparse.Namespace, settings, ort_kwargs) -> int:
+    import uvicorn
+    from .app import create_app
+    app = create_app(repository, settings, models=args.models, **ort_kwargs)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=args.graceful_timeout, lifespan='on')
     server = uvicorn.Server(config)

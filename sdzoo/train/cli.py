@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..cli import add_checkpoint_args, checkpoint_kwargs
-from .trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingInterrupted, recipe
 
 # CLI flag -> TrainConfig field; None defaults mean "take the recipe's value"
 _FLAGS = [
@@ -28,30 +27,68 @@ _FLAGS = [
 ]
 
 
+_R = 'default: the recipe\'s'  # recipe(): paper CIFAR recipe, ViT recipe, or the short fine-tuning one
+_FLAG_HELP = {
+    'epochs': f'{_R}: 500 CIFAR ResNets (the paper), 200 ViTs, 10 fine-tuning',
+    'batch_size': 'mini-batch size over all processes (default: 128)',
+    'lr': f'peak learning rate ({_R}: 0.1 SGD, 5e-4 AdamW for ViTs, 0.01 fine-tuning)',
+    'momentum': 'SGD (Nesterov) momentum (default: 0.9)',
+    'weight_decay': f'weight decay ({_R}: 1e-4, 0.05 for ViTs)',
+    'sched': f'learning-rate schedule, step or cosine ({_R}: step for CIFAR ResNets, else cosine)',
+    'warmup_epochs': f'linear warm-up epochs ({_R}: 0, 5 for ViTs, 0.5 fine-tuning)',
+    'min_lr': 'final learning rate of the cosine schedule (default: 0)',
+    'label_smoothing': f'label smoothing in [0, 1) ({_R}: 0, 0.1 for ViTs)',
+    'ema_decay': 'decay of the weight EMA kept with --ema (default: 0.9998)',
+    'mixup': 'timm Mixup alpha, 0 switches it off (default: 0)',
+    'cutmix': 'timm CutMix alpha, 0 switches it off (default: 0)',
+    'drop_path_rate': "1 - p_L of the survival schedule (default: the model's, 0.5 for the CIFAR ResNets; "
+                      "0.1 ViT recipe; a fine-tune keeps its weights')",
+    'sd_mode': "stochastic-depth mode: batch (skip dropped blocks) or row (default: the model's, batch)",
+    'sd_scaling': "paper (scale by p_l at test time) or inverted (default: the model's, paper)",
+    'val_size': 'training images held out for validation (default: 5000 for CIFAR-10 and Fashion-MNIST, '
+                'about 10%% of an image folder without val/)',
+    'train_subset': 'train on only N training images (default: all)',
+    'val_subset': 'validate on only N held-out images (default: all)',
+    'amp': 'autocast: auto (bf16 on CUDA and on CPUs with native bf16), bf16, fp16 or none (default: auto)',
+    'seed': 'seed of batch order, augmentation and the stochastic-depth coins (default: 0)',
+    'workers': 'data-loading worker processes (default: 2)',
+    'threads': 'torch intra-op threads (default: torch\'s choice)',
+    'checkpoint_minutes': 'write last.pt at least this often, besides every epoch end (default: 10)',
+    'log_seconds': 'without a progress bar, a progress line this often; 0 every step (default: 300)',
+    'device': 'auto, cpu, cuda or cuda:N (default: auto)',
+    'optimizer': f'optimizer, sgd or adamw ({_R}: sgd, adamw for ViTs)',
+    'num_classes': "classes of the new head (default: the model's; must match the data set)",
+    'in_chans': "input channels, e.g. 1 for grey images (default: the model's, 3)",
+}
+
+
 def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument('model', nargs='?', help="an sd_* model or any of timm's (see --convert); omit with --resume")
     p.add_argument('--data', default=None,
                    help="cifar10 (default location $SDZOO_DATA/cifar10 or ../shared/datasets/cifar10), "
                         "fashion_mnist (Debian dataset-fashion-mnist IDX files), or an image-folder path")
-    p.add_argument('--data-dir', default=None, help='folder that contains cifar10/ (overrides $SDZOO_DATA)')
-    p.add_argument('--out', default=None, help='run directory (default runs/<model>-<data>)')
+    p.add_argument('--data-dir', default=None, help='folder that contains cifar10/ (default: $SDZOO_DATA, else ../shared/datasets)')
+    p.add_argument('--out', default=None, help='run directory (default: runs/<model>-<data>)')
     p.add_argument('--resume', default=None, metavar='RUN_DIR|CKPT',
-                   help='continue a run exactly where its last checkpoint left it')
+                   help='continue a run exactly where its last checkpoint left it (default: start a new run)')
     for flag, dest, typ in _FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, default=None)
-    p.add_argument('--milestones', type=float, nargs='+', default=None, help='step-decay points, fractions of the epochs')
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=_FLAG_HELP[dest])
+    p.add_argument('--milestones', type=float, nargs='+', default=None, help='step-decay points, fractions of the epochs (default: 0.5 0.75)')
     p.add_argument('--ema', action='store_true', default=None, help='keep an EMA of the weights')
     p.add_argument('--channels-last', dest='channels_last', action='store_true', default=None,
                    help='NHWC memory format (default: on for convnets; a runtime knob, may change on --resume)')
-    p.add_argument('--no-channels-last', dest='channels_last', action='store_false')
-    p.add_argument('--no-cifar-aug', dest='cifar_aug', action='store_false', default=None)
-    p.add_argument('--deterministic', action='store_true', default=None)
+    p.add_argument('--no-channels-last', dest='channels_last', action='store_false', help='NCHW memory format')
+    p.add_argument('--no-cifar-aug', dest='cifar_aug', action='store_false', default=None,
+                   help='no 4-px pad + random crop + flip on small images (default: on)')
+    p.add_argument('--deterministic', action='store_true', default=None,
+                   help='torch deterministic algorithms (slower; default: off)')
     p.add_argument('--no-test', dest='eval_test', action='store_false', default=None,
                    help='skip the test-set evaluation at the end')
     p.add_argument('--max-steps', type=int, default=None,
-                   help='stop after this many steps in this process (checkpoint written; resume later)')
+                   help='stop after this many steps in this process, checkpoint written, resume later (default: no limit)')
     p.add_argument('--progress', dest='progress', action='store_true', default=None, help='force the progress bar')
-    p.add_argument('--no-progress', dest='progress', action='store_false')
+    p.add_argument('--no-progress', dest='progress', action='store_false',
+                   help='no progress bar (default: a bar on a terminal, log lines otherwise)')
     if finetune:
         p.add_argument('--keep-head', dest='reset_head', action='store_false', default=True,
                        help='keep the pretrained classifier (default: a fresh one, timm reset_classifier)')
@@ -59,7 +96,7 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
                        help='start from the shipped/Hub weights (default), or from the given weights file')
     else:
         p.add_argument('--pretrained', nargs='?', const=True, default=False,
-                       help='start from the shipped/Hub weights, or from the given weights file')
+                       help='start from the shipped/Hub weights, or from the given weights file (default: random init)')
     p.add_argument('--convert', dest='convert', action='store_true', default=None,
                    help="timm's own models (not sd_*): skip dropped branches with sdzoo.convert, same weights and "
                         'per-sample semantics (default: whenever the family is supported and drop_path_rate > 0)')
@@ -67,7 +104,8 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument('--debug', action='store_true', help='show tracebacks')
 
 
-def _config_from_args(args: argparse.Namespace, finetune: bool) -> TrainConfig:
+def _config_from_args(args: argparse.Namespace, finetune: bool) -> 'TrainConfig':
+    from .trainer import TrainConfig, recipe
     if not args.model:
         raise ValueError('name a model (e.g. sd_resnet20) or pass --resume RUN_DIR')
     if args.convert is not None and args.model.startswith('sd_'):
@@ -108,6 +146,7 @@ def train_command(cfg: Dict[str, Any]) -> str:
     reproduce line stays complete when a run used flags the recipe does not default (a ViT's mixup).
     """
     from ..layers.stochastic_depth import SD_MODES, SD_SCALINGS
+    from .trainer import TrainConfig, recipe
     finetune = bool(cfg.get('pretrained') or cfg.get('pretrained_file'))
     base = asdict(TrainConfig(model=cfg['model']))
     base.update(recipe(cfg['model'], finetune))
@@ -135,6 +174,7 @@ def train_command(cfg: Dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace, finetune: bool) -> int:
+    from .trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingInterrupted
     if args.data_dir:
         import os
         os.environ['SDZOO_DATA'] = args.data_dir
@@ -219,8 +259,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.pretrained and args.checkpoint:
         raise ValueError('give either --pretrained or --checkpoint, not both')
-    if not args.pretrained and not args.checkpoint:
-        raise ValueError('say which weights to evaluate: --pretrained or --checkpoint FILE')
+    folder = Path(args.model).is_dir()  # a model folder or a finished run: it brings its weights
+    if not folder and not args.pretrained and not args.checkpoint:
+        raise ValueError('say which weights to evaluate: --pretrained or --checkpoint FILE '
+                         '(or give a model folder / finished run directory as MODEL)')
+    if args.data is None:  # a run directory knows what it was trained on
+        run_cfg = Path(args.model) / 'config.json'
+        saved = json.loads(run_cfg.read_text()) if folder and run_cfg.is_file() else {}
+        args.data = saved.get('data') if isinstance(saved.get('data'), str) and 'epochs' in saved else 'cifar10'
     # with the paper's scaling the survival probabilities are part of the eval network: a checkpoint's
     # recorded drop_path_rate / sd_scaling (trainer .pt, or the config.json beside a .safetensors) are
     # used, explicit flags win, and only then the model defaults (export builds its models the same way)
@@ -230,7 +276,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     model.to(device).eval()
     data_cfg = resolve_data_config(model=model)
     data_cfg['input_size'] = tuple(data_config(model)['input_size'])  # the first conv's channels, e.g. in_chans=1
-    splits = load_splits(args.data, tuple(data_cfg['input_size']), val_size=0 if args.split == 'test' else None)
+    splits = load_splits(args.data, tuple(data_cfg['input_size']), val_size=0 if args.split == 'test' else None,
+                         only=args.split)
     split = getattr(splits, args.split)
     if split is None:
         raise ValueError(f'data set {args.data!r} has no {args.split} split (found in {splits.source})')
@@ -239,11 +286,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     loader = create_loader(split, args.batch_size, data_cfg, train=False, in_chans=data_cfg['input_size'][0],
                            workers=args.workers)
     res = evaluate(model, loader, device, amp=args.amp, progress=sys.stderr.isatty(), desc=f'validate {args.split}')
-    out = dict(model=args.model, weights=('pretrained' if args.pretrained else str(args.checkpoint)),
-               pretrained_tag=model.pretrained_cfg.get('tag') if args.pretrained else None,
+    out = dict(model=args.model, weights=('pretrained' if args.pretrained or folder else str(args.checkpoint)),
+               pretrained_tag=model.pretrained_cfg.get('tag') if args.pretrained or folder else None,
                data=args.data, data_source=splits.source, split=args.split, amp=args.amp, **res)
+    top5 = f"top-5 {res['top5']:.2f}%  " if model.num_classes > 5 else ''  # trivially 100% for <= 5 classes
     print(f"{args.model} on {args.data} {args.split} ({res['images']} images): top-1 {res['top1']:.2f}%  "
-          f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  {res['images_per_sec']:.0f} img/s")
+          f"{top5}loss {res['loss']:.4f}  {res['images_per_sec']:.0f} img/s")
     if args.out:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,18 +310,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_train_args(p, finetune=True)
     p.set_defaults(func=_cmd_finetune)
     p = sub.add_parser('validate', help='top-1/top-5/loss of weights on a data set, written as JSON')
-    p.add_argument('model')
+    p.add_argument('model', help='a registered model (with --pretrained or --checkpoint), a model folder, or a '
+                                 'finished run directory (its model/ folder)')
     p.add_argument('--pretrained', action='store_true', help='the shipped/Hub weights')
-    p.add_argument('--checkpoint', default=None, help='a .safetensors file or trainer checkpoint')
-    p.add_argument('--data', default='cifar10')
-    p.add_argument('--data-dir', default=None, help='folder that contains cifar10/ (overrides $SDZOO_DATA)')
-    p.add_argument('--split', default='test', choices=('test', 'val', 'train'))
+    p.add_argument('--checkpoint', default=None, help='a .safetensors file or trainer checkpoint (default: none)')
+    p.add_argument('--data', default=None,
+                   help="cifar10, fashion_mnist or an image-folder path (default: a run directory's own data, "
+                        'else cifar10)')
+    p.add_argument('--data-dir', default=None,
+                   help='folder that contains cifar10/ (default: $SDZOO_DATA, else ../shared/datasets)')
+    p.add_argument('--split', default='test', choices=('test', 'val', 'train'), help='split to evaluate; only it is decoded')
     add_checkpoint_args(p)
-    p.add_argument('--batch-size', type=int, default=256)
-    p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16', 'auto'))
-    p.add_argument('--device', default='auto')
-    p.add_argument('--threads', type=int, default=None)
-    p.add_argument('--workers', type=int, default=2)
-    p.add_argument('--out', default=None, help='write the results as JSON here')
-    p.add_argument('--debug', action='store_true')
+    p.add_argument('--batch-size', type=int, default=256, help='evaluation batch size')
+    p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16', 'auto'),
+                   help='autocast (published numbers use none: fp32)')
+    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    p.add_argument('--threads', type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument('--workers', type=int, default=2, help='data-loading worker processes')
+    p.add_argument('--out', default=None, help='write the results as JSON here (default: print only)')
+    p.add_argument('--debug', action='store_true', help='show tracebacks')
     p.set_defaults(func=_cmd_validate)

@@ -567,7 +567,9 @@ class Trainer:
                    blocks_run_fraction=p['kept'] / p['units'] if p['units'] else float('nan'))
         if self.is_main and self.val_loader is not None:
             ev = evaluate(self.model, self.val_loader, self.device, amp=cfg.amp)
-            row.update(val_loss=ev['loss'], val_top1=ev['top1'], val_top5=ev['top5'])
+            row.update(val_loss=ev['loss'], val_top1=ev['top1'])
+            if self.model.num_classes > 5:  # top-5 of 5 or fewer classes is 100% by construction
+                row['val_top5'] = ev['top5']
         self.epoch += 1
         self.batch = 0
         self.partial = dict(loss=0.0, correct=0, seen=0, seconds=0.0, kept=0, units=0)
@@ -599,11 +601,18 @@ class Trainer:
                 summary['test'] = ev
                 if self.ema is not None:
                     summary['test_ema'] = evaluate(self.ema.module, self.test_loader, self.device, amp='none')
+            # the run's model folder (RUN_DIR/model/, timm's Hub layout): what users load, export and serve
+            from ..hub.run_model import write_run_model
+            from .records import read_metrics
+            folder = write_run_model(self.out, self.model, cfg=asdict(cfg), classes=self.data.classes,
+                                     summary=summary, last_row=(read_metrics(self.out / 'metrics.csv') or [None])[-1])
+            if folder is not None:
+                summary['model_folder'] = str(folder)
             _write_json(self.out / 'summary.json', _jsonable(summary))
             if 'test' in summary:
                 t = summary['test']
-                print(f"test: top-1 {t['top1']:.2f}%  top-5 {t['top5']:.2f}%  loss {t['loss']:.4f}  "
-                      f"({t['images']} images)", flush=True)
+                top5 = f"  top-5 {t['top5']:.2f}%" if self.model.num_classes > 5 else ''
+                print(f"test: top-1 {t['top1']:.2f}%{top5}  loss {t['loss']:.4f}  ({t['images']} images)", flush=True)
         return summary
 
     def _print_header(self) -> None:
@@ -667,7 +676,9 @@ def check_schedule_change(old: TrainConfig, new: TrainConfig, done_steps: int, s
 def _format_row(r: Dict[str, float]) -> str:
     s = (f"epoch {int(r['epoch'])}: lr {r['lr']:.3g}  train loss {r['train_loss']:.4f} top-1 {r['train_top1']:.2f}%")
     if 'val_top1' in r:
-        s += f"  val loss {r['val_loss']:.4f} top-1 {r['val_top1']:.2f}% top-5 {r['val_top5']:.2f}%"
+        s += f"  val loss {r['val_loss']:.4f} top-1 {r['val_top1']:.2f}%"
+        if r.get('val_top5') == r.get('val_top5') and 'val_top5' in r:
+            s += f" top-5 {r['val_top5']:.2f}%"
     s += f"  {r['epoch_seconds']:.0f}s ({r['images_per_sec']:.0f} img/s)"
     if r.get('blocks_run_fraction') == r.get('blocks_run_fraction'):
         s += f"  blocks run {100 * r['blocks_run_fraction']:.1f}%"

@@ -1,0 +1,105 @@
+"""README.md's examples run, so they cannot go stale.
+
+Every fenced ```python and ```bash block of README.md runs, in order, in one empty folder (SDZOO_DATA points at
+the data sets; port 8000 is swapped for a free one). A line's `# prints: TEXT` comment is checked against what
+the block printed. A block may be marked on the line above it:
+
+- `<!-- readme-test: skip (REASON) -->`: not run (package installs: .ci/run performs those);
+- `<!-- readme-test: same-as-below (...) -->`: a summary; each of its lines must start a line of a block that runs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, NamedTuple, Optional
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / 'README.md'
+_BLOCK = re.compile(r'(?:<!-- readme-test: (?P<marker>[^>]*?) -->\n)?```(?P<lang>python|bash)\n(?P<code>.*?)```',
+                    re.S)
+
+
+class Block(NamedTuple):
+    lang: str
+    code: str
+    marker: Optional[str]
+    line: int
+
+
+def readme_blocks(text: Optional[str] = None) -> List[Block]:
+    text = README.read_text(encoding='utf-8') if text is None else text
+    return [Block(m['lang'], m['code'], m['marker'], text.count('\n', 0, m.start('code')) + 1)
+            for m in _BLOCK.finditer(text)]
+
+
+def _lines(code: str) -> List[str]:
+    """Code lines without comments and blank lines (a `#` inside quotes is rare enough in README commands)."""
+    out = []
+    for line in code.splitlines():
+        line = re.sub(r'\s+#\s.*$', '', line).strip()
+        if line and not line.startswith('#'):
+            out.append(line)
+    return out
+
+
+def test_readme_blocks_run_or_say_why_not():
+    blocks = readme_blocks()
+    assert sum(b.marker is None for b in blocks) >= 5
+    executed = [line for b in blocks if b.marker is None for line in _lines(b.code)]
+    for b in blocks:
+        if b.marker is None:
+            continue
+        kind = b.marker.split()[0]
+        assert kind in ('skip', 'same-as-below') and '(' in b.marker, f'README line {b.line}: {b.marker!r}'
+        if kind == 'skip':
+            assert b.lang == 'bash' and all(line.startswith('pip install') or 'python -m build' in line
+                                            for line in _lines(b.code)), f'README line {b.line}: skip only installs'
+        else:
+            for line in _lines(b.code):
+                assert any(e.startswith(line) for e in executed), f'README line {b.line}: {line!r} runs nowhere'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _run(block: Block, cwd: Path, env: dict, port: int) -> str:
+    if block.lang == 'bash':
+        argv = ['bash', '-e', '-c', block.code.replace('8000', str(port))]
+    else:
+        argv = [sys.executable, '-c', block.code]
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=900)
+    finally:
+        try:  # a server the block started in the background (it kills it itself; this is the safety net)
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, f'README block at line {block.line} failed:\n{block.code}\n{err[-3000:]}'
+    return out
+
+
+@pytest.mark.slow
+def test_readme_examples_run(tmp_path, cifar_root):
+    env = dict(os.environ, SDZOO_DATA=str(cifar_root.parent), SDZOO_CACHE=str(tmp_path / '.cache'),
+               OMP_NUM_THREADS='1')
+    port = _free_port()
+    import time
+    for block in readme_blocks():
+        if block.marker is not None:
+            continue
+        t0 = time.perf_counter()
+        out = _run(block, tmp_path, env, port)
+        print(f'README block at line {block.line}: {time.perf_counter() - t0:.1f} s')
+        for expected in re.findall(r'# prints: (.*)$', block.code, re.M):
+            assert expected.strip() in out, (block.line, expected, out[-2000:])
