@@ -179,8 +179,9 @@ def _run(args: argparse.Namespace, finetune: bool) -> int:
     try:
         summary = trainer.fit()
     except TrainingInterrupted as e:
-        print(f'stopped by signal {e.signum}; checkpoint {e.checkpoint}\n'
-              f'resume with: sdzoo {"finetune" if finetune else "train"} --resume {cfg.out}', file=sys.stderr)
+        if e.written:  # under DDP only rank 0 writes (and says so)
+            print(f'stopped by signal {e.signum}; checkpoint {e.checkpoint}\n'
+                  f'resume with: sdzoo {"finetune" if finetune else "train"} --resume {cfg.out}', file=sys.stderr)
         return 128 + e.signum
     if summary.get('status') == 'paused':
         print(f"paused after --max-steps at epoch {summary['epoch'] + 1} batch {summary['batch']}; "

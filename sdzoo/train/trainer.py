@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import signal
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from ..data import create_loader, load_splits
 from ..layers import SDSampler, sd_modules, sd_settings
 from .checkpoint import atomic_save, atomic_write_json as _write_json, load_checkpoint, save_safetensors
+from .distributed import agree, barrier, dist_env, init_distributed, restore_rng_state, rng_states, wrap_ddp
 from .records import append_metrics, hardware_summary, plot_curves
 
 __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'recipe', 'lr_at', 'create_train_model', 'autocast_for',
@@ -218,16 +218,13 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = 'none',
 
 
 class TrainingInterrupted(Exception):
-    """SIGTERM/SIGINT arrived: a checkpoint was written at the current position."""
+    """SIGTERM/SIGINT arrived (at this or, under DDP, another rank): rank 0 wrote a checkpoint at the
+    current position, which every rank reached. ``written`` is False on the other ranks."""
 
-    def __init__(self, signum: int, checkpoint: Path):
-        super().__init__(f'interrupted by signal {signum}; checkpoint written to {checkpoint}')
-        self.signum, self.checkpoint = signum, checkpoint
-
-
-def _dist_env() -> Tuple[int, int, int]:
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
+    def __init__(self, signum: int, checkpoint: Path, written: bool = True):
+        super().__init__(f'interrupted by signal {signum}; checkpoint '
+                         f'{"written to" if written else "written by rank 0 to"} {checkpoint}')
+        self.signum, self.checkpoint, self.written = signum, checkpoint, written
 
 
 class Trainer:
@@ -240,7 +237,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.resume_path = resume
         self.max_steps = max_steps  # stop (with a checkpoint) after this many steps in this process
-        self.rank, self.world, self.local_rank = _dist_env()
+        self.rank, self.world, self.local_rank = dist_env()
         self.is_main = self.rank == 0
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main
         self._stop_signal: Optional[int] = None
@@ -259,9 +256,7 @@ class Trainer:
         self.device = torch.device(dev)
         if self.device.type == 'cuda':
             torch.cuda.set_device(self.device)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
-            torch.distributed.init_process_group(backend)
+        init_distributed(self.device, self.world)
         torch.manual_seed(cfg.seed + self.rank)
 
         self.model = create_train_model(cfg)
@@ -341,10 +336,7 @@ class Trainer:
         self.sd_units = sd_modules(self.model)
         self.net = self.model
         if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            # skipped blocks leave parameters unused; every rank skips the same ones (shared SD seed)
-            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                           find_unused_parameters=True)
+            self.net = wrap_ddp(self.model, self.device)
 
         self.epoch, self.batch, self.global_step, self.wall_clock = 0, 0, 0, 0.0
         self.partial = dict(loss=0.0, correct=0, seen=0, seconds=0.0, kept=0, units=0)
@@ -352,20 +344,24 @@ class Trainer:
         self.sessions: List[Dict[str, Any]] = []  # one entry per start/resume: where, on what, how
 
     # ----- checkpoints -----
-    def _state(self) -> Dict[str, Any]:
+    def _state(self, torch_rngs: List[torch.Tensor]) -> Dict[str, Any]:
         return dict(
             version=1, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             ema=self.ema.module.state_dict() if self.ema is not None else None,
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             epoch=self.epoch, batch=self.batch, global_step=self.global_step, wall_clock=self.wall_clock,
             partial=dict(self.partial), sd_sampler=self.model.sd_sampler.state_dict(),
-            torch_rng=torch.get_rng_state(), config=_jsonable(asdict(self.cfg)), sessions=list(self.sessions),
+            torch_rng=torch_rngs[0], torch_rng_ranks=torch_rngs if self.world > 1 else None,
+            config=_jsonable(asdict(self.cfg)), sessions=list(self.sessions),
         )
 
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes every rank's state; collective under DDP (all ranks call it at the same step)."""
         path = self.out / CHECKPOINT_NAME
+        torch_rngs = rng_states(self.world)
         if self.is_main:
-            atomic_save(self._state(), path)
+            atomic_save(self._state(torch_rngs), path)
+        barrier(self.world)  # no rank leaves (or is stopped by torchrun) while rank 0 is still writing
         return path
 
     def _load(self, path: Path) -> None:
@@ -390,8 +386,7 @@ class Trainer:
                                                           note='not recorded (checkpoint predates session records)')])
         self.partial = dict(ckpt.get('partial') or self.partial)
         self.model.sd_sampler.load_state_dict(ckpt['sd_sampler'])
-        if ckpt.get('torch_rng') is not None:
-            torch.set_rng_state(ckpt['torch_rng'])
+        restore_rng_state(ckpt, self.rank, self.world, self.cfg.seed)
 
     def _match_optimizer_layout(self) -> None:
         # a run may resume with another memory format (channels_last is a runtime knob): give the
@@ -407,8 +402,9 @@ class Trainer:
         if self._stop_signal is not None:  # second Ctrl-C: give up at once
             raise KeyboardInterrupt
         self._stop_signal = signum
-        if self.is_main:
-            print(f'\nsignal {signum}: finishing this step and writing a checkpoint…', file=sys.stderr, flush=True)
+        where = '' if self.world == 1 else f' (rank {self.rank})'
+        print(f'\nsignal {signum}{where}: finishing this step, then {"rank 0 writes" if self.world > 1 else "writing"} '
+              'a checkpoint…', file=sys.stderr, flush=True)
 
     def _install_signals(self):
         old = {}
@@ -452,17 +448,28 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs:
                 self._train_epoch()
-                if self._stop_signal is not None or self._hit_max_steps():
+                if self._stopping or self._agree_to_stop() or self._hit_max_steps():
                     break
-            if self._stop_signal is not None:
+            if self._stopping:
                 ckpt = self.save_checkpoint()
-                raise TrainingInterrupted(self._stop_signal, ckpt)
+                raise TrainingInterrupted(self._stopping, ckpt, written=self.is_main)
             if self.epoch < cfg.epochs:  # max_steps reached
                 return dict(status='paused', epoch=self.epoch, batch=self.batch, checkpoint=str(self.save_checkpoint()))
             return self._finish()
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+    _stopping = 0  # signal number every rank agreed to stop on (0: keep going)
+    _checkpoint_due = False
+
+    def _agree_to_stop(self, checkpoint_due: bool = False) -> int:
+        """Decide, on every rank alike (one all-reduce under DDP), whether to stop here and whether a periodic
+        checkpoint is due: a signal to one rank stops all of them at the same step, and a checkpoint is
+        written when any rank's clock says so. Decisions use only the agreed values, never the live flag."""
+        signum, due = agree([float(self._stop_signal or 0), float(checkpoint_due)], self.world, self.device)
+        self._stopping, self._checkpoint_due = int(signum), bool(due)
+        return self._stopping
 
     def _hit_max_steps(self) -> bool:
         return self.max_steps is not None and self._steps_this_process >= self.max_steps
@@ -533,10 +540,11 @@ class Trainer:
                 print(f"epoch {self.epoch + 1} batch {self.batch}/{steps}: loss {p['loss'] / p['seen']:.4f} "
                       f"acc {100 * p['correct'] / p['seen']:.2f}% {p['seen'] * self.world / max(p['seconds'], 1e-9):.0f} "
                       f"img/s, epoch ETA {eta:.1f} min", flush=True)
-            if self._stop_signal is not None or self._hit_max_steps():
+            if self._agree_to_stop(time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60) \
+                    or self._hit_max_steps():
                 bar.close()
                 return
-            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+            if self._checkpoint_due:
                 self.save_checkpoint()
                 last_ckpt = time.monotonic()
         bar.close()
@@ -575,8 +583,6 @@ class Trainer:
                 print(f'warning: could not plot curves: {e}', file=sys.stderr)
             print(_format_row(row), file=sys.stderr if self.progress else sys.stdout, flush=True)
         self.save_checkpoint()
-        if self.world > 1:
-            torch.distributed.barrier()
 
     def _finish(self) -> Dict[str, Any]:
         cfg = self.cfg
