@@ -11,7 +11,10 @@ other owners live in ``<root>/<owner>/<name>/``) with the endpoints ``huggingfac
 With ``--allow-upload`` it also accepts ``huggingface_hub``'s upload API (``create_repo``, then
 ``upload_folder``: preupload answers ``regular`` for every file so the content arrives inline in
 the commit), so ``sdzoo push`` can publish to it; ``--token`` then requires that bearer token.
-Each repo has a single revision, ``main``, whose commit id is a hash of its files.
+Each repo has a single revision, ``main``, whose commit id is a hash of its files. A repo pushed
+as private is readable only with the token. Request bodies are checked before they are read: a
+write without permission, an unknown endpoint or a body over the limit (``--max-upload-mb``) is
+refused at once, so a client cannot make the mirror buffer what it will reject anyway.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ['HubMirror', 'main']
@@ -37,6 +40,8 @@ __all__ = ['HubMirror', 'main']
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$')
 _META_FILE = '.mirror.json'  # repo settings (private flag); dotfiles are never served
 _CHUNK = 1 << 20
+_SMALL_BODY = 1 << 20  # validate-yaml, create, preupload: a few KiB of JSON
+DEFAULT_MAX_UPLOAD = 2 << 30  # a commit carries whole files, base64-encoded, in its body
 
 
 class _HubError(Exception):
@@ -58,6 +63,7 @@ class HubMirror:
             allow_upload: bool = False,
             token: Optional[str] = None,
             verbose: bool = False,
+            max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     ):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
@@ -66,6 +72,7 @@ class HubMirror:
         self.allow_upload = allow_upload
         self.token = token
         self.verbose = verbose
+        self.max_upload_bytes = int(max_upload_bytes)
         self.requests: Deque[Tuple[str, str]] = deque(maxlen=10000)  # (method, path): the latest requests
         self._lock = threading.Lock()
         self._hashes: Dict[Tuple[str, int, int], Tuple[str, str]] = {}
@@ -191,14 +198,22 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.hub.requests.append((method, unquote(url.path)))
         parts = [unquote(p) for p in url.path.split('/')[1:]]
+        body_pending = method == 'POST'
         try:
             if method == 'POST':
-                body = self._read_body()
-                self._post(parts, body, parse_qs(url.query))
+                # route and check permission first, then read at most the route's limit
+                handler, limit = self._post_route(parts, parse_qs(url.query))
+                body = self._read_body(limit)
+                body_pending = False
+                handler(body)
             else:
                 self._get(parts, head=method == 'HEAD')
         except _HubError as e:
-            self._send_json({'error': e.message}, e.status, code=e.code, message=e.message, extra=e.headers,
+            extra = dict(e.headers)
+            if body_pending:  # an unread body would be taken for the next request: close instead
+                self.close_connection = True
+                extra['Connection'] = 'close'
+            self._send_json({'error': e.message}, e.status, code=e.code, message=e.message, extra=extra,
                             head=method == 'HEAD')
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -212,11 +227,20 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch('POST')
 
-    def _read_body(self) -> bytes:
+    def _read_body(self, limit: int) -> bytes:
         length = self.headers.get('Content-Length')
         if length is None:
             raise _HubError(411, 'Content-Length required')
-        return self.rfile.read(int(length))
+        try:
+            n = int(length)
+        except ValueError:
+            raise _HubError(400, f'invalid Content-Length {length!r}')
+        if n < 0:
+            raise _HubError(400, f'invalid Content-Length {length!r}')
+        if n > limit:
+            raise _HubError(413, f'request body of {n} bytes is over the limit of {limit} bytes for this endpoint'
+                                 + (' (raise it with --max-upload-mb)' if limit == self.hub.max_upload_bytes else ''))
+        return self.rfile.read(n)
 
     def _base(self) -> str:
         return f'http://{self.headers.get("Host") or self.hub.url.split("//", 1)[1]}'
@@ -237,13 +261,23 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(data)
 
+    def _authorized(self) -> bool:
+        return self.hub.token is not None and self.headers.get('Authorization', '') == f'Bearer {self.hub.token}'
+
     def _require_write(self) -> None:
         if not self.hub.allow_upload:
             raise _HubError(403, 'this mirror is read-only (start it with --allow-upload to accept uploads)')
-        if self.hub.token is not None:
-            auth = self.headers.get('Authorization', '')
-            if auth != f'Bearer {self.hub.token}':
-                raise _HubError(401, 'Invalid credentials in Authorization header')
+        if self.hub.token is not None and not self._authorized():
+            raise _HubError(401, 'Invalid credentials in Authorization header')
+
+    def _readable_repo(self, repo_id: str) -> Path:
+        """An existing repo this request may read: a private one only with the mirror's token (the Hub
+        answers 401 RepoNotFound, which huggingface_hub reports as RepositoryNotFoundError)."""
+        repo = self.hub.existing_repo(repo_id)
+        if self.hub.meta(repo).get('private') and not self._authorized():
+            raise _HubError(401, f'Repository {repo_id} not found (a private repo: it needs the mirror\'s token)',
+                            'RepoNotFound')
+        return repo
 
     # -------------------------------------------------------------------------------------- reads
 
@@ -263,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo_id: str, revision: str, filename: str, head: bool) -> None:
         hub = self.hub
-        repo = hub.existing_repo(repo_id)
+        repo = self._readable_repo(repo_id)
         commit = hub.check_revision(repo, repo_id, revision)
         rel = _safe_relpath(filename)
         path = repo / rel
@@ -306,7 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _model_info(self, repo_id: str, revision: str, head: bool) -> None:
         hub = self.hub
-        repo = hub.existing_repo(repo_id)
+        repo = self._readable_repo(repo_id)
         commit = hub.check_revision(repo, repo_id, revision)
         files = hub.files(repo)
         siblings = []
@@ -335,7 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _tree(self, repo_id: str, revision: str, path_in_repo: str, head: bool) -> None:
         hub = self.hub
-        repo = hub.existing_repo(repo_id)
+        repo = self._readable_repo(repo_id)
         hub.check_revision(repo, repo_id, revision)
         recursive = 'recursive=true' in (urlsplit(self.path).query or '').lower()
         prefix = _safe_relpath(path_in_repo) + '/' if path_in_repo else ''
@@ -360,18 +394,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------------------------- writes
 
-    def _post(self, parts: List[str], body: bytes, query: Dict[str, List[str]]) -> None:
+    def _post_route(self, parts: List[str], query: Dict[str, List[str]]) -> Tuple[Callable[[bytes], None], int]:
+        """(handler, body limit) of a POST, decided before its body is read; writes are authorized here."""
         if parts == ['api', 'validate-yaml']:
-            return self._validate_yaml(body)
+            return self._validate_yaml, _SMALL_BODY
         if parts == ['api', 'repos', 'create']:
-            return self._create_repo(body)
+            self._require_write()
+            return self._create_repo, _SMALL_BODY
         if len(parts) == 6 and parts[:2] == ['api', 'models'] and parts[4] in ('preupload', 'commit'):
             repo_id = f'{parts[2]}/{parts[3]}'
             if query.get('create_pr'):
                 raise _HubError(400, 'this mirror does not support pull requests')
+            self._require_write()
             if parts[4] == 'preupload':
-                return self._preupload(repo_id, parts[5], body)
-            return self._commit(repo_id, parts[5], body)
+                return (lambda body: self._preupload(repo_id, parts[5], body)), _SMALL_BODY
+            return (lambda body: self._commit(repo_id, parts[5], body)), self.hub.max_upload_bytes
         raise _HubError(404, f'{"/".join(parts)}: not an endpoint of this mirror')
 
     def _json_body(self, body: bytes) -> Any:
@@ -397,11 +434,13 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f'{org or self.hub.owner}/{name}'
         repo = self.hub.repo_dir(repo_id)
         url = f'{self._base()}/{repo_id}'
+        private = payload.get('visibility') == 'private' or bool(payload.get('private'))
+        if private and self.hub.token is None:
+            raise _HubError(400, 'a private repo needs a mirror started with --token (only the token may read it)')
         with self.hub._lock:
             if repo.exists():
                 raise _HubError(409, 'You already created this model repo', headers={})
             repo.mkdir(parents=True)
-            private = payload.get('visibility') == 'private' or bool(payload.get('private'))
             (repo / _META_FILE).write_text(json.dumps({'private': private}), encoding='utf-8')
         self._send_json({'url': url, 'name': repo_id, 'id': repo_id})
 
@@ -478,13 +517,17 @@ def add_mirror_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--port', type=int, default=8080, help='port (default: 8080; 0 picks a free one)')
     parser.add_argument('--owner', default='sdzoo', help='owner whose repos are the folders in ROOT (default: sdzoo)')
     parser.add_argument('--allow-upload', action='store_true', help='accept huggingface_hub uploads (sdzoo push)')
-    parser.add_argument('--token', default=None, help='with --allow-upload: require this bearer token for uploads')
+    parser.add_argument('--token', default=None,
+                        help='with --allow-upload: require this bearer token for uploads and for reading private repos')
+    parser.add_argument('--max-upload-mb', type=float, default=DEFAULT_MAX_UPLOAD / 2 ** 20,
+                        help='largest commit body accepted, in MiB (default: %(default).0f); larger ones get 413 unread')
     parser.add_argument('-q', '--quiet', action='store_true', help='do not log requests')
 
 
 def run_mirror(args: argparse.Namespace) -> int:
     mirror = HubMirror(args.root, owner=args.owner, host=args.host, port=args.port,
-                       allow_upload=args.allow_upload, token=args.token, verbose=not args.quiet)
+                       allow_upload=args.allow_upload, token=args.token, verbose=not args.quiet,
+                       max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
     repos = [f'{args.owner}/{p.name}' for p in sorted(mirror.root.iterdir())
              if p.is_dir() and not p.name.startswith('.')]
     print(f'serving {mirror.root} as a Hugging Face Hub mirror at {mirror.url}\n'
