@@ -115,12 +115,13 @@ def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(tmp_path: Path, tiny
     finally:
         if proc.poll() is None:
             proc.kill()
-    # both ranks stopped at the same step: rank 0 wrote one checkpoint and said so once, rank 1 did not
-    # claim one, and neither crashed in a collective
-    assert output.count('resume with: sdzoo train --resume') == 1, output
+    # both ranks stopped at the same step: rank 0 (told by rank 1) wrote one checkpoint and said so once,
+    # rank 1 did not claim one, and neither crashed in a collective (torchrun may SIGTERM a rank that is
+    # still exiting once the other has left: exit code 143 or -15, never an error)
     assert 'signal 15 (rank 1)' in output, output
-    for crash in ('Connection closed', 'Connection reset', 'gloo', 'Broken pipe', 'Traceback (most recent call last)\n'
-                  '  File "<frozen runpy>"'):
+    assert output.count('stopped by signal 15; checkpoint') == 1, output
+    assert output.count('resume with: sdzoo train --resume') == 1, output
+    for crash in ('RuntimeError', 'Connection closed', 'Connection reset', 'Broken pipe', 'exitcode  : 1 '):
         assert crash not in output, output
     ckpt = load_checkpoint(out / 'last.pt')
     assert ckpt['epoch'] >= 1 and ckpt['batch'] > 0, (ckpt['epoch'], ckpt['batch'])  # mid-epoch
