@@ -3,7 +3,6 @@ clean stops. Small real data: 24 train / 6 test CIFAR-10 JPEGs (q75 copy) per cl
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,18 +15,6 @@ import torch
 from sdzoo.train import load_checkpoint
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope='module')
-def tiny_cifar(cifar_root, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('tiny') / 'cifar10'
-    for split, n in (('train', 24), ('test', 6)):
-        for cls_dir in sorted((cifar_root / split).iterdir()):
-            dst = root / split / cls_dir.name
-            dst.mkdir(parents=True)
-            for f in sorted(cls_dir.glob('*.jpg'))[:n]:
-                shutil.copy(f, dst / f.name)
-    return root
 
 
 def _torchrun(*args: str) -> list:

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from ..data import create_loader, load_splits
 from ..layers import SDSampler, sd_modules, sd_settings
-from .checkpoint import atomic_save, atomic_write_json as _write_json, load_checkpoint, save_safetensors
+from .checkpoint import (atomic_save, atomic_write_json as _write_json, load_checkpoint, remove_orphaned_temp_files,
+                         save_safetensors)
 from .distributed import agree, barrier, dist_env, init_distributed, restore_rng_state, rng_states, wrap_ddp
 from .records import append_metrics, hardware_summary, plot_curves
 
@@ -432,6 +433,7 @@ class Trainer:
             started=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())))
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_orphaned_temp_files(self.out / CHECKPOINT_NAME)
             if src_dir is not None and src_dir.resolve() != self.out.resolve() \
                     and (src_dir / 'metrics.csv').is_file() and not (self.out / 'metrics.csv').exists():
                 # a branch (e.g. a longer schedule forked from a shared prefix): its history comes along
