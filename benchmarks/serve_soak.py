@@ -84,6 +84,7 @@ class _Stats:
         self.latencies: List[float] = []
         self.wrong_answers = 0
         self.transport_errors: Counter = Counter()
+        self.idle_reconnects = 0
 
 
 async def _client(i: int, port: int, model: str, deadline: float, pool: List[Tuple[bytes, np.ndarray]],
@@ -98,11 +99,23 @@ async def _client(i: int, port: int, model: str, deadline: float, pool: List[Tup
             if kind == 'oversized':
                 stats.codes[(kind, await _oversized(port, model, 64 << 20))] += 1
                 continue
+            reused = conn is not None
             if conn is None:
                 conn = await asyncio.open_connection('127.0.0.1', port)
             request = pool[j][0] if kind == 'valid' else _bad_request(kind, model, xs[j:j + 1])
             t = time.perf_counter()
-            status, headers, body = await asyncio.wait_for(_exchange(*conn, request), 120)
+            try:
+                status, headers, body = await asyncio.wait_for(_exchange(*conn, request), 120)
+            except (asyncio.IncompleteReadError, ConnectionResetError) as e:
+                if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                    raise
+                # the server closed this keep-alive connection while it sat idle (uvicorn's
+                # keep-alive timeout): do what HTTP clients do, resend once on a new connection
+                stats.idle_reconnects += 1
+                conn[1].close()
+                conn = await asyncio.open_connection('127.0.0.1', port)
+                t = time.perf_counter()
+                status, headers, body = await asyncio.wait_for(_exchange(*conn, request), 120)
             stats.codes[(kind, status)] += 1
             if kind == 'valid':
                 stats.latencies.append(time.perf_counter() - t)
@@ -164,7 +177,8 @@ def _report(args, source: str, stats: _Stats, mem: Dict[str, float], seconds: fl
         '',
         f'- requests served: {sum(stats.codes.values())} ({sum(stats.codes.values()) / seconds:.1f}/s); '
         f'valid answered correctly: {valid - stats.wrong_answers}/{valid}; bad requests not answered 4xx: {bad_not_4xx}; '
-        f'transport errors: {dict(stats.transport_errors) or 0}',
+        f'transport errors: {dict(stats.transport_errors) or 0}; keep-alive connections the server closed '
+        f'while idle (request resent on a new one): {stats.idle_reconnects}',
         f'- valid-request latency: p50 {_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms' if lat else '- no valid requests',
         f"- server resident memory: {mem['start']:.0f} MiB at start (after warm-up), peak {mem['peak']:.0f} MiB, "
         f"{mem['end']:.0f} MiB at the end ({mem['end'] - mem['start']:+.0f} MiB)",
