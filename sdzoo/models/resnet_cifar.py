@@ -16,8 +16,8 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import AvgPoolPadShortcut, SDSampler, StochasticDepth, apply_stochastic_depth
-from ._builder import build_sd_model, sd_cfg
+from ..layers import AvgPoolPadShortcut, StochasticDepth
+from ._builder import SDModelMixin, build_sd_model, sd_cfg
 
 __all__ = ['CifarResNet', 'CifarBasicBlock']
 
@@ -57,7 +57,7 @@ class CifarBasicBlock(nn.Module):
         return self.act2(out)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(SDModelMixin, nn.Module):
     """CIFAR ResNet with compute-skipping stochastic depth, driven by timm's ``drop_path_rate``."""
 
     def __init__(
@@ -102,9 +102,7 @@ class CifarResNet(nn.Module):
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
 
-        self.sd_sampler = SDSampler(sd_seed)
-        self.survival_probs = apply_stochastic_depth(
-            self, drop_path_rate, sd_schedule, mode=sd_mode, scaling=sd_scaling)
+        self.init_stochastic_depth(drop_path_rate, sd_schedule, sd_mode, sd_scaling, sd_seed)
         self._init_weights()
 
     def _init_weights(self) -> None:
