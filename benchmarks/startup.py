@@ -24,8 +24,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PTH = 'sdzoo_autoregister.pth'
@@ -58,18 +59,22 @@ def _code(site_dir: Path) -> str:
     return f'import site; site.addsitedir({str(site_dir)!r})'
 
 
-def _hook_import_us(variants: Dict[str, tuple], runs: int) -> Dict[str, float]:
-    """Median cumulative microseconds ``-X importtime`` reports for the hook module (0 when the
-    ``.pth`` line did not import it), variants interleaved round by round."""
-    times: Dict[str, List[float]] = {label: [] for label in variants}
+def _interleaved(variants: Dict[str, tuple], runs: int, cwd: Path) -> Dict[str, Tuple[float, float]]:
+    """Per variant, medians of (wall ms of the whole start, cumulative µs ``-X importtime`` reports for the
+    hook module; 0 when the ``.pth`` line did not import it), variants interleaved round by round so that
+    the load of a shared machine hits them alike."""
+    wall: Dict[str, List[float]] = {label: [] for label in variants}
+    hook: Dict[str, List[float]] = {label: [] for label in variants}
     for _ in range(runs):
         for label, (site_dir, off) in variants.items():
+            t = time.perf_counter()
+            subprocess.run([sys.executable, '-S', '-c', _code(site_dir)], env=_env(off), cwd=cwd, check=True)
+            wall[label].append(1e3 * (time.perf_counter() - t))
             r = subprocess.run([sys.executable, '-S', '-X', 'importtime', '-c', _code(site_dir)],
-                               env=_env(off), capture_output=True, text=True,
-                               check=True)
+                               env=_env(off), cwd=cwd, capture_output=True, text=True, check=True)
             cols = [ln.split('|') for ln in r.stderr.splitlines()]
-            times[label].append(sum(float(c[1]) for c in cols if len(c) == 3 and c[2].strip() == '_sdzoo_hook'))
-    return {label: statistics.median(t) for label, t in times.items()}
+            hook[label].append(sum(float(c[1]) for c in cols if len(c) == 3 and c[2].strip() == '_sdzoo_hook'))
+    return {label: (statistics.median(wall[label]), statistics.median(hook[label])) for label in variants}
 
 
 def _hyperfine(variants: Dict[str, tuple], runs: int, out_json: Path) -> Dict[str, dict]:
@@ -78,7 +83,8 @@ def _hyperfine(variants: Dict[str, tuple], runs: int, out_json: Path) -> Dict[st
         # hyperfine -N runs commands without a shell: pass the switch through `env`
         prog = f'{sys.executable} -S -c "{_code(site_dir)}"'
         cmd += ['--command-name', label, f'env SDZOO_NO_AUTOREGISTER={off} {prog}']
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=_env())
+    # run from the temp folder: a checkout as the working directory would shadow the hook under test
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=_env(), cwd=out_json.parent)
     return {r['command']: r for r in json.loads(out_json.read_text())['results']}
 
 
@@ -109,13 +115,12 @@ def main(argv=None) -> None:
             variants[f'{args.compare} hook'] = (_site_dir(root, 'old', args.compare), '')
             variants[f'{args.compare} hook, SDZOO_NO_AUTOREGISTER=1'] = (root / 'old', '1')
         wall = _hyperfine(variants, args.runs, root / 'hyperfine.json')
-        base = wall['no hook']['mean']
-        import_us = _hook_import_us(variants, min(args.runs, 50))
+        inter = _interleaved(variants, args.runs, root)
         rows = []
         for label in variants:
-            w = wall[label]
-            rows.append(f"| {label} | {1e3 * w['mean']:.2f} ± {1e3 * w['stddev']:.2f} | "
-                        f"{1e3 * (w['mean'] - base):+.2f} | {import_us[label]:.0f} |")
+            w, (med, us) = wall[label], inter[label]
+            rows.append(f"| {label} | {1e3 * w['mean']:.2f} ± {1e3 * w['stddev']:.2f} | {med:.2f} | "
+                        f"{med - inter['no hook'][0]:+.2f} | {us:.0f} |")
     cmd = 'python benchmarks/startup.py' + ''.join(f' {a}' for a in (argv if argv is not None else sys.argv[1:]))
     text = '\n'.join([
         '# Start-up cost of the sdzoo_autoregister.pth hook',
@@ -124,11 +129,13 @@ def main(argv=None) -> None:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU: {_cpu()}, "
         f'{os.cpu_count()} cores; Python {sys.version.split()[0]}; the machine was shared with other jobs '
         f'(load average at end {os.getloadavg()[0]:.2f})',
-        f'- `python -S` + `site.addsitedir(<folder>)`; wall time: hyperfine -N, mean ± sd of {args.runs} starts; '
-        'hook import: median cumulative µs of `-X importtime` (0: not imported), interleaved',
+        f'- `python -S` + `site.addsitedir(<folder>)`, run from an empty temp folder; hyperfine -N: mean ± sd of '
+        f'{args.runs} starts per variant, variant after variant; interleaved: medians of {args.runs} rounds, each '
+        'round starting every variant once (wall ms, and the cumulative µs `-X importtime` reports for the hook '
+        'module, 0 when it was not imported)',
         '',
-        '| variant | start-up wall time (ms) | vs no hook (ms) | hook import (µs) |',
-        '|---|---|---|---|',
+        '| variant | hyperfine wall (ms) | interleaved wall (ms) | vs no hook (ms) | hook import (µs) |',
+        '|---|---|---|---|---|',
         *rows, ''])
     Path(args.out).write_text(text)
     print(text)
