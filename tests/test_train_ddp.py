@@ -114,3 +114,19 @@ def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(tmp_path: Path, tiny
     assert ckpt['epoch'] >= 1 and ckpt['batch'] > 0, (ckpt['epoch'], ckpt['batch'])  # mid-epoch
     assert len(ckpt['torch_rng_ranks']) == 2
     assert not [p for p in out.iterdir() if 'tmp' in p.name], list(out.iterdir())
+
+
+def test_ranks_augment_their_samples_differently(cifar_root: Path):
+    """Each rank crops and flips its j-th sample with its own draws (they used to be keyed without the
+    rank: every rank augmented alike). One real CIFAR-10 image repeated, so only augmentation differs."""
+    import numpy as np
+    from PIL import Image
+    from sdzoo.data.loader import TensorLoader
+    from sdzoo.data.sources import Split
+    img = next((cifar_root / 'train').glob('*/*.jpg'))
+    x = torch.from_numpy(np.array(Image.open(img).convert('RGB'))).unsqueeze(0).repeat(64, 1, 1, 1)
+    split = Split(labels=torch.zeros(64, dtype=torch.long), images=x)
+    batches = [next(TensorLoader(split, 16, (0.5,) * 3, (0.25,) * 3, train=True, seed=3, rank=r, world=2)
+                    .iter_epoch(0))[0] for r in (0, 1)]
+    same = [torch.equal(a, b) for a, b in zip(*batches)]
+    assert not any(same), same
