@@ -211,6 +211,9 @@ class StochasticDepth(nn.Module):
         model forward) takes the newest coin recorded for the same input.
         """
         sampler = self.sampler
+        if not isinstance(sampler, SDSampler):  # a stand-in coin source (sdzoo.mc): no checkpoint bookkeeping
+            self.last_kept = sampler.coin(self.survival_prob)
+            return self.last_kept
         if self.leads_block:
             sampler.segment_key = _segment_key(x)
         key = sampler.segment_key
