@@ -111,6 +111,12 @@ def main(argv=None) -> None:
         variants = {'no hook': (_site_dir(root, 'none', None), ''),
                     'hook': (_site_dir(root, 'this', ''), ''),
                     'hook, SDZOO_NO_AUTOREGISTER=1': (root / 'this', '1')}
+        # the floor: an empty module imported by the same kind of .pth line (finding and loading any module)
+        floor = _site_dir(root, 'empty', None)
+        (floor / HOOK).write_text('')
+        (floor / PTH).write_text('import _sdzoo_hook\n')
+        py_compile.compile(str(floor / HOOK), doraise=True)
+        variants['empty module (floor)'] = (floor, '')
         if args.compare:
             variants[f'{args.compare} hook'] = (_site_dir(root, 'old', args.compare), '')
             variants[f'{args.compare} hook, SDZOO_NO_AUTOREGISTER=1'] = (root / 'old', '1')
