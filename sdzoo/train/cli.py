@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..cli import add_checkpoint_args, checkpoint_kwargs
+from .distributed import barrier
 from .trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingInterrupted, recipe
 
 # CLI flag -> TrainConfig field; None defaults mean "take the recipe's value"
@@ -181,7 +182,10 @@ def _run(args: argparse.Namespace, finetune: bool) -> int:
     except TrainingInterrupted as e:
         if e.written:  # under DDP only rank 0 writes (and says so)
             print(f'stopped by signal {e.signum}; checkpoint {e.checkpoint}\n'
-                  f'resume with: sdzoo {"finetune" if finetune else "train"} --resume {cfg.out}', file=sys.stderr)
+                  f'resume with: sdzoo {"finetune" if finetune else "train"} --resume {cfg.out}', file=sys.stderr,
+                  flush=True)
+        # leave together: torchrun stops the other ranks as soon as one exits
+        barrier(trainer.world)
         return 128 + e.signum
     if summary.get('status') == 'paused':
         print(f"paused after --max-steps at epoch {summary['epoch'] + 1} batch {summary['batch']}; "
