@@ -58,3 +58,17 @@ def shipped_r110_repository(tmp_path_factory, cifar_root) -> Path:
     assert main(['export', 'sd_resnet110', '--pretrained', '--repository', str(root),
                  '--data', str(cifar_root), '--val-images', '20']) == 0
     return root
+
+
+@pytest.fixture(scope='session')
+def tiny_cifar(cifar_root, tmp_path_factory) -> Path:
+    """A real image-folder copy of CIFAR-10 (JPEG q75): 24 train / 6 test images per class."""
+    import shutil
+    root = tmp_path_factory.mktemp('tiny') / 'cifar10'
+    for split, n in (('train', 24), ('test', 6)):
+        for cls_dir in sorted((cifar_root / split).iterdir()):
+            dst = root / split / cls_dir.name
+            dst.mkdir(parents=True)
+            for f in sorted(cls_dir.glob('*.jpg'))[:n]:
+                shutil.copy(f, dst / f.name)
+    return root

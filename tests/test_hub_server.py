@@ -168,7 +168,7 @@ PUSH_AND_LOAD = """
     codes = {}
     for token in ('wrong-token', 'secret-token'):
         try:
-            codes[token] = main(['push', folder, '--repo-id', repo, '--token', token, '--private',
+            codes[token] = main(['push', folder, '--repo-id', repo, '--token', token,
                                  '--manifest', manifest])
         except SystemExit as e:
             codes[token] = e.code
@@ -199,7 +199,8 @@ def test_push_to_the_hub_and_download_again(published, tmp_path):  # noqa: F811
         p.name for p in published.folder.iterdir())
     for f in published.folder.iterdir():
         assert (pushed / f.name).read_bytes() == f.read_bytes(), f.name
-    assert json.loads((pushed / '.mirror.json').read_text()) == {'private': True}
+    # public (a private repo is readable only with the token: tests/test_hub_mirror.py)
+    assert json.loads((pushed / '.mirror.json').read_text()) == {'private': False}
     got = load_file(tmp_path / 'pushed.safetensors')
     assert all(torch.equal(got[k], v) for k, v in published.state_dict.items())
     assert Path(res['file']).is_relative_to(tmp_path / 'hf_cache')

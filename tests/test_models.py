@@ -291,6 +291,33 @@ def test_grad_checkpointing_replays_the_coins(name: str):
     assert dropped > 0
 
 
+@pytest.mark.parametrize('name', ['sd_resnet20', 'sd_vit_lite_patch4_32'])
+def test_grad_checkpointing_with_several_forwards_before_one_backward(name: str):
+    """Two views (and the same batch twice) through the model, one backward: each recomputed block
+    must replay the coin of the forward it belongs to (this raised CheckpointError)."""
+    torch.manual_seed(0)
+    plain = timm.create_model(name, drop_path_rate=0.5, sd_seed=7).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing(True)
+    x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 3, 5, 9])
+    differed = 0
+    for views in ((x1, x2), (x1, x2, x1), (x2, x2)):
+        for m in (plain, ckpt):
+            m.zero_grad()
+            kept = []
+            loss = 0
+            for v in views:
+                loss = loss + F.cross_entropy(m(v), y)
+                kept.append([u.last_kept for u in sd_modules(m)])
+            loss.backward()
+        differed += any(a != kept[0] for a in kept[1:])
+        for (n, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+            if a.grad is not None:
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=n)
+    assert differed, 'the forwards of one step must draw different coins for the test to mean anything'
+
+
 # --------------------------------------------------------------------------------------------
 # state-dict compatibility with timm
 # --------------------------------------------------------------------------------------------

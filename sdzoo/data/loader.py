@@ -26,6 +26,12 @@ def _gen(*keys: int) -> torch.Generator:
     return g
 
 
+def _rank_key(rank: int, world: int) -> tuple:
+    """Augmentation keys of a DDP rank: without the rank every rank would crop and flip its j-th sample
+    alike. Empty for a single process, so its streams (and resumed single-process runs) stay as they were."""
+    return (rank,) if world > 1 else ()
+
+
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> torch.Tensor:
     """Sample order of one epoch for one rank (padded to a multiple of ``world`` like DistributedSampler)."""
     order = torch.randperm(n, generator=_gen(seed, epoch, 17)) if shuffle else torch.arange(n)
@@ -99,7 +105,7 @@ class TensorLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.split.images[idx].permute(0, 3, 1, 2).float()
             if self.train:
-                x = self._augment(x, _gen(self.seed, epoch, i, 101))
+                x = self._augment(x, _gen(self.seed, epoch, i, 101, *_rank_key(self.rank, self.world)))
             x = (x - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -159,7 +165,8 @@ class StreamLoader:
         dl = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=_ListSampler(order),
             num_workers=self.workers, drop_last=self.drop_last, persistent_workers=False,
-            generator=_gen(self.seed, epoch, start_batch, 7))  # seeds the workers' augmentation
+            # seeds the workers' augmentation
+            generator=_gen(self.seed, epoch, start_batch, 7, *_rank_key(self.rank, self.world)))
         for x, y in dl:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -140,10 +140,22 @@ def _folder_split(root: Path, size: Optional[Tuple[int, int]], mode: str, in_mem
         except Exception:
             cache.unlink(missing_ok=True)
     images = _decode(files, size, mode, desc=f'decoding {root}')
-    tmp = cache.with_suffix('.tmp.npz')
-    np.savez(tmp, images=images.numpy(), labels=labels_t.numpy())
-    os.replace(tmp, cache)
+    _write_cache(cache, images=images.numpy(), labels=labels_t.numpy())
     return found, Split(labels=labels_t, images=images)
+
+
+def _write_cache(cache: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz cache atomically under a temp name of its own: DDP ranks decode the same folder at
+    the same time (a shared temp name let one rank rename the other's file away, and the second rename failed)."""
+    import tempfile
+    fd, tmp = tempfile.mkstemp(prefix=f'.{cache.stem}.', suffix='.tmp.npz', dir=cache.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, cache)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _stratified_holdout(labels: torch.Tensor, n_val: int) -> Tuple[torch.Tensor, torch.Tensor]:

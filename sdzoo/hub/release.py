@@ -19,14 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
+from .cards import _DATASETS
+
 __all__ = ['publish_run', 'add_parser']
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-# how each data set is named on cards (the shared CIFAR-10 copy is JPEG re-encoded: say so)
-_DATASETS = {
-    'cifar10': dict(id='uoft-cs/cifar10', name='CIFAR-10 (JPEG q75 copy)', split='test'),
-    'fashion_mnist': dict(id='zalando-datasets/fashion_mnist', name='Fashion-MNIST', split='test'),
-}
 # published test errors (%) on the lossless data set, quoted next to ours so a card says how far off it is
 _REFERENCES = {
     ('sd_resnet20', 'cifar10'): [(8.75, 'ResNet-20 without stochastic depth (He et al. 2016)')],

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable, List, Optional, Sequence, Union
+from collections import OrderedDict
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -82,6 +83,14 @@ class SDSampler:
         self.generator = torch.Generator(device='cpu')
         self.seed = int(seed)
         self.generator.manual_seed(self.seed)
+        self._reset_forward_state()
+
+    def _reset_forward_state(self) -> None:
+        # set by the model's forward hooks (see track_forwards): > 0 while a model forward runs, so a
+        # unit running outside one in training mode is activation-checkpoint recomputation in backward
+        self.forward_depth = 0
+        self.recording = False  # this forward runs under activation checkpointing: keep its coins
+        self.segment_key: Optional[Tuple] = None  # input of the residual block that is running
 
     def manual_seed(self, seed: int) -> None:
         self.seed = int(seed)
@@ -99,7 +108,7 @@ class SDSampler:
         self.generator.set_state(state['rng_state'])
 
     def __deepcopy__(self, memo) -> 'SDSampler':
-        new = SDSampler(self.seed)
+        new = SDSampler(self.seed)  # forward state is per process and per pass: not copied
         new.generator.set_state(self.generator.get_state())
         return new
 
@@ -108,7 +117,41 @@ class SDSampler:
 
     def __setstate__(self, state: dict) -> None:
         self.generator = torch.Generator(device='cpu')
+        self._reset_forward_state()
         self.load_state_dict(state)
+
+
+# activation-checkpoint coin records kept per unit (a forward without backward leaves its records behind)
+_MAX_RECORDS = 256
+_MAX_PER_INPUT = 4
+
+
+def _segment_key(x: torch.Tensor) -> Tuple:
+    """Identity of a residual block's input that survives checkpoint recomputation: recomputation gets
+    the saved input (same storage) back, while a second forward has other tensors alive at the same time."""
+    return (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), x.device)
+
+
+def _enter_forward(model: nn.Module, args) -> None:
+    sampler = getattr(model, 'sd_sampler', None)
+    if isinstance(sampler, SDSampler):
+        sampler.forward_depth += 1
+        sampler.recording = bool(getattr(model, 'grad_checkpointing', False)) and torch.is_grad_enabled()
+
+
+def _exit_forward(model: nn.Module, args, output) -> None:
+    sampler = getattr(model, 'sd_sampler', None)
+    if isinstance(sampler, SDSampler):
+        sampler.forward_depth = max(0, sampler.forward_depth - 1)
+
+
+def track_forwards(model: nn.Module) -> None:
+    """Let the SD units tell a model forward from activation-checkpoint recomputation (public hooks)."""
+    if getattr(model, '_sd_tracks_forwards', False):
+        return
+    model.register_forward_pre_hook(_enter_forward)
+    model.register_forward_hook(_exit_forward, always_call=True)
+    model._sd_tracks_forwards = True
 
 
 class StochasticDepth(nn.Module):
@@ -140,6 +183,8 @@ class StochasticDepth(nn.Module):
         self.sampler = sampler if sampler is not None else SDSampler()
         self.folded = False  # set by sdzoo.fold once p_l lives in the weights
         self.last_kept: Optional[bool] = None  # batch mode: did the branch run on the last train step
+        self.leads_block = True  # first unit of its residual block (a ViT block's MLP unit is not)
+        self._records: 'OrderedDict[Tuple, List[bool]]' = OrderedDict()  # coins awaiting recomputation
 
     @property
     def eval_scale(self) -> float:
@@ -155,14 +200,38 @@ class StochasticDepth(nn.Module):
                 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
     @torch.compiler.disable
-    def _draw(self) -> bool:
+    def _draw(self, x: torch.Tensor) -> bool:
         """This step's batch-mode coin. Kept out of torch.compile graphs: the compiled model branches
-        on the returned bool (one graph per outcome) instead of baking a single outcome in."""
-        if self.last_kept is not None and torch._C._current_graph_task_id() != -1:
-            # activation-checkpoint recomputation (runs inside backward): replay this step's
-            # coin; a fresh one would rebuild a different graph than the one being differentiated
+        on the returned bool (one graph per outcome) instead of baking a single outcome in.
+
+        Activation checkpointing reruns a block's forward inside backward, possibly after further
+        forwards (two views, then one backward): the rerun must take the coin of the forward it
+        recomputes, or it builds another graph than the one being differentiated. Each coin drawn
+        under checkpointing is recorded with its block's input; a rerun (a unit running outside any
+        model forward) takes the newest coin recorded for the same input.
+        """
+        sampler = self.sampler
+        if not isinstance(sampler, SDSampler):  # a stand-in coin source (sdzoo.mc): no checkpoint bookkeeping
+            self.last_kept = sampler.coin(self.survival_prob)
             return self.last_kept
-        self.last_kept = self.sampler.coin(self.survival_prob)
+        if self.leads_block:
+            sampler.segment_key = _segment_key(x)
+        key = sampler.segment_key
+        if sampler.forward_depth == 0 and self._records:
+            coins = self._records.get(key)
+            if coins:
+                self.last_kept = coins.pop()
+                if not coins:
+                    del self._records[key]
+                return self.last_kept
+        self.last_kept = sampler.coin(self.survival_prob)
+        if sampler.recording and sampler.forward_depth > 0:
+            coins = self._records.setdefault(key, [])
+            coins.append(self.last_kept)
+            del coins[:-_MAX_PER_INPUT]  # older coins for a reused input: forwards never recomputed
+            self._records.move_to_end(key)
+            while len(self._records) > _MAX_RECORDS:
+                self._records.popitem(last=False)
         return self.last_kept
 
     def forward(
@@ -182,7 +251,7 @@ class StochasticDepth(nn.Module):
         p = self.survival_prob
         train_scale = 1.0 / p if self.scaling == 'inverted' else 1.0
         if self.mode == 'batch':
-            if not self._draw():
+            if not self._draw(x):
                 return identity
             out = branch(x)
             return identity + (out * train_scale if train_scale != 1.0 else out)
@@ -281,14 +350,16 @@ def apply_stochastic_depth(
     elif seed is not None:
         sampler.manual_seed(seed)
     for p, group in zip(probs, blocks):
-        for unit in group:
+        for i, unit in enumerate(group):
             unit.survival_prob = p
             unit.sampler = sampler
+            unit.leads_block = i == 0
             if mode is not None:
                 unit.mode = mode
             if scaling is not None:
                 unit.scaling = scaling
     model.sd_drop_path_rate = float(drop_path_rate) if isinstance(schedule, str) else None
+    track_forwards(model)
     return probs
 
 

@@ -1,13 +1,56 @@
-"""Shared model-building helpers: pretrained cfg defaults and verified weight resolution."""
+"""Shared model-building helpers: the SD constructor set-up and model traits every family shares,
+pretrained cfg defaults and verified weight resolution."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Type
+from typing import Any, Callable, Dict, Optional, Sequence, Type, Union
 
+import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
+from timm.models._registry import get_pretrained_cfg
 
-__all__ = ['sd_cfg', 'build_sd_model']
+from ..layers import SDSampler, apply_stochastic_depth
+
+__all__ = ['SDModelMixin', 'sd_model_class', 'sd_cfg', 'timm_cfg', 'build_sd_model']
+
+
+class SDModelMixin:
+    """What every sdzoo model class has in common, written once: the stochastic-depth part of its
+    constructor, and the traits tools choose behaviour by (never by matching the model's name)."""
+
+    recipe_family: str = 'resnet'  # default training recipe (sdzoo.train.recipe): 'resnet' or 'vit'
+    is_convnet: bool = True        # channels_last memory format pays off
+
+    def init_stochastic_depth(
+            self,
+            drop_path_rate: float,
+            sd_schedule: Union[str, Sequence[float]],
+            sd_mode: str,
+            sd_scaling: str,
+            sd_seed: int,
+    ) -> None:
+        """One coin source for the whole network, then the survival schedule over its SD units."""
+        self.sd_sampler = SDSampler(sd_seed)
+        self.survival_probs = apply_stochastic_depth(self, drop_path_rate, sd_schedule, mode=sd_mode,
+                                                     scaling=sd_scaling)
+
+
+def sd_model_class(model_name: str) -> Optional[type]:
+    """The class a registered model name builds (None if timm does not know the name), found by
+    building it on the meta device: no memory, no weights, no initialisation work."""
+    import timm
+    if not timm.is_model(model_name):
+        return None
+    with torch.device('meta'):
+        return type(timm.create_model(model_name))
+
+
+def timm_cfg(timm_name: str, paper_ids: str) -> Dict[str, Any]:
+    """timm's own pretrained cfg of ``timm_name`` (weights trained by timm: a fine-tuning start)."""
+    cfg = get_pretrained_cfg(timm_name).to_dict()
+    cfg = {k: v for k, v in cfg.items() if v is not None and k not in ('architecture', 'tag')}
+    return sd_cfg(**dict(cfg, paper_ids=paper_ids))
 
 # set by timm (create_model / _update_default_model_kwargs) or by the user; never taken from config.json
 _RUNTIME_KWARGS = ('device', 'dtype', 'pretrained_model_args', 'features_only', 'out_indices', 'feature_cls')

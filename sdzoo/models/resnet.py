@@ -11,11 +11,10 @@ from typing import Any, Dict, Sequence, Union
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
-from timm.models._registry import get_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..layers import SDSampler, StochasticDepth, apply_stochastic_depth
-from ._builder import build_sd_model, sd_cfg
+from ..layers import StochasticDepth
+from ._builder import SDModelMixin, build_sd_model, timm_cfg
 
 __all__ = ['SDResNet', 'SDBasicBlock', 'SDBottleneck']
 
@@ -63,7 +62,7 @@ class SDBottleneck(Bottleneck):
         return self.act3(out.clone() if out is x else out)
 
 
-class SDResNet(ResNet):
+class SDResNet(SDModelMixin, ResNet):
     """timm ResNet whose ``drop_path_rate`` drives the paper's stochastic depth over all blocks."""
 
     def __init__(
@@ -77,9 +76,7 @@ class SDResNet(ResNet):
             **kwargs,
     ):
         super().__init__(*args, drop_path_rate=0., **kwargs)
-        self.sd_sampler = SDSampler(sd_seed)
-        self.survival_probs = apply_stochastic_depth(
-            self, drop_path_rate, sd_schedule, mode=sd_mode, scaling=sd_scaling)
+        self.init_stochastic_depth(drop_path_rate, sd_schedule, sd_mode, sd_scaling, sd_seed)
 
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> SDResNet:
@@ -88,9 +85,7 @@ def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> SDResNet
 
 def _timm_cfg(timm_name: str) -> Dict[str, Any]:
     """timm's own pretrained cfg (ImageNet weights trained without SD: a fine-tuning start)."""
-    cfg = get_pretrained_cfg(timm_name).to_dict()
-    cfg = {k: v for k, v in cfg.items() if v is not None and k not in ('architecture', 'tag')}
-    return sd_cfg(**dict(cfg, paper_ids='arXiv:1603.09382,arXiv:1512.03385'))
+    return timm_cfg(timm_name, paper_ids='arXiv:1603.09382,arXiv:1512.03385')
 
 
 default_cfgs = generate_default_cfgs({

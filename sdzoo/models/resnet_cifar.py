@@ -16,8 +16,8 @@ from timm.layers import create_classifier, get_device_dtype
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import AvgPoolPadShortcut, SDSampler, StochasticDepth, apply_stochastic_depth
-from ._builder import build_sd_model, sd_cfg
+from ..layers import AvgPoolPadShortcut, StochasticDepth
+from ._builder import SDModelMixin, build_sd_model, sd_cfg
 
 __all__ = ['CifarResNet', 'CifarBasicBlock']
 
@@ -64,7 +64,7 @@ class CifarBasicBlock(nn.Module):
         return self.act2(out)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(SDModelMixin, nn.Module):
     """CIFAR ResNet with compute-skipping stochastic depth, driven by timm's ``drop_path_rate``."""
 
     def __init__(
@@ -114,9 +114,7 @@ class CifarResNet(nn.Module):
         self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool, **dd)
         self.head_hidden_size = in_chs * self.global_pool.feat_mult()
 
-        self.sd_sampler = SDSampler(sd_seed)
-        self.survival_probs = apply_stochastic_depth(
-            self, drop_path_rate, sd_schedule, mode=sd_mode, scaling=sd_scaling)
+        self.init_stochastic_depth(drop_path_rate, sd_schedule, sd_mode, sd_scaling, sd_seed)
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool = False) -> None:

@@ -10,11 +10,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from timm.models import generate_default_cfgs, register_model
-from timm.models._registry import get_pretrained_cfg
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
-from ..layers import SDSampler, StochasticDepth, apply_stochastic_depth
-from ._builder import build_sd_model, sd_cfg
+from ..layers import StochasticDepth
+from ._builder import SDModelMixin, build_sd_model, sd_cfg, timm_cfg
 from .resnet_cifar import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ['SDVisionTransformer', 'SDBlock']
@@ -40,8 +39,11 @@ class SDBlock(Block):
         return self.drop_path2(x, lambda t: self.ls2(self.mlp(self.norm2(t))))
 
 
-class SDVisionTransformer(VisionTransformer):
+class SDVisionTransformer(SDModelMixin, VisionTransformer):
     """timm VisionTransformer whose ``drop_path_rate`` drives the paper's stochastic depth."""
+
+    recipe_family = 'vit'
+    is_convnet = False
 
     def __init__(
             self,
@@ -55,9 +57,7 @@ class SDVisionTransformer(VisionTransformer):
     ):
         kwargs.setdefault('block_fn', SDBlock)
         super().__init__(*args, drop_path_rate=0., **kwargs)
-        self.sd_sampler = SDSampler(sd_seed)
-        self.survival_probs = apply_stochastic_depth(
-            self, drop_path_rate, sd_schedule, mode=sd_mode, scaling=sd_scaling)
+        self.init_stochastic_depth(drop_path_rate, sd_schedule, sd_mode, sd_scaling, sd_seed)
 
     def sd_block_groups(self) -> List[List[StochasticDepth]]:
         return [[blk.drop_path1, blk.drop_path2] for blk in self.blocks]
@@ -75,9 +75,7 @@ def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> SDVisionTra
 
 def _timm_cfg(timm_name: str) -> Dict[str, Any]:
     """timm's own pretrained cfg (weights trained by timm: a fine-tuning start)."""
-    cfg = get_pretrained_cfg(timm_name).to_dict()
-    cfg = {k: v for k, v in cfg.items() if v is not None and k not in ('architecture', 'tag')}
-    return sd_cfg(**dict(cfg, paper_ids='arXiv:1603.09382,arXiv:2010.11929'))
+    return timm_cfg(timm_name, paper_ids='arXiv:1603.09382,arXiv:2010.11929')
 
 
 def _cifar_cfg(**kwargs) -> Dict[str, Any]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 
-__all__ = ['atomic_save', 'atomic_write_json', 'load_checkpoint', 'save_safetensors', 'load_state_dict_file']
+__all__ = ['atomic_save', 'atomic_write_json', 'load_checkpoint', 'save_safetensors', 'load_state_dict_file',
+           'remove_orphaned_temp_files']
 
 
 def _atomic(path: Path, write) -> Path:
@@ -25,6 +26,16 @@ def _atomic(path: Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_orphaned_temp_files(path: os.PathLike | str) -> List[Path]:
+    """Delete the temp files a killed writer of ``path`` left behind (SIGKILL skips the cleanup).
+    Call it only while no other process writes ``path``."""
+    path = Path(path)
+    orphans = list(path.parent.glob(f'.{path.name}.*.tmp')) if path.parent.is_dir() else []
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return orphans
 
 
 def atomic_save(obj: Dict[str, Any], path: os.PathLike | str) -> Path:

@@ -174,6 +174,7 @@ def train_command(cfg: Dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace, finetune: bool) -> int:
+    from .distributed import barrier
     from .trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingInterrupted
     if args.data_dir:
         import os
@@ -225,8 +226,12 @@ def _run(args: argparse.Namespace, finetune: bool) -> int:
     try:
         summary = trainer.fit()
     except TrainingInterrupted as e:
-        print(f'stopped by signal {e.signum}; checkpoint {e.checkpoint}\n'
-              f'resume with: sdzoo {"finetune" if finetune else "train"} --resume {cfg.out}', file=sys.stderr)
+        if e.written:  # under DDP only rank 0 writes (and says so)
+            print(f'stopped by signal {e.signum}; checkpoint {e.checkpoint}\n'
+                  f'resume with: sdzoo {"finetune" if finetune else "train"} --resume {cfg.out}', file=sys.stderr,
+                  flush=True)
+        # leave together: torchrun stops the other ranks as soon as one exits
+        barrier(trainer.world)
         return 128 + e.signum
     if summary.get('status') == 'paused':
         print(f"paused after --max-steps at epoch {summary['epoch'] + 1} batch {summary['batch']}; "

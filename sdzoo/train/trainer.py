@@ -1,188 +1,38 @@
 """Resumable trainer for the zoo's models: single process, or DDP under ``torchrun``.
 
-Every checkpoint holds everything needed to continue exactly: model, optimizer, EMA, AMP scaler,
+The training loop lives here; its set-up (``setup.py``), checkpoints (``resume.py``), clean stops
+(``stopping.py``), DDP plumbing (``distributed.py``) and configuration (``config.py``) have units
+of their own. Every checkpoint holds everything needed to continue exactly: model, optimizer, EMA, AMP scaler,
 epoch and batch position, the stochastic-depth coin generator and the global RNG state. Batch order
 and augmentation are pure functions of (seed, epoch, batch), so they need no state of their own.
 """
 from __future__ import annotations
 
 import json
-import math
-import os
 import platform
 import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import create_loader, load_splits
-from ..layers import SDSampler, sd_modules, sd_settings
-from .checkpoint import atomic_save, atomic_write_json as _write_json, load_checkpoint, save_safetensors
+from .checkpoint import atomic_write_json as _write_json, remove_orphaned_temp_files, save_safetensors
+# the trainer's parts, one unit each; re-exported here, where they used to live
+from .config import TrainConfig, _jsonable, check_schedule_change, lr_at, recipe  # noqa: F401
+from .distributed import dist_env
 from .records import append_metrics, hardware_summary, plot_curves
+from .resume import CHECKPOINT_NAME, CheckpointMixin
+from .setup import SetupMixin, _cpu_has_bf16, autocast_for, create_train_model  # noqa: F401
+from .stopping import StopMixin, TrainingInterrupted, threading_main  # noqa: F401
 
 __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'recipe', 'lr_at', 'create_train_model', 'autocast_for',
            'TrainingInterrupted']
-
-CHECKPOINT_NAME = 'last.pt'
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; saved as ``RUN_DIR/config.json`` and inside checkpoints."""
-    model: str
-    data: str = 'cifar10'
-    out: str = 'runs/run'
-    epochs: int = 500
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    sched: str = 'step'                  # step | cosine
-    milestones: Tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
-    label_smoothing: float = 0.0
-    mixup: float = 0.0                   # timm Mixup: mixup alpha (0: off)
-    cutmix: float = 0.0                  # timm Mixup: cutmix alpha (0: off)
-    ema: bool = False
-    ema_decay: float = 0.9998
-    drop_path_rate: Optional[float] = None
-    sd_mode: Optional[str] = None
-    sd_scaling: Optional[str] = None
-    pretrained: bool = False
-    pretrained_file: Optional[str] = None
-    num_classes: Optional[int] = None
-    in_chans: Optional[int] = None
-    val_size: Optional[int] = None       # None: data set default (CIFAR-10: 5,000)
-    train_subset: Optional[int] = None   # use only N training images (smoke tests, quick runs)
-    val_subset: Optional[int] = None
-    cifar_aug: bool = True               # 4-px pad + random crop + flip on small images
-    amp: str = 'auto'                    # auto | bf16 | fp16 | none
-    channels_last: Optional[bool] = None  # None: on for CPU/CUDA convnets
-    seed: int = 0
-    workers: int = 2
-    threads: Optional[int] = None
-    checkpoint_minutes: float = 10.0
-    log_seconds: float = 300.0           # headless runs: a progress line this often (0: every step)
-    device: str = 'auto'
-    deterministic: bool = False
-    eval_test: bool = True
-    optimizer: str = 'sgd'               # sgd | adamw
-    reset_head: bool = False             # fine-tuning on new classes: a fresh classifier (timm's reset_classifier)
-    convert: Optional[bool] = None       # timm models: sdzoo.convert (None: when supported and drop_path_rate > 0)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f'unknown training config keys: {sorted(unknown)}')
-        d = dict(d)
-        if 'milestones' in d and d['milestones'] is not None:
-            d['milestones'] = tuple(d['milestones'])
-        return cls(**d)
-
-    def validate(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValueError(msg)
-        need(self.epochs >= 1, f'--epochs must be >= 1, got {self.epochs}')
-        need(self.batch_size >= 1, f'--batch-size must be >= 1, got {self.batch_size}')
-        need(self.lr > 0, f'--lr must be > 0, got {self.lr}')
-        need(self.sched in ('step', 'cosine'), f"--sched must be 'step' or 'cosine', got {self.sched!r}")
-        need(self.amp in ('auto', 'bf16', 'fp16', 'none'), f'--amp must be auto|bf16|fp16|none, got {self.amp!r}')
-        need(self.optimizer in ('sgd', 'adamw'), f'--opt must be sgd|adamw, got {self.optimizer!r}')
-        need(0 <= self.label_smoothing < 1, f'--smoothing must lie in [0, 1), got {self.label_smoothing}')
-        need(all(0 < m < 1 for m in self.milestones), f'milestones are fractions in (0, 1), got {self.milestones}')
-        need(self.warmup_epochs >= 0, f'--warmup-epochs must be >= 0, got {self.warmup_epochs}')
-        need(self.checkpoint_minutes > 0, '--checkpoint-minutes must be > 0')
-        need(self.log_seconds >= 0, f'--log-seconds must be >= 0, got {self.log_seconds}')
-        need(0 < self.ema_decay < 1, f'--ema-decay must lie in (0, 1), got {self.ema_decay}')
-        need(self.mixup >= 0 and self.cutmix >= 0, f'--mixup/--cutmix alphas must be >= 0, got '
-             f'{self.mixup}/{self.cutmix}')
-        need(not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
-             f'--mixup/--cutmix mix a batch with its mirror: --batch-size must be even, got {self.batch_size}')
-
-
-def recipe(model_name: str, finetune: bool = False) -> Dict[str, Any]:
-    """Default hyper-parameters: the paper's CIFAR recipe, or a short fine-tuning recipe."""
-    if finetune:
-        return dict(epochs=10, lr=0.01, sched='cosine', warmup_epochs=0.5, weight_decay=1e-4)
-    if 'vit' in model_name:
-        return dict(epochs=200, lr=5e-4, optimizer='adamw', weight_decay=0.05, sched='cosine',
-                    warmup_epochs=5, label_smoothing=0.1, drop_path_rate=0.1)
-    return dict(epochs=500, lr=0.1, sched='step', milestones=(0.5, 0.75), weight_decay=1e-4)
-
-
-def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """Learning rate of global step ``step`` (stateless, so resume needs no scheduler state)."""
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    if cfg.sched == 'step':
-        epoch = step // steps_per_epoch + 1  # 1-based like the paper's main.lua
-        return cfg.lr * cfg.gamma ** sum(epoch >= m * cfg.epochs for m in cfg.milestones)
-    total = cfg.epochs * steps_per_epoch
-    t = (step - warmup) / max(1, total - warmup)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def autocast_for(device: torch.device, amp: str):
-    """The autocast context for a device ('auto': bf16 on CPUs with native bf16, fp16/bf16 on CUDA)."""
-    import contextlib
-    if amp == 'none':
-        return contextlib.nullcontext(), None
-    if device.type == 'cpu':
-        if amp == 'fp16':
-            raise ValueError('fp16 autocast is for CUDA; use --amp bf16 or none on CPU')
-        if amp == 'auto' and not _cpu_has_bf16():
-            return contextlib.nullcontext(), None
-        return torch.autocast('cpu', dtype=torch.bfloat16), torch.bfloat16
-    if device.type == 'cuda':
-        dtype = torch.float16 if amp == 'fp16' or (amp == 'auto' and not torch.cuda.is_bf16_supported()) \
-            else torch.bfloat16
-        return torch.autocast('cuda', dtype=dtype), dtype
-    return contextlib.nullcontext(), None
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
-
-
-def create_train_model(cfg: TrainConfig) -> nn.Module:
-    import timm
-    import sdzoo  # noqa: F401  (registers the models)
-    if not timm.is_model(cfg.model):
-        raise ValueError(f'unknown model {cfg.model!r}; `sdzoo list` shows the sd_* models, timm.list_models() timm\'s')
-    if not cfg.model.startswith('sd_'):
-        from .timm_model import create_timm_train_model
-        return create_timm_train_model(cfg)  # timm's own model, converted to skip dropped branches
-    kwargs: Dict[str, Any] = {}
-    for k in ('drop_path_rate', 'sd_mode', 'sd_scaling', 'num_classes', 'in_chans'):
-        v = getattr(cfg, k)
-        if v is not None:
-            kwargs[k] = v
-    kwargs['sd_seed'] = cfg.seed
-    if cfg.pretrained_file:
-        if not Path(cfg.pretrained_file).is_file():
-            raise FileNotFoundError(f'--pretrained-file {cfg.pretrained_file} does not exist')
-        kwargs['pretrained_cfg_overlay'] = dict(file=str(cfg.pretrained_file))
-    model = timm.create_model(cfg.model, pretrained=cfg.pretrained or bool(cfg.pretrained_file), **kwargs)
-    if cfg.reset_head:
-        model.reset_classifier(model.num_classes)
-    return model
 
 
 @torch.no_grad()
@@ -221,20 +71,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = 'none',
                 seconds=seconds, images_per_sec=n / seconds if seconds > 0 else float('nan'))
 
 
-class TrainingInterrupted(Exception):
-    """SIGTERM/SIGINT arrived: a checkpoint was written at the current position."""
-
-    def __init__(self, signum: int, checkpoint: Path):
-        super().__init__(f'interrupted by signal {signum}; checkpoint written to {checkpoint}')
-        self.signum, self.checkpoint = signum, checkpoint
-
-
-def _dist_env() -> Tuple[int, int, int]:
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
-
-
-class Trainer:
+class Trainer(SetupMixin, CheckpointMixin, StopMixin):
     """Trains ``cfg.model`` on ``cfg.data`` into ``cfg.out`` (resumable, DDP-aware)."""
 
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, progress: Optional[bool] = None,
@@ -244,182 +81,10 @@ class Trainer:
         self.out = Path(cfg.out)
         self.resume_path = resume
         self.max_steps = max_steps  # stop (with a checkpoint) after this many steps in this process
-        self.rank, self.world, self.local_rank = _dist_env()
+        self.rank, self.world, self.local_rank = dist_env()
         self.is_main = self.rank == 0
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main
         self._stop_signal: Optional[int] = None
-
-    # ----- setup -----
-    def _setup(self) -> None:
-        cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        if cfg.device == 'auto':
-            dev = f'cuda:{self.local_rank}' if torch.cuda.is_available() else 'cpu'
-        else:
-            dev = cfg.device
-        self.device = torch.device(dev)
-        if self.device.type == 'cuda':
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
-            torch.distributed.init_process_group(backend)
-        torch.manual_seed(cfg.seed + self.rank)
-
-        self.model = create_train_model(cfg)
-        self.model_name = cfg.model
-        # record what the network was built with, not just what was asked: a fine-tune inherits its weights'
-        # drop_path_rate (a ViT's 0.1), a recipe without one the model default; with the paper's scaling the
-        # eval network depends on it, and publishing rebuilds the model from config.json
-        cfg = self.cfg = replace(cfg, **{k: v for k, v in sd_settings(self.model).items()
-                                         if getattr(cfg, k) is None and v is not None})
-        from timm.data import resolve_data_config
-        self.data_cfg = resolve_data_config(model=self.model)
-        in_chans = cfg.in_chans or self.data_cfg['input_size'][0]
-        input_size = (in_chans,) + tuple(self.data_cfg['input_size'][1:])
-        self.data = load_splits(cfg.data, input_size, cfg.val_size)
-        if self.model.num_classes != self.data.num_classes:
-            raise ValueError(
-                f'{cfg.model} has {self.model.num_classes} classes but data set {cfg.data!r} has '
-                f'{self.data.num_classes} ({", ".join(self.data.classes[:5])}…); pass --num-classes '
-                f'{self.data.num_classes}')
-        train_split = self.data.train
-        if cfg.train_subset:
-            g = torch.Generator().manual_seed(1234)
-            train_split = train_split.subset(torch.randperm(len(train_split), generator=g)[:cfg.train_subset])
-        val_split = self.data.val
-        if val_split is not None and cfg.val_subset:
-            g = torch.Generator().manual_seed(4321)
-            val_split = val_split.subset(torch.randperm(len(val_split), generator=g)[:cfg.val_subset])
-        # channels_last helps convnets on CUDA and on CPU: a ResNet-110 fp32 step measured 1.28x faster
-        # on these AVX2-only CPUs (it is bf16 autocast without native bf16 that is slow, see autocast_for)
-        is_conv = 'vit' not in cfg.model
-        self.channels_last = (is_conv and self.device.type in ('cuda', 'cpu')) \
-            if cfg.channels_last is None else cfg.channels_last
-        if self.world > 1 and cfg.batch_size % self.world:
-            raise ValueError(f'--batch-size {cfg.batch_size} must divide by the {self.world} processes')
-        per_rank = cfg.batch_size // self.world
-        if (cfg.mixup or cfg.cutmix) and per_rank % 2:
-            raise ValueError(f'--mixup/--cutmix mix a batch with its mirror: the per-process batch '
-                             f'{cfg.batch_size}/{self.world} = {per_rank} must be even')
-        mk = dict(data_cfg=dict(self.data_cfg, input_size=input_size), cifar_aug=cfg.cifar_aug,
-                  workers=cfg.workers, channels_last=self.channels_last, in_chans=in_chans)
-        self.train_loader = create_loader(train_split, per_rank, train=True, seed=cfg.seed,
-                                          rank=self.rank, world=self.world, **mk)
-        if len(self.train_loader) == 0:
-            raise ValueError(f'training set has {len(train_split)} images, fewer than one batch of {per_rank}')
-        self.val_loader = create_loader(val_split, 256, train=False, **mk) if val_split is not None else None
-        self.test_loader = create_loader(self.data.test, 256, train=False, **mk) \
-            if self.data.test is not None else None
-
-        self.model.to(self.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if cfg.optimizer == 'sgd':
-            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                             weight_decay=cfg.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = None
-        if cfg.ema:
-            from timm.utils import ModelEmaV3
-            self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
-        self.autocast, self.amp_dtype = autocast_for(self.device, cfg.amp)
-        self.scaler = torch.amp.GradScaler('cuda') if self.amp_dtype == torch.float16 else None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.mixup = None
-        if cfg.mixup or cfg.cutmix:
-            from timm.data import Mixup
-            from timm.loss import SoftTargetCrossEntropy
-            # Mixup folds the label smoothing into its soft targets
-            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                               num_classes=self.model.num_classes)
-            self.criterion = SoftTargetCrossEntropy()
-        # gradients exist (as zeros) from the start: a block skipped on the first step after a resume
-        # must get the same weight decay and momentum update as in an uninterrupted run
-        for prm in params:
-            prm.grad = torch.zeros_like(prm)
-        self.sd_units = sd_modules(self.model)
-        self.net = self.model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            # skipped blocks leave parameters unused; every rank skips the same ones (shared SD seed)
-            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                           find_unused_parameters=True)
-
-        self.epoch, self.batch, self.global_step, self.wall_clock = 0, 0, 0, 0.0
-        self.partial = dict(loss=0.0, correct=0, seen=0, seconds=0.0, kept=0, units=0)
-        self.history: List[Dict[str, float]] = []
-        self.sessions: List[Dict[str, Any]] = []  # one entry per start/resume: where, on what, how
-
-    # ----- checkpoints -----
-    def _state(self) -> Dict[str, Any]:
-        return dict(
-            version=1, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-            ema=self.ema.module.state_dict() if self.ema is not None else None,
-            scaler=self.scaler.state_dict() if self.scaler is not None else None,
-            epoch=self.epoch, batch=self.batch, global_step=self.global_step, wall_clock=self.wall_clock,
-            partial=dict(self.partial), sd_sampler=self.model.sd_sampler.state_dict(),
-            torch_rng=torch.get_rng_state(), config=_jsonable(asdict(self.cfg)), sessions=list(self.sessions),
-        )
-
-    def save_checkpoint(self) -> Path:
-        path = self.out / CHECKPOINT_NAME
-        if self.is_main:
-            atomic_save(self._state(), path)
-        return path
-
-    def _load(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
-        for key in ('model', 'optimizer', 'epoch', 'batch', 'global_step', 'sd_sampler'):
-            if key not in ckpt:
-                raise ValueError(f'checkpoint {path} lacks {key!r}: not an sdzoo training checkpoint')
-        self.model.load_state_dict(ckpt['model'])
-        self.optimizer.load_state_dict(ckpt['optimizer'])
-        self._match_optimizer_layout()
-        if self.ema is not None and ckpt.get('ema') is not None:
-            self.ema.module.load_state_dict(ckpt['ema'])
-        if self.scaler is not None and ckpt.get('scaler') is not None:
-            self.scaler.load_state_dict(ckpt['scaler'])
-        self.epoch, self.batch = int(ckpt['epoch']), int(ckpt['batch'])
-        self.global_step, self.wall_clock = int(ckpt['global_step']), float(ckpt.get('wall_clock', 0.0))
-        if isinstance(ckpt.get('config'), dict):
-            check_schedule_change(TrainConfig.from_dict(ckpt['config']), self.cfg, self.global_step,
-                                  len(self.train_loader))
-        # checkpoints from before sessions were recorded: say so rather than guess the hardware
-        self.sessions = list(ckpt.get('sessions') or [dict(epoch=1, batch=0, hardware=None, amp=None,
-                                                          note='not recorded (checkpoint predates session records)')])
-        self.partial = dict(ckpt.get('partial') or self.partial)
-        self.model.sd_sampler.load_state_dict(ckpt['sd_sampler'])
-        if ckpt.get('torch_rng') is not None:
-            torch.set_rng_state(ckpt['torch_rng'])
-
-    def _match_optimizer_layout(self) -> None:
-        # a run may resume with another memory format (channels_last is a runtime knob): give the
-        # momentum buffers their parameter's strides, or every update mixes layouts
-        for group in self.optimizer.param_groups:
-            for p in group['params']:
-                for k, v in self.optimizer.state.get(p, {}).items():
-                    if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
-                        self.optimizer.state[p][k] = torch.empty_like(p).copy_(v)
-
-    # ----- signals -----
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_signal is not None:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        if self.is_main:
-            print(f'\nsignal {signum}: finishing this step and writing a checkpoint…', file=sys.stderr, flush=True)
-
-    def _install_signals(self):
-        old = {}
-        if threading_main():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                old[s] = signal.signal(s, self._on_signal)
-        return old
 
     # ----- training -----
     def fit(self) -> Dict[str, Any]:
@@ -440,6 +105,7 @@ class Trainer:
             started=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())))
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_orphaned_temp_files(self.out / CHECKPOINT_NAME)
             if src_dir is not None and src_dir.resolve() != self.out.resolve() \
                     and (src_dir / 'metrics.csv').is_file() and not (self.out / 'metrics.csv').exists():
                 # a branch (e.g. a longer schedule forked from a shared prefix): its history comes along
@@ -456,11 +122,11 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs:
                 self._train_epoch()
-                if self._stop_signal is not None or self._hit_max_steps():
+                if self._stopping or self._agree_to_stop() or self._hit_max_steps():
                     break
-            if self._stop_signal is not None:
+            if self._stopping:
                 ckpt = self.save_checkpoint()
-                raise TrainingInterrupted(self._stop_signal, ckpt)
+                raise TrainingInterrupted(self._stopping, ckpt, written=self.is_main)
             if self.epoch < cfg.epochs:  # max_steps reached
                 return dict(status='paused', epoch=self.epoch, batch=self.batch, checkpoint=str(self.save_checkpoint()))
             return self._finish()
@@ -537,10 +203,11 @@ class Trainer:
                 print(f"epoch {self.epoch + 1} batch {self.batch}/{steps}: loss {p['loss'] / p['seen']:.4f} "
                       f"acc {100 * p['correct'] / p['seen']:.2f}% {p['seen'] * self.world / max(p['seconds'], 1e-9):.0f} "
                       f"img/s, epoch ETA {eta:.1f} min", flush=True)
-            if self._stop_signal is not None or self._hit_max_steps():
+            if self._agree_to_stop(time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60) \
+                    or self._hit_max_steps():
                 bar.close()
                 return
-            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+            if self._checkpoint_due:
                 self.save_checkpoint()
                 last_ckpt = time.monotonic()
         bar.close()
@@ -581,8 +248,6 @@ class Trainer:
                 print(f'warning: could not plot curves: {e}', file=sys.stderr)
             print(_format_row(row), file=sys.stderr if self.progress else sys.stdout, flush=True)
         self.save_checkpoint()
-        if self.world > 1:
-            torch.distributed.barrier()
 
     def _finish(self) -> Dict[str, Any]:
         cfg = self.cfg
@@ -631,11 +296,6 @@ class Trainer:
               f'channels_last={self.channels_last}, world={self.world}; {where}', file=sys.stderr, flush=True)
 
 
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
 def hardware_string(device: torch.device) -> str:
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
@@ -656,23 +316,6 @@ def hardware_string(device: torch.device) -> str:
     return f'{cpu} ({isa}{", native bf16" if _cpu_has_bf16() else ""}), {n} thread{"s" if n != 1 else ""}'
 
 
-def check_schedule_change(old: TrainConfig, new: TrainConfig, done_steps: int, steps_per_epoch: int) -> None:
-    """A resumed run may change its length (``--epochs``) only while the learning rates of every step it
-    already took stay the same: then the new run is exactly one that had that length from the start."""
-    if old.epochs == new.epochs:
-        return
-    if new.epochs * steps_per_epoch < done_steps:
-        raise ValueError(f'--epochs {new.epochs}: the run already took {done_steps} steps '
-                         f'({done_steps / steps_per_epoch:.1f} epochs)')
-    for step in range(done_steps):
-        a, b = lr_at(step, steps_per_epoch, old), lr_at(step, steps_per_epoch, new)
-        if not math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0):
-            raise ValueError(
-                f'--epochs {new.epochs} (was {old.epochs}) changes the learning rate of a step already taken '
-                f'(step {step}, epoch {step // steps_per_epoch + 1}: {a:.4g} -> {b:.4g}); a run can change its '
-                f'length only before its schedule diverges')
-
-
 def _format_row(r: Dict[str, float]) -> str:
     s = (f"epoch {int(r['epoch'])}: lr {r['lr']:.3g}  train loss {r['train_loss']:.4f} top-1 {r['train_top1']:.2f}%")
     if 'val_top1' in r:
@@ -683,11 +326,3 @@ def _format_row(r: Dict[str, float]) -> str:
     if r.get('blocks_run_fraction') == r.get('blocks_run_fraction'):
         s += f"  blocks run {100 * r['blocks_run_fraction']:.1f}%"
     return s
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj

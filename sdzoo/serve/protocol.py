@@ -1,0 +1,283 @@
+"""The Open Inference Protocol's wire format as sdzoo serves it: request bodies (JSON tensors, Triton's
+binary tensor data, gzip/deflate), inference and classification responses, errors, image uploads."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from fastapi import Request
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from .repository import ModelEntry, numpy_dtype
+
+__all__ = ['ApiError', 'SERVER_NAME', 'EXTENSIONS']
+
+SERVER_NAME = 'sdzoo'
+EXTENSIONS = ['binary_tensor_data', 'classification', 'model_configuration', 'model_repository']
+_OFFLOAD_BYTES = 1 << 20  # parse request bodies larger than this off the event loop
+
+
+class ApiError(HTTPException):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
+        super().__init__(status_code=status, detail=message, headers=headers)
+
+
+def _short(s: Any, n: int = 80) -> str:
+    s = str(s)
+    return s if len(s) <= n else s[:n] + '...'
+
+
+# --- request bodies ------------------------------------------------------------------------------------------
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, decompressed per Content-Encoding (gzip/deflate), at most ``limit`` bytes either way."""
+    body = await request.body()
+    encoding = request.headers.get('content-encoding', '').strip().lower()
+    if encoding in ('', 'identity'):
+        return body
+    if encoding == 'gzip':
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == 'deflate':
+        d = zlib.decompressobj()
+    else:
+        raise ApiError(415, f'unsupported Content-Encoding {_short(encoding)!r}; use gzip, deflate or none')
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise ApiError(400, f'request body is not valid {encoding} data: {e}')
+    if len(out) > limit or d.unconsumed_tail:
+        raise ApiError(413, f'decompressed request body exceeds the limit of {limit} bytes')
+    if not d.eof:
+        raise ApiError(400, f'request body is truncated {encoding} data')
+    return out
+
+
+@dataclass
+class _InferRequest:
+    x: np.ndarray
+    request_id: Optional[str]
+    outputs: List[Tuple[str, Dict[str, Any]]]  # (name, parameters)
+    binary_output: bool
+
+
+def _as_shape(value: Any, name: str) -> List[int]:
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)):
+        raise ApiError(400, f'input {name!r} shape must be a non-empty list of non-negative integers, '
+                            f'got {_short(json.dumps(value))}')
+    return value
+
+
+def _parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional[str],
+                         max_batch_size: int) -> _InferRequest:
+    model = entry.model
+    binary = memoryview(b'')
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ApiError(400, f'Inference-Header-Content-Length must be an integer, got {_short(header_length)!r}')
+        if not 0 < n <= len(body):
+            raise ApiError(400, f'Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body')
+        binary = memoryview(body)[n:]
+        body = body[:n]
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f'malformed JSON in inference request: {e}')
+    if not isinstance(req, dict):
+        raise ApiError(400, f'inference request must be a JSON object, got {type(req).__name__}')
+    request_id = req.get('id')
+    if request_id is not None and not isinstance(request_id, str):
+        raise ApiError(400, f'inference request "id" must be a string, got {type(request_id).__name__}')
+    params = req.get('parameters', {})
+    if not isinstance(params, dict):
+        raise ApiError(400, 'inference request "parameters" must be a JSON object')
+    inputs = req.get('inputs')
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
+        raise ApiError(400, 'inference request needs "inputs": a non-empty list of tensor objects')
+    names = [i.get('name') for i in inputs]
+    if names != [model.input_name]:
+        raise ApiError(400, f'model {entry.name!r} takes exactly one input {model.input_name!r}, '
+                            f'got {_short(names, 200)}')
+    inp = inputs[0]
+    iname = model.input_name
+
+    datatype = inp.get('datatype')
+    if datatype is None:
+        raise ApiError(400, f'input {iname!r} has no "datatype"; the model takes {entry.input_datatype!r}')
+    if datatype != entry.input_datatype:
+        raise ApiError(400, f'input {iname!r} datatype {_short(datatype)!r} does not match the model\'s '
+                            f'{entry.input_datatype!r}')
+    dtype = numpy_dtype(datatype)
+    shape = _as_shape(inp.get('shape'), iname)
+    expected = entry.input_shape
+    if len(shape) != len(expected) or any(e != -1 and s != e for s, e in zip(shape, expected)):
+        raise ApiError(400, f'input {iname!r} shape {shape} does not match the model\'s {expected} '
+                            f'(-1: any size, batch first)')
+    if shape[0] < 1:
+        raise ApiError(400, f'input {iname!r} batch dimension must be >= 1, got shape {shape}')
+    if shape[0] > max_batch_size:
+        raise ApiError(400, f'input {iname!r} batch size {shape[0]} exceeds max_batch_size {max_batch_size} '
+                            f'of model {entry.name!r}')
+    count = math.prod(shape)
+
+    iparams = inp.get('parameters', {})
+    if not isinstance(iparams, dict):
+        raise ApiError(400, f'input {iname!r} "parameters" must be a JSON object')
+    if 'shared_memory_region' in iparams:
+        raise ApiError(400, 'the shared-memory extension is not supported by this server; send the tensor data')
+    if 'binary_data_size' in iparams:
+        size = iparams['binary_data_size']
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ApiError(400, f'input {iname!r} binary_data_size must be a non-negative integer')
+        if 'data' in inp:
+            raise ApiError(400, f'input {iname!r} has both "data" and binary_data_size; send one')
+        need = count * dtype.itemsize
+        if size != need:
+            raise ApiError(400, f'input {iname!r} binary_data_size is {size} bytes but shape {shape} of '
+                                f'{datatype} needs {need} bytes')
+        if header_length is None:
+            raise ApiError(400, 'binary tensor data needs the Inference-Header-Content-Length header')
+        if len(binary) != size:
+            raise ApiError(400, f'input {iname!r} declares {size} bytes of binary data but {len(binary)} bytes '
+                                f'follow the JSON header')
+        x = np.frombuffer(binary, dtype=dtype.newbyteorder('<'), count=count).astype(dtype, copy=False)
+        x = x.reshape(shape)
+    else:
+        if len(binary):
+            raise ApiError(400, f'{len(binary)} bytes of binary data follow the JSON header but no input '
+                                f'declares binary_data_size')
+        data = inp.get('data')
+        if data is None:
+            raise ApiError(400, f'input {iname!r} has neither "data" nor parameters.binary_data_size')
+        try:
+            with np.errstate(over='ignore'):  # an out-of-range number becomes inf, refused below
+                arr = np.asarray(data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ApiError(400, f'input {iname!r} data cannot be read as {datatype}: {_short(e, 200)}')
+        if arr.size != count:
+            raise ApiError(400, f'input {iname!r} has {arr.size} elements but shape {shape} needs {count}')
+        x = arr.reshape(shape)
+
+    if x.dtype.kind == 'f' and not np.isfinite(x).all():  # NaN/Inf (or a value beyond the dtype's range)
+        raise ApiError(400, f'input {iname!r} holds NaN or infinite values ({int((~np.isfinite(x)).sum())} of '
+                            f'{x.size}); send finite numbers')
+    outputs: List[Tuple[str, Dict[str, Any]]] = []
+    requested = req.get('outputs')
+    if requested is not None:
+        if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+            raise ApiError(400, 'inference request "outputs" must be a list of objects')
+        for o in requested:
+            oname = o.get('name')
+            if oname != model.output_name:
+                raise ApiError(400, f'unknown output {_short(oname)!r}; model {entry.name!r} has outputs '
+                                    f'[{model.output_name!r}]')
+            oparams = o.get('parameters', {})
+            if not isinstance(oparams, dict):
+                raise ApiError(400, f'output {oname!r} "parameters" must be a JSON object')
+            if 'shared_memory_region' in oparams:
+                raise ApiError(400, 'the shared-memory extension is not supported by this server')
+            k = oparams.get('classification', 0)
+            if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= model.num_classes:
+                raise ApiError(400, f'output {oname!r} classification must be an integer in '
+                                    f'[0, {model.num_classes}], got {_short(k)}')
+            outputs.append((oname, oparams))
+    return _InferRequest(x=x, request_id=request_id, outputs=outputs or [(model.output_name, {})],
+                         binary_output=bool(params.get('binary_data_output', False)))
+
+
+def _classification_strings(y: np.ndarray, k: int, labels: Sequence[str]) -> np.ndarray:
+    top = np.argsort(-y, axis=1, kind='stable')[:, :k]
+    out = np.empty(top.shape, dtype=object)
+    for r, row in enumerate(top):
+        for c, idx in enumerate(row):
+            s = f'{y[r, idx]:f}:{idx}'
+            out[r, c] = (s + f':{labels[idx]}' if labels else s).encode()
+    return out
+
+
+def _infer_response(entry: ModelEntry, req: _InferRequest, y: np.ndarray) -> Response:
+    if not np.isfinite(y).all():  # JSON has no NaN/Infinity: refuse instead of emitting invalid JSON
+        raise ApiError(400, f'the input drives model {entry.name!r} to NaN or infinite logits (values far outside '
+                            'what it was trained on?); send inputs preprocessed as the model expects')
+    outputs, chunks = [], []
+    for name, params in req.outputs:
+        k = int(params.get('classification', 0))
+        if k:
+            tensor, datatype = _classification_strings(y, k, entry.labels), 'BYTES'
+        else:
+            tensor, datatype = y, 'FP32'
+        out: Dict[str, Any] = {'name': name, 'datatype': datatype, 'shape': list(tensor.shape)}
+        if bool(params.get('binary_data', req.binary_output)):
+            if datatype == 'BYTES':
+                raw = b''.join(struct.pack('<I', len(s)) + s for s in tensor.ravel())
+            else:
+                raw = np.ascontiguousarray(tensor, dtype='<f4').tobytes()
+            out['parameters'] = {'binary_data_size': len(raw)}
+            chunks.append(raw)
+        else:
+            out['data'] = ([s.decode() for s in tensor.ravel()] if datatype == 'BYTES'
+                           else tensor.ravel().tolist())
+        outputs.append(out)
+    body: Dict[str, Any] = {'model_name': entry.name, 'model_version': entry.version}
+    if req.request_id is not None:
+        body['id'] = req.request_id
+    body['outputs'] = outputs
+    header = json.dumps(body, separators=(',', ':'), allow_nan=False).encode()
+    if not chunks:
+        return Response(header, media_type='application/json')
+    return Response(header + b''.join(chunks), media_type='application/octet-stream',
+                    headers={'Inference-Header-Content-Length': str(len(header))})
+
+
+# --- images --------------------------------------------------------------------------------------------------
+
+def _decode_images(files: Sequence[Tuple[Optional[str], bytes]], max_pixels: int) -> list:
+    from PIL import Image, UnidentifiedImageError
+    images = []
+    for filename, data in files:
+        what = f'file {filename!r}' if filename else 'request body'
+        if not data:
+            raise ApiError(400, f'{what} is empty; send an image file (PNG, JPEG, ...)')
+        try:
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ApiError(400, f'{what} is a {w}x{h} image, above the limit of {max_pixels} pixels')
+            im.load()  # decode now: a truncated file is the client's 400, not a preprocessing 500
+            images.append(im)
+        except ApiError:
+            raise
+        except UnidentifiedImageError:
+            raise ApiError(400, f'{what} is not a decodable image (unknown or unsupported image format)')
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for undecodable data
+            raise ApiError(400, f'{what} is not a decodable image ({type(e).__name__}: {_short(e, 160)})')
+    return images
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --- logging / middleware ------------------------------------------------------------------------------------
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj, separators=(',', ':'), allow_nan=False), status_code=status,
+                    media_type='application/json')
+
+
+def _tensor_meta(name: str, datatype: str, shape: List[int]) -> Dict[str, Any]:
+    return {'name': name, 'datatype': datatype, 'shape': shape}

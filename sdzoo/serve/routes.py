@@ -1,0 +1,209 @@
+"""The server's endpoints: health, metadata, repository index, inference, classification and metrics.
+
+Handlers find the served models in ``request.app.state.serve`` (a :class:`sdzoo.serve.app.ServerState`);
+the wire format (parsing, encoding, errors) is :mod:`sdzoo.serve.protocol`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+
+from .. import __version__
+from .metrics import CONTENT_TYPE_LATEST
+from .protocol import (
+    _OFFLOAD_BYTES, EXTENSIONS, SERVER_NAME, ApiError, _decode_images, _infer_response, _json, _parse_infer_request,
+    _read_body, _short, _softmax, _tensor_meta,
+)
+
+__all__ = ['router']
+
+router = APIRouter()
+
+
+def _state(request: Request):
+    return request.app.state.serve
+
+
+# -- health / metadata --
+@router.get('/v2/health/live')
+async def live():
+    return Response(status_code=200)
+
+
+@router.get('/v2/health/ready')
+async def ready(request: Request):
+    state = _state(request)
+    if state.draining:
+        raise ApiError(503, 'server is shutting down')
+    not_ready = sorted(n for n, e in state.entries.items() if not e.ready)
+    ok = not not_ready if state.settings.strict_readiness else len(not_ready) < len(state.entries)
+    if not ok:
+        raise ApiError(400, f'models not ready: {not_ready}')
+    return Response(status_code=200)
+
+
+@router.get('/v2')
+async def server_metadata():
+    return _json({'name': SERVER_NAME, 'version': __version__, 'extensions': EXTENSIONS})
+
+
+def model_metadata(state, name: str, version: Optional[str]) -> Response:
+    entry = state.ready_entry(name, version)
+    m = entry.model
+    return _json({
+        'name': entry.name, 'versions': entry.versions, 'platform': 'onnxruntime_onnx',
+        'inputs': [_tensor_meta(m.input_name, entry.input_datatype, entry.input_shape)],
+        'outputs': [_tensor_meta(m.output_name, 'FP32', entry.output_shape)],
+    })
+
+
+def model_ready(state, name: str, version: Optional[str]) -> Response:
+    state.ready_entry(name, version)
+    return Response(status_code=200)
+
+
+def model_config(state, name: str, version: Optional[str]) -> Response:
+    entry = state.ready_entry(name, version)
+    m = entry.model
+    mbs, delay, enabled = state.batching_config(entry)
+    batched = entry.batchable
+    out: Dict[str, Any] = {'name': m.output_name, 'data_type': 'TYPE_FP32',
+                           'dims': entry.output_shape[1:] if batched else entry.output_shape}
+    if entry.labels:
+        out['label_filename'] = 'labels.txt'
+    cfg: Dict[str, Any] = {
+        'name': entry.name, 'platform': 'onnxruntime_onnx', 'backend': 'onnxruntime',
+        'max_batch_size': mbs if batched else 0,
+        'input': [{'name': m.input_name, 'data_type': f'TYPE_{entry.input_datatype}',
+                   'dims': entry.input_shape[1:] if batched else entry.input_shape}],
+        'output': [out],
+    }
+    if enabled:
+        cfg['dynamic_batching'] = {'max_queue_delay_microseconds': int(round(delay * 1e6))}
+    return _json(cfg)
+
+
+@router.get('/v2/models/{name}')
+async def _model_metadata(request: Request, name: str):
+    return model_metadata(_state(request), name, None)
+
+
+@router.get('/v2/models/{name}/versions/{version}')
+async def _model_metadata_v(request: Request, name: str, version: str):
+    return model_metadata(_state(request), name, version)
+
+
+@router.get('/v2/models/{name}/ready')
+async def _model_ready(request: Request, name: str):
+    return model_ready(_state(request), name, None)
+
+
+@router.get('/v2/models/{name}/versions/{version}/ready')
+async def _model_ready_v(request: Request, name: str, version: str):
+    return model_ready(_state(request), name, version)
+
+
+@router.get('/v2/models/{name}/config')
+async def _model_config(request: Request, name: str):
+    return model_config(_state(request), name, None)
+
+
+@router.get('/v2/models/{name}/versions/{version}/config')
+async def _model_config_v(request: Request, name: str, version: str):
+    return model_config(_state(request), name, version)
+
+
+@router.post('/v2/repository/index')
+async def repository_index(request: Request):
+    state = _state(request)
+    return _json([{'name': n, **({'version': e.version} if e.version else {}),
+                   'state': 'READY' if e.ready else 'UNAVAILABLE', **({} if e.ready else {'reason': e.error})}
+                  for n, e in sorted(state.entries.items())])
+
+
+# -- inference --
+async def infer(request: Request, name: str, version: Optional[str]) -> Response:
+    state = _state(request)
+    entry = state.ready_entry(name, version)
+    body = await _read_body(request, state.settings.max_body_bytes)
+    mbs = state.batchers[entry.name].max_batch_size
+    header_length = request.headers.get('inference-header-content-length')
+    if len(body) > _OFFLOAD_BYTES:
+        req = await run_in_threadpool(_parse_infer_request, entry, body, header_length, mbs)
+    else:
+        req = _parse_infer_request(entry, body, header_length, mbs)
+    try:
+        x = entry.model.check_input(req.x)
+    except ValueError as e:
+        raise ApiError(400, f'input {entry.model.input_name!r}: {e}')
+    y = await state.infer(entry, x)
+    return _infer_response(entry, req, y)
+
+
+@router.post('/v2/models/{name}/infer')
+async def _infer(request: Request, name: str):
+    return await infer(request, name, None)
+
+
+@router.post('/v2/models/{name}/versions/{version}/infer')
+async def _infer_v(request: Request, name: str, version: str):
+    return await infer(request, name, version)
+
+
+async def classify(request: Request, name: str, version: Optional[str]) -> Response:
+    state = _state(request)
+    settings = state.settings
+    entry = state.ready_entry(name, version)
+    num_classes = entry.model.num_classes
+    raw_k = request.query_params.get('top_k', '5')
+    try:
+        top_k = int(raw_k)
+    except ValueError:
+        raise ApiError(400, f'top_k must be an integer, got {_short(raw_k)!r}')
+    if not 1 <= top_k <= num_classes:
+        raise ApiError(400, f'top_k must be between 1 and {num_classes} (the number of classes), got {top_k}')
+    body = await _read_body(request, settings.max_body_bytes)
+    if request.headers.get('content-type', '').lower().startswith('multipart/form-data'):
+        files = []
+        async with request.form(max_files=settings.default_max_batch_size) as form:
+            for _, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files.append((value.filename or '', await value.read()))
+        if not files:
+            raise ApiError(400, 'multipart body has no file part; send the image as a file field')
+    else:
+        files = [(None, body)]
+    mbs = state.batchers[entry.name].max_batch_size
+    if len(files) > mbs:
+        raise ApiError(400, f'{len(files)} images exceed max_batch_size {mbs} of model {entry.name!r}')
+    images = await run_in_threadpool(_decode_images, files, settings.max_image_pixels)
+    x = await run_in_threadpool(entry.model.preprocess, images)
+    probs = _softmax(await state.infer(entry, x))
+    results = []
+    for (filename, _), p in zip(files, probs):
+        top = np.argsort(-p, kind='stable')[:top_k]
+        results.append({'filename': filename, 'predictions': [
+            {'index': int(i), 'label': entry.labels[i] if entry.labels else str(int(i)),
+             'probability': float(p[i])} for i in top]})
+    return _json({'model_name': entry.name, 'model_version': entry.version, 'top_k': top_k,
+                  'results': results})
+
+
+@router.post('/v2/models/{name}/classify')
+async def _classify(request: Request, name: str):
+    return await classify(request, name, None)
+
+
+@router.post('/v2/models/{name}/versions/{version}/classify')
+async def _classify_v(request: Request, name: str, version: str):
+    return await classify(request, name, version)
+
+
+@router.get('/metrics')
+async def metrics(request: Request):
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,138 @@
+"""A run's configuration and the stateless schedule functions derived from it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional, Tuple
+
+from ..models import sd_model_class
+
+__all__ = ['TrainConfig', 'recipe', 'lr_at', 'check_schedule_change']
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved as ``RUN_DIR/config.json`` and inside checkpoints."""
+    model: str
+    data: str = 'cifar10'
+    out: str = 'runs/run'
+    epochs: int = 500
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    sched: str = 'step'                  # step | cosine
+    milestones: Tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0                   # timm Mixup: mixup alpha (0: off)
+    cutmix: float = 0.0                  # timm Mixup: cutmix alpha (0: off)
+    ema: bool = False
+    ema_decay: float = 0.9998
+    drop_path_rate: Optional[float] = None
+    sd_mode: Optional[str] = None
+    sd_scaling: Optional[str] = None
+    pretrained: bool = False
+    pretrained_file: Optional[str] = None
+    num_classes: Optional[int] = None
+    in_chans: Optional[int] = None
+    val_size: Optional[int] = None       # None: data set default (CIFAR-10: 5,000)
+    train_subset: Optional[int] = None   # use only N training images (smoke tests, quick runs)
+    val_subset: Optional[int] = None
+    cifar_aug: bool = True               # 4-px pad + random crop + flip on small images
+    amp: str = 'auto'                    # auto | bf16 | fp16 | none
+    channels_last: Optional[bool] = None  # None: on for CPU/CUDA convnets
+    seed: int = 0
+    workers: int = 2
+    threads: Optional[int] = None
+    checkpoint_minutes: float = 10.0
+    log_seconds: float = 300.0           # headless runs: a progress line this often (0: every step)
+    device: str = 'auto'
+    deterministic: bool = False
+    eval_test: bool = True
+    optimizer: str = 'sgd'               # sgd | adamw
+    reset_head: bool = False             # fine-tuning on new classes: a fresh classifier (timm's reset_classifier)
+    convert: Optional[bool] = None       # timm models: sdzoo.convert (None: when supported and drop_path_rate > 0)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f'unknown training config keys: {sorted(unknown)}')
+        d = dict(d)
+        if 'milestones' in d and d['milestones'] is not None:
+            d['milestones'] = tuple(d['milestones'])
+        return cls(**d)
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+        need(self.epochs >= 1, f'--epochs must be >= 1, got {self.epochs}')
+        need(self.batch_size >= 1, f'--batch-size must be >= 1, got {self.batch_size}')
+        need(self.lr > 0, f'--lr must be > 0, got {self.lr}')
+        need(self.sched in ('step', 'cosine'), f"--sched must be 'step' or 'cosine', got {self.sched!r}")
+        need(self.amp in ('auto', 'bf16', 'fp16', 'none'), f'--amp must be auto|bf16|fp16|none, got {self.amp!r}')
+        need(self.optimizer in ('sgd', 'adamw'), f'--opt must be sgd|adamw, got {self.optimizer!r}')
+        need(0 <= self.label_smoothing < 1, f'--smoothing must lie in [0, 1), got {self.label_smoothing}')
+        need(all(0 < m < 1 for m in self.milestones), f'milestones are fractions in (0, 1), got {self.milestones}')
+        need(self.warmup_epochs >= 0, f'--warmup-epochs must be >= 0, got {self.warmup_epochs}')
+        need(self.checkpoint_minutes > 0, '--checkpoint-minutes must be > 0')
+        need(self.log_seconds >= 0, f'--log-seconds must be >= 0, got {self.log_seconds}')
+        need(0 < self.ema_decay < 1, f'--ema-decay must lie in (0, 1), got {self.ema_decay}')
+        need(self.mixup >= 0 and self.cutmix >= 0, f'--mixup/--cutmix alphas must be >= 0, got '
+             f'{self.mixup}/{self.cutmix}')
+        need(not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
+             f'--mixup/--cutmix mix a batch with its mirror: --batch-size must be even, got {self.batch_size}')
+
+
+def recipe(model_name: str, finetune: bool = False) -> Dict[str, Any]:
+    """Default hyper-parameters: the paper's CIFAR recipe, or a short fine-tuning recipe."""
+    if finetune:
+        return dict(epochs=10, lr=0.01, sched='cosine', warmup_epochs=0.5, weight_decay=1e-4)
+    if getattr(sd_model_class(model_name), 'recipe_family', None) == 'vit':
+        return dict(epochs=200, lr=5e-4, optimizer='adamw', weight_decay=0.05, sched='cosine',
+                    warmup_epochs=5, label_smoothing=0.1, drop_path_rate=0.1)
+    return dict(epochs=500, lr=0.1, sched='step', milestones=(0.5, 0.75), weight_decay=1e-4)
+
+
+def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Learning rate of global step ``step`` (stateless, so resume needs no scheduler state)."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.sched == 'step':
+        epoch = step // steps_per_epoch + 1  # 1-based like the paper's main.lua
+        return cfg.lr * cfg.gamma ** sum(epoch >= m * cfg.epochs for m in cfg.milestones)
+    total = cfg.epochs * steps_per_epoch
+    t = (step - warmup) / max(1, total - warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def check_schedule_change(old: TrainConfig, new: TrainConfig, done_steps: int, steps_per_epoch: int) -> None:
+    """A resumed run may change its length (``--epochs``) only while the learning rates of every step it
+    already took stay the same: then the new run is exactly one that had that length from the start."""
+    if old.epochs == new.epochs:
+        return
+    if new.epochs * steps_per_epoch < done_steps:
+        raise ValueError(f'--epochs {new.epochs}: the run already took {done_steps} steps '
+                         f'({done_steps / steps_per_epoch:.1f} epochs)')
+    for step in range(done_steps):
+        a, b = lr_at(step, steps_per_epoch, old), lr_at(step, steps_per_epoch, new)
+        if not math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0):
+            raise ValueError(
+                f'--epochs {new.epochs} (was {old.epochs}) changes the learning rate of a step already taken '
+                f'(step {step}, epoch {step // steps_per_epoch + 1}: {a:.4g} -> {b:.4g}); a run can change its '
+                f'length only before its schedule diverges')
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
