@@ -13,12 +13,14 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from ..layers import SD_MODES, SD_SCALINGS, SDSampler, SkippingDropPath, StochasticDepth, drop_prob_of
-from . import convnext, resnet, vision_transformer
+from .convnext import ADAPTERS as _CONVNEXT
+from .resnet import ADAPTERS as _RESNET
+from .vision_transformer import ADAPTERS as _VIT
 from ._adapter import BlockAdapter
 
 __all__ = ['convert', 'supported_families', 'ADAPTERS']
 
-ADAPTERS: Tuple[BlockAdapter, ...] = vision_transformer.ADAPTERS + convnext.ADAPTERS + resnet.ADAPTERS
+ADAPTERS: Tuple[BlockAdapter, ...] = _VIT + _CONVNEXT + _RESNET
 _BY_TIMM: Dict[Type[nn.Module], BlockAdapter] = {a.timm_cls: a for a in ADAPTERS}
 _BY_SKIPPING: Dict[Type[nn.Module], BlockAdapter] = {a.skipping: a for a in ADAPTERS}
 

@@ -148,7 +148,7 @@ def folder_entry_name(folder: Path) -> str:
 def _model_folder(args: argparse.Namespace) -> Optional[Path]:
     """MODEL given as a model folder or finished run directory: its model folder (default --out beside it)."""
     from ..cli import CLIError
-    from ..hub.run_model import find_model_folder
+    from ..hub.model_folder import find_model_folder
     if args.model is None or not Path(args.model).is_dir():
         return None
     folder = find_model_folder(args.model)
@@ -308,7 +308,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if not Path(p).is_file():
             raise CLIError(f'image {p}: no such file')
     if Path(args.model).is_dir():  # a model folder or finished run: the ONNX `sdzoo export RUN_DIR` put there
-        from ..hub.run_model import find_model_folder
+        from ..hub.model_folder import find_model_folder
         folder = find_model_folder(args.model)
         if folder is None or not (folder / 'model.onnx').is_file():
             raise CLIError(f'{args.model} has no exported model.onnx yet: run `sdzoo export {args.model}` first')
@@ -377,7 +377,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--instance-kind', choices=('gpu', 'cpu'), default='gpu', help='Triton instance group kind')
     p.add_argument('--tensorrt', action='store_true', help='add the TensorRT accelerator to config.pbtxt')
     p.add_argument('--tensorrt-fp32', action='store_true', help='TensorRT precision FP32 (default FP16)')
-    from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_METHOD
+    from .int8_recipe import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_METHOD
     q = p.add_argument_group('INT8 (docs/int8.md)')
     q.add_argument('--int8', action='store_true',
                    help='also write an INT8 model (onnxruntime static QDQ quantization, per-channel weights): with '
@@ -400,7 +400,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument('--int8-record', action='store_true',
                    help='also measure fp32 and INT8 top-1 on the full test split and write weights/<model>.<tag>/'
                         'int8.json (what MODEL_CARDS.md shows; shipped weights into a --repository only)')
-    q.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads for the accuracy gate')
+    q.add_argument('--threads', type=int, default=None, help="onnxruntime intra-op threads for the accuracy gate (default: onnxruntime's choice)")
     p.add_argument('--json', action='store_true', help='print the report as JSON')
     p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')
     p.set_defaults(func=_cmd_export)

@@ -123,7 +123,7 @@ def create_model(
     """
     import timm
     import sdzoo  # noqa: F401  (registers the sd_* models)
-    from ..hub.run_model import local_dir_name
+    from ..hub.model_folder import local_dir_name
     if Path(name).is_dir():  # a model folder (timm Hub layout) or a finished run's directory
         ref = local_dir_name(name)
         if ref is None:

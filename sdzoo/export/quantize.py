@@ -16,18 +16,16 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 __all__ = ['CALIBRATION_METHODS', 'DEFAULT_METHOD', 'DEFAULT_CALIBRATION_IMAGES', 'DEFAULT_MAX_ACCURACY_DROP',
            'QuantizationError', 'load_labelled_images', 'top1', 'quantize_onnx', 'int8_path_for']
 
-CALIBRATION_METHODS = {'minmax': 'MinMax', 'entropy': 'Entropy', 'percentile': 'Percentile'}
-DEFAULT_METHOD = 'minmax'  # chosen by measurement: docs/int8.md (benchmarks/results/int8_calibration.md)
-DEFAULT_CALIBRATION_IMAGES = 512
-DEFAULT_MAX_ACCURACY_DROP = 0.5  # top-1 points
-EVAL_SPLITS = ('val', 'test')
+from .int8_recipe import (  # noqa: E402  (re-exported: the recipe's defaults)
+    CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_METHOD, EVAL_SPLITS,
+)
 
 
 class QuantizationError(ValueError):

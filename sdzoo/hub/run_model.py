@@ -10,14 +10,13 @@ model accepts the folder or the run directory.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 __all__ = ['MODEL_DIR', 'run_tag', 'write_run_model', 'find_model_folder', 'local_dir_name']
 
-MODEL_DIR = 'model'
+from .model_folder import MODEL_DIR, find_model_folder, local_dir_name  # noqa: E402  (re-exported)
 
 
 def run_tag(cfg: Mapping[str, Any]) -> str:
@@ -89,23 +88,3 @@ def write_run_model(
         dataset=dict(id=data_name, name=data_name, split=split), extras=extras, label_names=list(classes),
         usage=[f"model = timm.create_model('local-dir:{folder}', pretrained=True).eval()",
                "print(model.pretrained_cfg['label_names'])"])
-
-
-def find_model_folder(path: str | Path) -> Optional[Path]:
-    """The Hub-layout model folder ``path`` names: the folder itself, or a run directory's ``model/``."""
-    p = Path(path)
-    for cand in (p, p / MODEL_DIR):
-        cfg = cand / 'config.json'
-        if cfg.is_file() and (cand / 'model.safetensors').is_file():
-            try:
-                if 'architecture' in json.loads(cfg.read_text(encoding='utf-8')):
-                    return cand
-            except ValueError:
-                continue
-    return None
-
-
-def local_dir_name(path: str | Path) -> Optional[str]:
-    """``local-dir:<folder>`` for a model folder or run directory (else ``None``): timm's own way to load it."""
-    folder = find_model_folder(path)
-    return f'local-dir:{folder.resolve()}' if folder is not None else None

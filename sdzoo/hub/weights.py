@@ -211,7 +211,7 @@ def _hub_download(
     """Download the first of ``filenames`` the repo has (huggingface_hub's cache, ``HF_ENDPOINT``)."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-    from .offline import hub_unreachable
+    from .reachability import hub_unreachable
     reason = hub_unreachable()
     if reason is not None and not any(isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache_dir,
                                                                        revision=revision), str) for f in filenames):

@@ -14,10 +14,9 @@ Conventions:
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections import OrderedDict
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

@@ -46,7 +46,7 @@ def single_model_repository(path: str) -> Iterator[str]:
     from ..cli import CLIError
     from ..export.cli import folder_entry_name
     from ..export.triton import write_triton_model
-    from ..hub.run_model import find_model_folder
+    from ..hub.model_folder import find_model_folder
     folder = find_model_folder(path) if Path(path).is_dir() else None
     if folder is None:
         yield path

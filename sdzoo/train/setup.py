@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
@@ -46,8 +45,8 @@ def create_train_model(cfg: TrainConfig) -> nn.Module:
     import sdzoo  # noqa: F401  (registers the models)
     if not timm.is_model(cfg.model):
         raise ValueError(f'unknown model {cfg.model!r}; `sdzoo list` shows the sd_* models, timm.list_models() timm\'s')
+    from .timm_model import create_timm_train_model, create_with_weights
     if not cfg.model.startswith('sd_'):
-        from .timm_model import create_timm_train_model
         return create_timm_train_model(cfg)  # timm's own model, converted to skip dropped branches
     kwargs: Dict[str, Any] = {}
     for k in ('drop_path_rate', 'sd_mode', 'sd_scaling', 'num_classes', 'in_chans'):
@@ -55,14 +54,7 @@ def create_train_model(cfg: TrainConfig) -> nn.Module:
         if v is not None:
             kwargs[k] = v
     kwargs['sd_seed'] = cfg.seed
-    if cfg.pretrained_file:
-        if not Path(cfg.pretrained_file).is_file():
-            raise FileNotFoundError(f'--pretrained-file {cfg.pretrained_file} does not exist')
-        kwargs['pretrained_cfg_overlay'] = dict(file=str(cfg.pretrained_file))
-    model = timm.create_model(cfg.model, pretrained=cfg.pretrained or bool(cfg.pretrained_file), **kwargs)
-    if cfg.reset_head:
-        model.reset_classifier(model.num_classes)
-    return model
+    return create_with_weights(cfg, kwargs)
 
 
 class SetupMixin:

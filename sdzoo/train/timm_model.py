@@ -17,7 +17,7 @@ from timm.layers import DropPath
 from ..convert import convert
 from ..layers import SDSampler
 
-__all__ = ['is_sd_model', 'create_timm_train_model']
+__all__ = ['is_sd_model', 'create_timm_train_model', 'create_with_weights']
 
 
 def is_sd_model(name: str) -> bool:
@@ -29,21 +29,28 @@ def _max_drop_prob(model: nn.Module) -> float:
     return max((float(m.drop_prob) for m in model.modules() if isinstance(m, DropPath)), default=0.0)
 
 
+def create_with_weights(cfg: Any, kwargs: Dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` with the run's starting weights (shipped/Hub, or ``--pretrained-file``) and, for a
+    fine-tune on new classes, a fresh head: the same for sdzoo's models and timm's."""
+    import timm
+    if cfg.pretrained_file:
+        if not Path(cfg.pretrained_file).is_file():
+            raise FileNotFoundError(f'--pretrained-file {cfg.pretrained_file} does not exist')
+        kwargs = dict(kwargs, pretrained_cfg_overlay=dict(file=str(cfg.pretrained_file)))
+    model = timm.create_model(cfg.model, pretrained=cfg.pretrained or bool(cfg.pretrained_file), **kwargs)
+    if cfg.reset_head:
+        model.reset_classifier(model.num_classes)
+    return model
+
+
 def create_timm_train_model(cfg: Any) -> nn.Module:
     """Build ``cfg.model`` through timm and convert it as ``cfg.convert`` says (see module doc)."""
-    import timm
     if cfg.sd_scaling not in (None, 'inverted'):
         raise ValueError(f"--sd-scaling {cfg.sd_scaling}: timm models train with timm's inverted scaling, so that "
                          'the trained weights are plain timm weights (the paper scaling would change the eval network)')
     kwargs: Dict[str, Any] = {k: getattr(cfg, k) for k in ('drop_path_rate', 'num_classes', 'in_chans')
                               if getattr(cfg, k) is not None}
-    if cfg.pretrained_file:
-        if not Path(cfg.pretrained_file).is_file():
-            raise FileNotFoundError(f'--pretrained-file {cfg.pretrained_file} does not exist')
-        kwargs['pretrained_cfg_overlay'] = dict(file=str(cfg.pretrained_file))
-    model = timm.create_model(cfg.model, pretrained=cfg.pretrained or bool(cfg.pretrained_file), **kwargs)
-    if cfg.reset_head:
-        model.reset_classifier(model.num_classes)
+    model = create_with_weights(cfg, kwargs)
     rate = _max_drop_prob(model)
     want = cfg.convert
     if want and rate == 0:
