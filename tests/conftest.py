@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -61,14 +62,36 @@ def shipped_r110_repository(tmp_path_factory, cifar_root) -> Path:
 
 
 @pytest.fixture(scope='session')
-def tiny_cifar(cifar_root, tmp_path_factory) -> Path:
-    """A real image-folder copy of CIFAR-10 (JPEG q75): 24 train / 6 test images per class."""
+def cifar_subset(cifar_root, tmp_path_factory) -> Callable[[int, int], Path]:
+    """Copies the first N train / M test CIFAR-10 JPEGs of each class into a fresh ``<tmp>/cifar10`` (named like
+    the real one: cards name data sets by folder name); each call makes a new copy."""
     import shutil
-    root = tmp_path_factory.mktemp('tiny') / 'cifar10'
-    for split, n in (('train', 24), ('test', 6)):
-        for cls_dir in sorted((cifar_root / split).iterdir()):
-            dst = root / split / cls_dir.name
-            dst.mkdir(parents=True)
-            for f in sorted(cls_dir.glob('*.jpg'))[:n]:
-                shutil.copy(f, dst / f.name)
-    return root
+
+    def copy(train: int, test: int) -> Path:
+        root = tmp_path_factory.mktemp('cifar-subset') / 'cifar10'
+        for split, n in (('train', train), ('test', test)):
+            for cls_dir in sorted((cifar_root / split).iterdir()):
+                dst = root / split / cls_dir.name
+                dst.mkdir(parents=True)
+                for f in sorted(cls_dir.glob('*.jpg'))[:n]:
+                    shutil.copy(f, dst / f.name)
+        return root
+    return copy
+
+
+@pytest.fixture(scope='session')
+def tiny_cifar(cifar_subset) -> Path:
+    """A real image-folder copy of CIFAR-10 (JPEG q75): 24 train / 6 test images per class."""
+    return cifar_subset(24, 6)
+
+
+@pytest.fixture(scope='session')
+def sdzoo_script() -> str:
+    """The installed ``sdzoo`` console script (tests that need how users start it, not ``main()``)."""
+    import shutil
+    import sys
+    script = Path(sys.executable).with_name('sdzoo')
+    found = str(script) if script.exists() else shutil.which('sdzoo')
+    if found is None:
+        pytest.fail('the sdzoo console script is not installed (pip install -e .)')
+    return found

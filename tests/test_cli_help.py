@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -37,20 +34,12 @@ def test_every_option_has_help_with_its_default():
     assert not undocumented, undocumented
 
 
-def _console_script() -> str:
-    script = Path(sys.executable).with_name('sdzoo')
-    found = str(script) if script.exists() else shutil.which('sdzoo')
-    if found is None:
-        pytest.fail('the sdzoo console script is not installed (pip install -e .)')
-    return found
-
-
 @pytest.mark.parametrize('argv', [['--help'], ['train', '--help'], ['export', '--help'], ['serve', '--help'],
                                   ['validate', '--help'], ['predict', '--help']])
-def test_help_does_not_import_torch(argv, tmp_path):
+def test_help_does_not_import_torch(argv, tmp_path, sdzoo_script):
     """`sdzoo --help` answers at once: the console script parses before it registers the models (torch)."""
     env = dict(os.environ, PYTHONPROFILEIMPORTTIME='1')
-    r = subprocess.run([_console_script(), *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+    r = subprocess.run([sdzoo_script, *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and 'usage: sdzoo' in r.stdout, r.stderr[-2000:]
     imported = {line.rsplit('|', 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith('import time:')}

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -92,17 +90,9 @@ def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, message: str):
     assert message in err and 'Traceback' not in err
 
 
-def _console_script() -> str:
-    script = Path(sys.executable).with_name('sdzoo')
-    found = str(script) if script.exists() else shutil.which('sdzoo')
-    if found is None:
-        pytest.fail('the sdzoo console script is not installed (pip install -e .)')
-    return found
-
-
-def test_console_script(tmp_path: Path):
+def test_console_script(tmp_path: Path, sdzoo_script: str):
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    r = subprocess.run([_console_script(), 'info', 'sd_resnet110', '--json'], cwd=tmp_path, env=env,
+    r = subprocess.run([sdzoo_script, 'info', 'sd_resnet110', '--json'], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     _check_resnet110_info(json.loads(r.stdout))

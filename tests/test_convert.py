@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 from typing import Dict, List
 
@@ -240,19 +239,14 @@ def test_export_is_a_static_graph_equal_to_timm(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def tiny_cifar(cifar_root, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('tiny') / 'cifar10'
-    for split, n in (('train', 3), ('test', 1)):
-        for cls_dir in sorted((cifar_root / split).iterdir()):
-            (root / split / cls_dir.name).mkdir(parents=True)
-            for f in sorted(cls_dir.glob('*.jpg'))[:n]:
-                shutil.copy(f, root / split / cls_dir.name / f.name)
-    return root
+def micro_cifar(cifar_subset) -> Path:
+    """3 train / 1 test CIFAR-10 JPEGs per class: enough for a CLI train step."""
+    return cifar_subset(3, 1)
 
 
-def test_train_cli_converts_timm_models_by_default(tmp_path, tiny_cifar, capsys):
+def test_train_cli_converts_timm_models_by_default(tmp_path, micro_cifar, capsys):
     out = tmp_path / 'run'
-    assert cli_main(['train', 'resnet18', '--data', str(tiny_cifar), '--drop-path-rate', '0.3', '--num-classes', '10',
+    assert cli_main(['train', 'resnet18', '--data', str(micro_cifar), '--drop-path-rate', '0.3', '--num-classes', '10',
                      '--batch-size', '8', '--val-size', '10', '--max-steps', '2', '--epochs', '1', '--threads', '1',
                      '--workers', '0', '--amp', 'none', '--no-test', '--no-progress', '--out', str(out)]) == 0
     err = capsys.readouterr().err
@@ -262,7 +256,7 @@ def test_train_cli_converts_timm_models_by_default(tmp_path, tiny_cifar, capsys)
     state = torch.load(out / 'last.pt', weights_only=True)['model']
     timm.create_model('resnet18', num_classes=10).load_state_dict(state, strict=True)
     # the eval network of a converted run is plain timm's: validate rebuilds it from the checkpoint
-    assert cli_main(['validate', 'resnet18', '--checkpoint', str(out / 'last.pt'), '--data', str(tiny_cifar),
+    assert cli_main(['validate', 'resnet18', '--checkpoint', str(out / 'last.pt'), '--data', str(micro_cifar),
                      '--threads', '1', '--workers', '0', '--out', str(tmp_path / 'v.json')]) == 0
     assert json.loads((tmp_path / 'v.json').read_text())['images'] == 10
 
@@ -274,9 +268,9 @@ def test_train_cli_converts_timm_models_by_default(tmp_path, tiny_cifar, capsys)
     (['train', 'sd_resnet20', '--convert'], 'already skips dropped blocks'),
     (['train', 'resnet18', '--drop-path-rate', '0.1', '--sd-scaling', 'paper'], "timm's inverted scaling"),
 ])
-def test_train_cli_conversion_errors(argv, message, capsys, tmp_path, tiny_cifar):
+def test_train_cli_conversion_errors(argv, message, capsys, tmp_path, micro_cifar):
     with pytest.raises(SystemExit) as e:
-        cli_main(argv + ['--data', str(tiny_cifar), '--num-classes', '10', '--out', str(tmp_path / 'o')])
+        cli_main(argv + ['--data', str(micro_cifar), '--num-classes', '10', '--out', str(tmp_path / 'o')])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1

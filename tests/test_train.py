@@ -22,16 +22,9 @@ from sdzoo.cli import main as cli_main
 
 
 @pytest.fixture(scope='module')
-def small_cifar(cifar_root, tmp_path_factory) -> Path:
-    """A real image-folder data set: 24 train / 6 test CIFAR-10 JPEGs per class, copied."""
-    root = tmp_path_factory.mktemp('small') / 'cifar10'  # named like the real one (cards name it so)
-    for split, n in (('train', 24), ('test', 6)):
-        for cls_dir in sorted((cifar_root / split).iterdir()):
-            dst = root / split / cls_dir.name
-            dst.mkdir(parents=True)
-            for f in sorted(cls_dir.glob('*.jpg'))[:n]:
-                shutil.copy(f, dst / f.name)
-    return root
+def small_cifar(cifar_subset) -> Path:
+    """A real image-folder data set: 24 train / 6 test CIFAR-10 JPEGs per class, a copy of this module's own."""
+    return cifar_subset(24, 6)
 
 
 def _cfg(tmp_path: Path, data: Path, **kw) -> TrainConfig:
