@@ -338,7 +338,6 @@ def export_onnx(
     timings, file size, node counts, op histogram and parity.
     """
     import onnx
-    from .validate import ParityError, validate_onnx
     import sdzoo
 
     out = Path(out)
@@ -346,17 +345,8 @@ def export_onnx(
         raise ValueError(f'output file must end in .onnx, got {out}')
     if isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f'opset must be an int in [17, {onnx.defs.onnx_opset_version()}], got {opset!r}')
-    if isinstance(model, str):
-        model_name = model_name or model
-        model = create_model(model, pretrained=pretrained, checkpoint=checkpoint,
-                             num_classes=num_classes, in_chans=in_chans)
-        if tag is None:
-            tag = ((model.pretrained_cfg or {}).get('tag') or '') if pretrained else ''
-    elif pretrained or checkpoint:
-        raise ValueError('pretrained/checkpoint only apply when the model is given by name')
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    model_name = model_name or cfg.get('architecture') or type(model).__name__
-    tag = tag or ''
+    model, model_name, tag = _resolve_model(model, pretrained=pretrained, checkpoint=checkpoint,
+                                            num_classes=num_classes, in_chans=in_chans, model_name=model_name, tag=tag)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise FileNotFoundError(f'data folder {data_dir} does not exist')
 
@@ -372,13 +362,94 @@ def export_onnx(
         example, input_name = torch.randn(2, c, h, w), INPUT_NAME
     proto = _export_graph(module, example, input_name, opset, dynamo)
     hist = op_histogram(proto)
+    _check_graph(proto, hist, input_name)
+    meta = _metadata(reference, dcfg, model_name, tag, labels, preprocess=preprocess, fp16=fp16,
+                     fold_survival=fold_survival)
+    _set_metadata(proto, meta)
+    proto.doc_string = (f'{model_name}{"." + tag if tag else ""} exported by sdzoo {sdzoo.__version__}: '
+                        'stochastic-depth survival factors folded into the weights')
+    onnx.checker.check_model(proto)
+    export_seconds = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    parity = _save_validated(proto, out, reference, model_name, preprocess=preprocess, fp16=fp16, dcfg=dcfg,
+                             data_dir=data_dir, val_images=val_images, random_batches=random_batches,
+                             tolerance=tolerance, seed=seed, labels=labels)
+    validate_seconds = time.perf_counter() - t1
+
+    report = {
+        'model': model_name,
+        'tag': tag,
+        'file': str(out),
+        'bytes': out.stat().st_size,
+        'opset': opset,
+        'exporter': 'dynamo' if dynamo else 'torchscript',
+        'precision': meta['sdzoo.precision'],
+        'preprocess': preprocess,
+        **_io_spec(input_name, preprocess, dcfg['input_size'], int(getattr(reference, 'num_classes', 0) or 0)),
+        'export_seconds': round(export_seconds, 3),
+        'validate_seconds': round(validate_seconds, 3),
+        'nodes': sum(hist.values()),
+        'initializers': len(proto.graph.initializer),
+        'op_histogram': hist,
+        'sd_units_folded': len(sd_modules(model)) if fold_survival else 0,
+        'parity': parity,
+        'metadata': meta,
+        'versions': _versions(),
+    }
+    if write_report:
+        report_path = report_path_for(out)
+        report['report'] = str(report_path)
+        _write_json(report_path, report)
+    return report
+
+
+def _io_spec(input_name: str, preprocess: bool, input_size: Sequence[int], num_classes: int) -> Dict[str, Any]:
+    """The graph's input and output as the report (and a serving config) describe them."""
+    c, h, w = (int(v) for v in input_size)
+    return {'input': {'name': input_name, 'shape': ['batch', h, w, c] if preprocess else ['batch', c, h, w],
+                      'dtype': 'uint8' if preprocess else 'float32'},
+            'output': {'name': OUTPUT_NAME, 'shape': ['batch', num_classes], 'dtype': 'float32'}}
+
+
+def _versions() -> Dict[str, str]:
+    import onnx
+    import onnxruntime
+    import sdzoo
+    return {'sdzoo': sdzoo.__version__, 'torch': torch.__version__, 'onnx': onnx.__version__,
+            'onnxruntime': onnxruntime.__version__}
+
+
+def _resolve_model(model: Union[nn.Module, str], *, pretrained: bool, checkpoint, num_classes, in_chans,
+                   model_name: Optional[str], tag: Optional[str]) -> Tuple[nn.Module, str, str]:
+    """A name builds the model (and names the tag of its pretrained weights); an instance is taken as is."""
+    if isinstance(model, str):
+        model_name = model_name or model
+        model = create_model(model, pretrained=pretrained, checkpoint=checkpoint,
+                             num_classes=num_classes, in_chans=in_chans)
+        if tag is None:
+            tag = ((model.pretrained_cfg or {}).get('tag') or '') if pretrained else ''
+    elif pretrained or checkpoint:
+        raise ValueError('pretrained/checkpoint only apply when the model is given by name')
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return model, model_name or cfg.get('architecture') or type(model).__name__, tag or ''
+
+
+def _check_graph(proto, hist: Dict[str, int], input_name: str) -> None:
+    """The deploy graph has no training-only ops left and exactly the serving contract's input and output."""
     bad = {op: hist[op] for op in FORBIDDEN_OPS if op in hist}
     if bad:
         raise ExportError(f'exported graph still has {bad}: BatchNorm/Dropout were not folded away')
     names = ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
     if names != ([input_name], [OUTPUT_NAME]):
         raise ExportError(f'exported graph has inputs/outputs {names}, expected [{input_name}] -> [{OUTPUT_NAME}]')
-    meta = {
+
+
+def _metadata(reference: nn.Module, dcfg: Dict[str, Any], model_name: str, tag: str, labels: Sequence[str], *,
+              preprocess: bool, fp16: bool, fold_survival: bool) -> Dict[str, str]:
+    """What a runtime needs to preprocess and label without sdzoo or timm: stored in the ONNX metadata."""
+    import sdzoo
+    return {
         'sdzoo.model': model_name,
         'sdzoo.tag': tag,
         'sdzoo.mean': json.dumps([float(v) for v in dcfg['mean']]),
@@ -394,17 +465,18 @@ def export_onnx(
         'sdzoo.folded': '1' if fold_survival else '0',
         'sdzoo.version': sdzoo.__version__,
     }
-    _set_metadata(proto, meta)
-    proto.doc_string = (f'{model_name}{"." + tag if tag else ""} exported by sdzoo {sdzoo.__version__}: '
-                        'stochastic-depth survival factors folded into the weights')
-    onnx.checker.check_model(proto)
-    export_seconds = time.perf_counter() - t0
 
+
+def _save_validated(proto, out: Path, reference: nn.Module, model_name: str, *, preprocess: bool, fp16: bool,
+                    dcfg: Dict[str, Any], data_dir, val_images: int, random_batches: Sequence[int],
+                    tolerance: Optional[float], seed: int, labels: Sequence[str]) -> Dict[str, Any]:
+    """Write to a temporary file beside ``out``, check it with onnxruntime, and only then move it into place."""
+    import onnx
+    from .validate import ParityError, validate_onnx
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f'.{out.name}.{os.getpid()}.tmp')
     try:
         onnx.save_model(proto, str(tmp))
-        t1 = time.perf_counter()
         try:
             parity = validate_onnx(
                 tmp, reference, preprocess=preprocess, fp16=fp16, mean=dcfg['mean'], std=dcfg['std'],
@@ -412,41 +484,11 @@ def export_onnx(
                 seed=seed, labels=labels)
         except ParityError as e:
             raise ExportError(f'{model_name}: ONNX output does not match PyTorch, nothing written to {out}: {e}') from e
-        validate_seconds = time.perf_counter() - t1
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             tmp.unlink()
-
-    report = {
-        'model': model_name,
-        'tag': tag,
-        'file': str(out),
-        'bytes': out.stat().st_size,
-        'opset': opset,
-        'exporter': 'dynamo' if dynamo else 'torchscript',
-        'precision': meta['sdzoo.precision'],
-        'preprocess': preprocess,
-        'input': {'name': input_name, 'shape': ['batch', h, w, c] if preprocess else ['batch', c, h, w],
-                  'dtype': 'uint8' if preprocess else 'float32'},
-        'output': {'name': OUTPUT_NAME, 'shape': ['batch', int(getattr(reference, 'num_classes', 0) or 0)],
-                   'dtype': 'float32'},
-        'export_seconds': round(export_seconds, 3),
-        'validate_seconds': round(validate_seconds, 3),
-        'nodes': sum(hist.values()),
-        'initializers': len(proto.graph.initializer),
-        'op_histogram': hist,
-        'sd_units_folded': len(sd_modules(model)) if fold_survival else 0,
-        'parity': parity,
-        'metadata': meta,
-        'versions': {'sdzoo': sdzoo.__version__, 'torch': torch.__version__, 'onnx': onnx.__version__,
-                     'onnxruntime': __import__('onnxruntime').__version__},
-    }
-    if write_report:
-        report_path = report_path_for(out)
-        report['report'] = str(report_path)
-        _write_json(report_path, report)
-    return report
+    return parity
 
 
 def report_path_for(onnx_path: Union[str, os.PathLike]) -> Path:

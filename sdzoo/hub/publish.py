@@ -163,31 +163,12 @@ def render_model_card(
 
     ``usage``: the lines that create the model in the card's usage example (default: by registry name).
     """
-    from huggingface_hub import EvalResult, ModelCardData
     metrics = _check_results(results)
-    evals = [
-        EvalResult(task_type='image-classification', task_name='Image Classification',
-                   dataset_type=dataset['id'], dataset_name=dataset['name'], dataset_split=dataset.get('split'),
-                   metric_type=_METRICS[k][0], metric_value=v, metric_name=_METRICS[k][1])
-        for k, v in metrics.items()
-    ]
     pcfg = config.get('pretrained_cfg', {})
     arch = config['architecture']
-    data = ModelCardData(
-        library_name='timm', license=license, datasets=[dataset['id']], metrics=['accuracy'],
-        pipeline_tag='image-classification', model_name=name,
-        tags=['image-classification', 'timm', 'sdzoo', 'stochastic-depth'], eval_results=evals,
-    )
-    args = config.get('model_args', {})
-    sched = args.get('sd_schedule', 'linear')
-    if isinstance(sched, str):
-        sd = f"{sched} survival schedule, drop_path_rate {args.get('drop_path_rate', 'default')} (p_L = 1 - rate)"
-    else:
-        sd = f'explicit survival probabilities {sched}'
-    sd += f", {args.get('sd_scaling', 'paper')} scaling"
     size = pcfg.get('input_size', (3, 224, 224))
     lines = [
-        '---', data.to_yaml(), '---',
+        '---', _card_data(name, dataset, metrics, license).to_yaml(), '---',
         f'# Model card for {name}', '',
         f'`{arch}` image classifier with stochastic depth (Huang et al., 2016), trained on {dataset["name"]} '
         f'with [sdzoo]({pcfg.get("origin_url", "https://github.com/sdzoo/sdzoo")}).', '',
@@ -198,7 +179,7 @@ def render_model_card(
         f'  - Params (M): {param_count / 1e6:.2f}',
         f'  - Image size: {size[1]} x {size[2]} ({size[0]} channels)',
         f'  - Classes: {config.get("num_classes")}',
-        f'- **Stochastic depth:** {sd}',
+        f'- **Stochastic depth:** {_sd_description(config.get("model_args", {}))}',
         f'- **Papers:** {pcfg.get("paper_name", "Deep Networks with Stochastic Depth")}: '
         'https://arxiv.org/abs/1603.09382',
         f'- **Dataset:** {dataset["name"]} (`{dataset["id"]}`)',
@@ -215,6 +196,43 @@ def render_model_card(
         'transform = timm.data.create_transform(**data_config, is_training=False)',
         '```',
         '',
+    ]
+    lines += _results_section(results, metrics, dataset)
+    lines += _training_section(train_info, has_plot=has_plot, has_metrics=has_metrics)
+    lines += ['', '## Files', '| file | bytes | sha256 |', '|---|---|---|']
+    for fname, meta in files.items():
+        lines.append(f'| {fname} | {meta["bytes"]} | `{meta["sha256"]}` |')
+    lines += ['', '## Citation', '```bibtex', _CITATION, '```', '']
+    return '\n'.join(lines)
+
+
+def _card_data(name: str, dataset: Mapping[str, str], metrics: Mapping[str, float], license: str):
+    """The Hub's front matter, with the measured results as a model-index the Hub shows."""
+    from huggingface_hub import EvalResult, ModelCardData
+    evals = [
+        EvalResult(task_type='image-classification', task_name='Image Classification',
+                   dataset_type=dataset['id'], dataset_name=dataset['name'], dataset_split=dataset.get('split'),
+                   metric_type=_METRICS[k][0], metric_value=v, metric_name=_METRICS[k][1])
+        for k, v in metrics.items()
+    ]
+    return ModelCardData(
+        library_name='timm', license=license, datasets=[dataset['id']], metrics=['accuracy'],
+        pipeline_tag='image-classification', model_name=name,
+        tags=['image-classification', 'timm', 'sdzoo', 'stochastic-depth'], eval_results=evals,
+    )
+
+
+def _sd_description(args: Mapping[str, Any]) -> str:
+    sched = args.get('sd_schedule', 'linear')
+    if isinstance(sched, str):
+        sd = f"{sched} survival schedule, drop_path_rate {args.get('drop_path_rate', 'default')} (p_L = 1 - rate)"
+    else:
+        sd = f'explicit survival probabilities {sched}'
+    return sd + f", {args.get('sd_scaling', 'paper')} scaling"
+
+
+def _results_section(results: Mapping[str, Any], metrics: Mapping[str, float], dataset: Mapping[str, str]) -> List[str]:
+    lines = [
         '## Results',
         f'Evaluated on the {dataset["name"]} {dataset.get("split", "test")} split'
         + (f' ({results["images"]} images).' if isinstance(results.get('images'), int) else '.'),
@@ -227,7 +245,11 @@ def render_model_card(
     for k, v in results.items():
         if k not in _METRICS and isinstance(v, (int, float)) and not isinstance(v, bool):
             lines.append(f'| {k} | {_fmt_value(v)} |')
-    lines += ['', '## Training']
+    return lines
+
+
+def _training_section(train_info: Mapping[str, Any], *, has_plot: bool, has_metrics: bool) -> List[str]:
+    lines = ['', '## Training']
     info = {k: v for k, v in train_info.items() if k != 'note'}  # the note is quoted at the top
     for key, label, fmt in (('epochs', 'Epochs', str), ('wall_clock', 'Wall-clock', _fmt_seconds),
                             ('hardware', 'Hardware', str)):
@@ -251,11 +273,7 @@ def render_model_card(
         lines += ['', f'![training curves]({PLOT_FILE})']
     if has_metrics:
         lines += ['', f'Per-epoch training and validation metrics: [{METRICS_FILE}]({METRICS_FILE}).']
-    lines += ['', '## Files', '| file | bytes | sha256 |', '|---|---|---|']
-    for fname, meta in files.items():
-        lines.append(f'| {fname} | {meta["bytes"]} | `{meta["sha256"]}` |')
-    lines += ['', '## Citation', '```bibtex', _CITATION, '```', '']
-    return '\n'.join(lines)
+    return lines
 
 
 # ------------------------------------------------------------------------------------- the manifest

@@ -79,17 +79,41 @@ def _as_shape(value: Any, name: str) -> List[int]:
 
 def _parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional[str],
                          max_batch_size: int) -> _InferRequest:
+    """An Open Inference Protocol request (JSON, or JSON header + binary tensor) checked against the model."""
     model = entry.model
-    binary = memoryview(b'')
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise ApiError(400, f'Inference-Header-Content-Length must be an integer, got {_short(header_length)!r}')
-        if not 0 < n <= len(body):
-            raise ApiError(400, f'Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body')
-        binary = memoryview(body)[n:]
-        body = body[:n]
+    body, binary = _split_body(body, header_length)
+    req = _request_object(body)
+    inputs = req.get('inputs')
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
+        raise ApiError(400, 'inference request needs "inputs": a non-empty list of tensor objects')
+    names = [i.get('name') for i in inputs]
+    if names != [model.input_name]:
+        raise ApiError(400, f'model {entry.name!r} takes exactly one input {model.input_name!r}, '
+                            f'got {_short(names, 200)}')
+    inp = inputs[0]
+    shape = _input_shape(entry, inp, max_batch_size)
+    x = _input_tensor(entry, inp, shape, binary, has_header_length=header_length is not None)
+    if x.dtype.kind == 'f' and not np.isfinite(x).all():  # NaN/Inf (or a value beyond the dtype's range)
+        raise ApiError(400, f'input {model.input_name!r} holds NaN or infinite values ({int((~np.isfinite(x)).sum())} '
+                            f'of {x.size}); send finite numbers')
+    return _InferRequest(x=x, request_id=req.get('id'), outputs=_requested_outputs(entry, req.get('outputs')),
+                         binary_output=bool(req.get('parameters', {}).get('binary_data_output', False)))
+
+
+def _split_body(body: bytes, header_length: Optional[str]) -> Tuple[bytes, memoryview]:
+    """The JSON header and the binary tensor data after it (binary extension)."""
+    if header_length is None:
+        return body, memoryview(b'')
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise ApiError(400, f'Inference-Header-Content-Length must be an integer, got {_short(header_length)!r}')
+    if not 0 < n <= len(body):
+        raise ApiError(400, f'Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body')
+    return body[:n], memoryview(body)[n:]
+
+
+def _request_object(body: bytes) -> Dict[str, Any]:
     try:
         req = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -99,26 +123,20 @@ def _parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional
     request_id = req.get('id')
     if request_id is not None and not isinstance(request_id, str):
         raise ApiError(400, f'inference request "id" must be a string, got {type(request_id).__name__}')
-    params = req.get('parameters', {})
-    if not isinstance(params, dict):
+    if not isinstance(req.get('parameters', {}), dict):
         raise ApiError(400, 'inference request "parameters" must be a JSON object')
-    inputs = req.get('inputs')
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
-        raise ApiError(400, 'inference request needs "inputs": a non-empty list of tensor objects')
-    names = [i.get('name') for i in inputs]
-    if names != [model.input_name]:
-        raise ApiError(400, f'model {entry.name!r} takes exactly one input {model.input_name!r}, '
-                            f'got {_short(names, 200)}')
-    inp = inputs[0]
-    iname = model.input_name
+    return req
 
+
+def _input_shape(entry: ModelEntry, inp: Dict[str, Any], max_batch_size: int) -> List[int]:
+    """The declared datatype and shape, checked against the model's before any data is read."""
+    iname = entry.model.input_name
     datatype = inp.get('datatype')
     if datatype is None:
         raise ApiError(400, f'input {iname!r} has no "datatype"; the model takes {entry.input_datatype!r}')
     if datatype != entry.input_datatype:
         raise ApiError(400, f'input {iname!r} datatype {_short(datatype)!r} does not match the model\'s '
                             f'{entry.input_datatype!r}')
-    dtype = numpy_dtype(datatype)
     shape = _as_shape(inp.get('shape'), iname)
     expected = entry.input_shape
     if len(shape) != len(expected) or any(e != -1 and s != e for s, e in zip(shape, expected)):
@@ -129,8 +147,15 @@ def _parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional
     if shape[0] > max_batch_size:
         raise ApiError(400, f'input {iname!r} batch size {shape[0]} exceeds max_batch_size {max_batch_size} '
                             f'of model {entry.name!r}')
-    count = math.prod(shape)
+    return shape
 
+
+def _input_tensor(entry: ModelEntry, inp: Dict[str, Any], shape: List[int], binary: memoryview, *,
+                  has_header_length: bool) -> np.ndarray:
+    """The tensor from the binary data after the header, or from the JSON "data" list."""
+    iname, datatype = entry.model.input_name, entry.input_datatype
+    dtype = numpy_dtype(datatype)
+    count = math.prod(shape)
     iparams = inp.get('parameters', {})
     if not isinstance(iparams, dict):
         raise ApiError(400, f'input {iname!r} "parameters" must be a JSON object')
@@ -146,54 +171,53 @@ def _parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional
         if size != need:
             raise ApiError(400, f'input {iname!r} binary_data_size is {size} bytes but shape {shape} of '
                                 f'{datatype} needs {need} bytes')
-        if header_length is None:
+        if not has_header_length:
             raise ApiError(400, 'binary tensor data needs the Inference-Header-Content-Length header')
         if len(binary) != size:
             raise ApiError(400, f'input {iname!r} declares {size} bytes of binary data but {len(binary)} bytes '
                                 f'follow the JSON header')
         x = np.frombuffer(binary, dtype=dtype.newbyteorder('<'), count=count).astype(dtype, copy=False)
-        x = x.reshape(shape)
-    else:
-        if len(binary):
-            raise ApiError(400, f'{len(binary)} bytes of binary data follow the JSON header but no input '
-                                f'declares binary_data_size')
-        data = inp.get('data')
-        if data is None:
-            raise ApiError(400, f'input {iname!r} has neither "data" nor parameters.binary_data_size')
-        try:
-            with np.errstate(over='ignore'):  # an out-of-range number becomes inf, refused below
-                arr = np.asarray(data, dtype=dtype)
-        except (ValueError, TypeError, OverflowError) as e:
-            raise ApiError(400, f'input {iname!r} data cannot be read as {datatype}: {_short(e, 200)}')
-        if arr.size != count:
-            raise ApiError(400, f'input {iname!r} has {arr.size} elements but shape {shape} needs {count}')
-        x = arr.reshape(shape)
+        return x.reshape(shape)
+    if len(binary):
+        raise ApiError(400, f'{len(binary)} bytes of binary data follow the JSON header but no input '
+                            f'declares binary_data_size')
+    data = inp.get('data')
+    if data is None:
+        raise ApiError(400, f'input {iname!r} has neither "data" nor parameters.binary_data_size')
+    try:
+        with np.errstate(over='ignore'):  # an out-of-range number becomes inf, refused by the caller
+            arr = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ApiError(400, f'input {iname!r} data cannot be read as {datatype}: {_short(e, 200)}')
+    if arr.size != count:
+        raise ApiError(400, f'input {iname!r} has {arr.size} elements but shape {shape} needs {count}')
+    return arr.reshape(shape)
 
-    if x.dtype.kind == 'f' and not np.isfinite(x).all():  # NaN/Inf (or a value beyond the dtype's range)
-        raise ApiError(400, f'input {iname!r} holds NaN or infinite values ({int((~np.isfinite(x)).sum())} of '
-                            f'{x.size}); send finite numbers')
+
+def _requested_outputs(entry: ModelEntry, requested: Any) -> List[Tuple[str, Dict[str, Any]]]:
+    """The outputs asked for (default: the logits), each with its parameters (``classification``: top k)."""
+    model = entry.model
+    if requested is None:
+        return [(model.output_name, {})]
+    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        raise ApiError(400, 'inference request "outputs" must be a list of objects')
     outputs: List[Tuple[str, Dict[str, Any]]] = []
-    requested = req.get('outputs')
-    if requested is not None:
-        if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
-            raise ApiError(400, 'inference request "outputs" must be a list of objects')
-        for o in requested:
-            oname = o.get('name')
-            if oname != model.output_name:
-                raise ApiError(400, f'unknown output {_short(oname)!r}; model {entry.name!r} has outputs '
-                                    f'[{model.output_name!r}]')
-            oparams = o.get('parameters', {})
-            if not isinstance(oparams, dict):
-                raise ApiError(400, f'output {oname!r} "parameters" must be a JSON object')
-            if 'shared_memory_region' in oparams:
-                raise ApiError(400, 'the shared-memory extension is not supported by this server')
-            k = oparams.get('classification', 0)
-            if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= model.num_classes:
-                raise ApiError(400, f'output {oname!r} classification must be an integer in '
-                                    f'[0, {model.num_classes}], got {_short(k)}')
-            outputs.append((oname, oparams))
-    return _InferRequest(x=x, request_id=request_id, outputs=outputs or [(model.output_name, {})],
-                         binary_output=bool(params.get('binary_data_output', False)))
+    for o in requested:
+        oname = o.get('name')
+        if oname != model.output_name:
+            raise ApiError(400, f'unknown output {_short(oname)!r}; model {entry.name!r} has outputs '
+                                f'[{model.output_name!r}]')
+        oparams = o.get('parameters', {})
+        if not isinstance(oparams, dict):
+            raise ApiError(400, f'output {oname!r} "parameters" must be a JSON object')
+        if 'shared_memory_region' in oparams:
+            raise ApiError(400, 'the shared-memory extension is not supported by this server')
+        k = oparams.get('classification', 0)
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= model.num_classes:
+            raise ApiError(400, f'output {oname!r} classification must be an integer in '
+                                f'[0, {model.num_classes}], got {_short(k)}')
+        outputs.append((oname, oparams))
+    return outputs or [(model.output_name, {})]
 
 
 def _classification_strings(y: np.ndarray, k: int, labels: Sequence[str]) -> np.ndarray:
