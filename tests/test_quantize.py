@@ -219,3 +219,30 @@ def test_model_cards_int8_rows_come_from_the_committed_records(repo_root):
         row = next(line for line in section.splitlines() if line.startswith(f'| `{f.parent.name}` |'))
         assert f"| {r['test']['top1_fp32']:.2f} | {r['test']['top1_int8']:.2f} |" in row
         assert row in cards, 'MODEL_CARDS.md is stale: run sdzoo cards'
+
+
+def test_rank1_weights_kept_per_tensor_are_recorded_not_logged(tmp_path, caplog):
+    """A LayerNorm's scale has no channel axis 1: onnxruntime quantizes it per tensor and would log one
+    root WARNING per weight; the export collects their names instead (into the report) and logs none."""
+    import logging
+    import torch
+    from sdzoo.export.quantize import _quantize, format_int8_report
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)).eval()
+    fp32 = tmp_path / 'ln.onnx'
+    torch.onnx.export(model, (torch.randn(2, 8),), str(fp32), input_names=['input'], output_names=['logits'],
+                      dynamic_axes={'input': {0: 'batch'}}, dynamo=False)
+    calib = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    with caplog.at_level(logging.WARNING):
+        names = _quantize(fp32, tmp_path / 'ln_int8.onnx', 'static', 'minmax', calib, 'input', True, 'uint8',
+                          ['MatMul', 'Gemm', 'LayerNormalization'])
+    assert (tmp_path / 'ln_int8.onnx').is_file()
+    assert len(names) == 1 and names[0].endswith('weight'), names  # the LayerNorm scale
+    assert not [r for r in caplog.records if 'out-of-range' in r.getMessage()]
+    assert logging.getLogger().filters == []  # the filter does not outlive the call
+    report = {'file': 'm.onnx', 'bytes': 1, 'fp32_bytes': 4,
+              'quantization': {'format': 'QDQ', 'per_channel': True, 'per_tensor_weights': names, 'mode': 'static',
+                               'calibration_method': 'minmax', 'calibration_data': '16 images'},
+              'accuracy': {'data': 'x', 'top1_fp32': 1.0, 'top1_int8': 1.0, 'drop_points': 0.0,
+                           'max_drop_points': 0.5}}
+    assert 'LayerNorm scales per tensor: 1' in format_int8_report(report)

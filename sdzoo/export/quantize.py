@@ -12,11 +12,13 @@ comparison in ``docs/int8.md``; static is the default because it was measured fa
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -157,21 +159,44 @@ def _reader(input_name: str, x: np.ndarray):
 
 
 # --------------------------------------------------------------------------------------------- quantize
+class _PerTensorWeights(logging.Filter):
+    """Collects the weights onnxruntime quantizes per tensor although ``per_channel`` is on (rank-1 LayerNorm
+    scales: its default channel axis 1 does not exist), instead of one root-logger WARNING line each."""
+    PATTERN = re.compile(r"Axis -?\d+ is out-of-range for weight '(.+)' with rank 1$")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: List[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = self.PATTERN.match(record.getMessage())
+        if m:
+            self.names.append(m.group(1))
+        return m is None
+
+
 def _quantize(pre: Path, out: Path, mode: str, method: str, calib: Optional[np.ndarray], input_name: str,
-              per_channel: bool, activation_type: str, op_types: Optional[Sequence[str]]) -> None:
+              per_channel: bool, activation_type: str, op_types: Optional[Sequence[str]]) -> List[str]:
+    """Runs onnxruntime's quantizer; returns the weights it kept per tensor (see :class:`_PerTensorWeights`)."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     if mode == 'dynamic':
         quantize_dynamic(str(pre), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
                          op_types_to_quantize=list(op_types or ['MatMul']))
-        return
+        return []
     act = {'int8': QuantType.QInt8, 'uint8': QuantType.QUInt8}[activation_type]
     # symmetric int8 activations are what TensorRT's explicit quantization accepts
     extra = {'ActivationSymmetric': activation_type == 'int8', 'WeightSymmetric': True}
-    quantize_static(str(pre), str(out), _reader(input_name, calib), quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel, activation_type=act, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(op_types) if op_types else None,
-                    calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]), extra_options=extra)
+    per_tensor = _PerTensorWeights()
+    logging.getLogger().addFilter(per_tensor)
+    try:
+        quantize_static(str(pre), str(out), _reader(input_name, calib), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=act, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(op_types) if op_types else None,
+                        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]), extra_options=extra)
+    finally:
+        logging.getLogger().removeFilter(per_tensor)
+    return per_tensor.names
 
 
 def _check_args(method: str, mode: str, activation_type: str, calibration_images: int, eval_split: str,
@@ -244,8 +269,8 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix='sdzoo-int8-') as tmp:
         pre, q = Path(tmp) / 'pre.onnx', Path(tmp) / 'int8.onnx'
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        _quantize(pre, q, mode, method, x_cal if mode == 'static' else None, fp32.input_name, per_channel,
-                  activation_type, op_types)
+        per_tensor = _quantize(pre, q, mode, method, x_cal if mode == 'static' else None, fp32.input_name,
+                               per_channel, activation_type, op_types)
         quant_seconds = time.perf_counter() - t0
         int8 = OrtModel(q, **session_kw)
         t1 = time.perf_counter()
@@ -266,7 +291,8 @@ def quantize_onnx(
                  f'{"symmetric" if activation_type == "int8" else "asymmetric"}') if mode == 'static' else 'dynamic uint8',
                  'calibration_method': method if mode == 'static' else None,
                  'calibration_images': int(len(x_cal)) if mode == 'static' else 0,
-                 'calibration_data': cal_desc if mode == 'static' else None}
+                 'calibration_data': cal_desc if mode == 'static' else None,
+                 'per_tensor_weights': per_tensor}
         proto = onnx.load(str(q))
         meta.update({'sdzoo.precision': 'int8', 'sdzoo.quantization': json.dumps(quant),
                      'sdzoo.calibration_method': str(quant['calibration_method'] or ''),
@@ -301,12 +327,17 @@ def measure_pair(fp32_path: Union[str, os.PathLike], int8_path: Union[str, os.Pa
             'drop_points': round(a - b, 4)}
 
 
+def _per_tensor_note(names: Optional[Sequence[str]]) -> str:
+    return f' (rank-1 weights such as LayerNorm scales per tensor: {len(names)})' if names else ''
+
+
 def format_int8_report(report: Dict[str, Any]) -> str:
     """One paragraph for the console: what was quantized, how, and what it cost."""
     q, a = report['quantization'], report['accuracy']
     calib = (f"{q['calibration_method']} calibration on {q['calibration_data']}" if q['mode'] == 'static'
              else 'dynamic (no calibration)')
     return (f"INT8 {report['file']} ({report['bytes'] / 1e6:.2f} MB, fp32 {report['fp32_bytes'] / 1e6:.2f} MB): "
-            f"{q['format']}, per-channel {q['per_channel']}, {calib}\n"
+            f"{q['format']}, per-channel {q['per_channel']}"
+            f"{_per_tensor_note(q.get('per_tensor_weights'))}, {calib}\n"
             f"  top-1 on {a['data']}: fp32 {a['top1_fp32']:.2f}%  int8 {a['top1_int8']:.2f}%  "
             f"drop {a['drop_points']:+.2f} points (allowed {a['max_drop_points']:g}) -> ok")
