@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -32,28 +31,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from machine import busy_note, cpu_busy, cpu_flags, cpu_name, describe  # benchmarks/machine.py
+
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = ('torch_eager', 'ort_fp32', 'ort_int8', 'ort_unfolded')
-
-
-def cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> List[str]:
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = next(line for line in f if line.startswith('flags')).split(':', 1)[1].split()
-    except (OSError, StopIteration):
-        return []
-    return [f for f in ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_int8') if f in flags]
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -167,10 +148,10 @@ def bench(files: Dict[str, Dict], engines: List[str], batches: List[int], thread
 def to_markdown(rows: List[Dict], acc: Dict[str, Dict], files_info: Dict[str, Dict], meta: Dict) -> str:
     engines = meta['engines']
     base = 'ort_fp32' if 'ort_fp32' in engines else engines[0]
-    lines = [f"CPU inference on {meta['cpu']} ({', '.join(meta['cpu_flags'])}), {meta['cores']} cores; torch "
+    lines = [f"CPU inference on {meta['machine']}; torch "
              f"{meta['torch']}, onnxruntime {meta['onnxruntime']}; {meta['date']}. Median of the timed runs (batch 1: "
              f"{meta['iters']}, batch 64: {max(3, meta['iters'] // 4)}), all engines round-robin in one process. "
-             f"{meta['note']}", '', f"Command: `{meta['command']}`", '',
+             f"{meta['busy']} {meta['note']}".rstrip(), '', f"Command: `{meta['command']}`", '',
              '| model | threads | batch | ' + ' | '.join(f'{e} ms' for e in engines) + ' | '
              + ' | '.join(f'{e} speed vs {base}' for e in engines if e != base) + ' | img/s (' + ', '.join(engines) + ') |',
              '|---|---:|---:|' + '---:|' * (2 * len(engines) - 1) + '---|']
@@ -222,6 +203,7 @@ def main(argv=None) -> int:
     if 'ort_int8' in args.engines and not args.pretrained:
         p.error('ort_int8 needs trained weights: add --pretrained (or drop ort_int8 from --engines)')
     import onnxruntime
+    busy0 = cpu_busy()
     rows: List[Dict] = []
     acc: Dict[str, Dict] = {}
     info: Dict[str, Dict] = {}
@@ -235,7 +217,7 @@ def main(argv=None) -> int:
                 acc[name] = accuracy(files, args.engines, args.data, args.accuracy_images)
     meta = {'threads': args.threads, 'iters': args.iters, 'warmup': args.warmup, 'torch': torch.__version__,
             'onnxruntime': onnxruntime.__version__, 'cpu': cpu_name(), 'cpu_flags': cpu_flags(),
-            'cores': os.cpu_count(), 'pretrained': args.pretrained, 'exporter': args.exporter,
+            'cores': os.cpu_count(), 'machine': describe(), 'busy': busy_note(busy0, cpu_busy()), 'pretrained': args.pretrained, 'exporter': args.exporter,
             'engines': args.engines, 'note': args.note, 'date': time.strftime('%Y-%m-%d %H:%M:%S'),
             'command': 'python benchmarks/inference.py ' + shlex.join(argv if argv is not None else sys.argv[1:])}
     md = to_markdown(rows, acc, info, meta)

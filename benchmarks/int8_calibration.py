@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,15 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def cpu_name() -> str:
-    try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import busy_note, cpu_busy, describe  # noqa: E402  (benchmarks/machine.py)
 
 
 def latency(files: Dict[str, Path], batch: int, iters: int, threads: int, shape) -> Dict[str, float]:
@@ -67,6 +58,7 @@ def main(argv=None) -> int:
     import onnxruntime
     from sdzoo.export.onnx import export_onnx
     from sdzoo.export.quantize import quantize_onnx
+    busy0 = cpu_busy()
     rows = []
     with tempfile.TemporaryDirectory(prefix='sdzoo-int8cal-') as tmp:
         for name in args.models:
@@ -97,8 +89,8 @@ def main(argv=None) -> int:
                     if row['model'] == name:
                         row[f'ms_b{b}'] = med[row['variant']]
                         row[f'fp32_ms_b{b}'] = med['fp32']
-    lines = [f'INT8 recipe comparison: {cpu_name()}, {args.threads} thread(s), onnxruntime {onnxruntime.__version__}, '
-             f'{time.strftime("%Y-%m-%d")}; machine shared with a niced training run and other jobs.',
+    lines = [f'INT8 recipe comparison: {describe()}, {args.threads} thread(s), onnxruntime {onnxruntime.__version__}, '
+             f'{time.strftime("%Y-%m-%d")}. {busy_note(busy0, cpu_busy())}',
              f'Calibration: {args.calibration_images} class-balanced training-split images of {args.data}; top-1 on '
              'the validation split (held-out training images) of CIFAR-10 (JPEG q75 copy).', '',
              f'Command: `python benchmarks/int8_calibration.py {" ".join(argv if argv is not None else sys.argv[1:])}`', '',

@@ -20,7 +20,6 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
+
+from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,40 +202,38 @@ def _pct(values: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1e3, q))
 
 
-def _cpu() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(line for line in f if line.startswith('model name')).split(':', 1)[1].strip()
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from sdzoo.runtime import OrtModel
-    repo, source = prepare_repository(args)
-    names = [args.model] + ([f'{args.model}_int8'] if args.int8 else [])
-    onnx_paths = {}
+def _onnx_files(repo: Path, names: List[str]) -> Dict[str, Path]:
+    """The newest version of each model in the repository."""
+    paths = {}
     for name in names:
         found = list((repo / name).glob('[0-9]*/model.onnx'))
         if not found:
             raise SystemExit(f'{repo}/{name}/<version>/model.onnx not found (sdzoo export --int8 writes {name})')
-        onnx_paths[name] = max(found, key=lambda p: int(p.parent.name))
-    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    requests = {name: infer_request(name, x) for name in names}
-    load_avg = os.getloadavg()
-    started = datetime.datetime.now(datetime.timezone.utc)
+        paths[name] = max(found, key=lambda p: int(p.parent.name))
+    return paths
 
-    raws = {name: {'batched': [], 'batch1': []} for name in names}
-    sessions = {name: OrtModel(onnx_paths[name], intra_op_num_threads=args.threads) for name in names}
-    expected = {name: sessions[name].run(x) for name in names}
-    model = sessions[args.model]
 
-    def measure_raw():
-        for name in names:
-            raws[name]['batched'].append(raw_throughput(sessions[name], args.max_batch_size, args.requests))
-            raws[name]['batch1'].append(raw_throughput(sessions[name], 1, args.requests))
+async def _drive(args, server: 'ServerProcess', name: str, request: bytes, expected: np.ndarray) -> List[tuple]:
+    """One server: check one answer against onnxruntime, warm up, then each client count under load."""
+    reader, writer = await asyncio.open_connection('127.0.0.1', server.port)
+    status, headers, body = await _exchange(reader, writer, request)
+    writer.close()
+    if status != 200:
+        raise RuntimeError(f'server answered {status}: {body[:300]!r}')
+    np.testing.assert_allclose(decode_logits(headers, body), expected, rtol=1e-4, atol=1e-4)
+    await load(server.port, request, min(args.clients), min(args.requests, 32))  # warm-up
+    out = []
+    for clients in args.clients:
+        c0, s0 = await batch_stats(server.port, name)
+        secs, lat, errors = await asyncio.wait_for(load(server.port, request, clients, args.requests), args.timeout)
+        c1, s1 = await batch_stats(server.port, name)
+        out.append((clients, {'throughput': args.requests / secs, 'p50': _pct(lat, 50), 'p99': _pct(lat, 99),
+                              'errors': errors, 'mean_batch': (s1 - s0) / max(c1 - c0, 1)}))
+    return out
 
+
+def _server_flags(args) -> Tuple[List[str], List[Tuple[str, List[str]]]]:
+    """Flags every server gets, and the (mode, extra flags) pairs to measure."""
     common = ['--max-batch-size', str(args.max_batch_size), '--max-queue-size', str(max(256, 2 * max(args.clients)))]
     if args.threads:
         common += ['--intra-op-threads', str(args.threads)]
@@ -242,33 +241,29 @@ def main(argv=None) -> int:
         common += ['--max-queue-delay-us', str(args.max_queue_delay_us)]
     modes = [m for m in [('dynamic batching', []), ('no batching', ['--no-batching'])]
              if {'dynamic batching': 'batching', 'no batching': 'no-batching'}[m[0]] in args.modes]
+    return common, modes
+
+
+def measure(args, repo: Path, names: List[str], sessions: Dict[str, object], x: np.ndarray):
+    """Raw onnxruntime and every server configuration, repeated, fp32 and INT8 back to back in each round."""
+    requests = {name: infer_request(name, x) for name in names}
+    expected = {name: sessions[name].run(x) for name in names}
+    raws = {name: {'batched': [], 'batch1': []} for name in names}
+
+    def measure_raw():
+        for name in names:
+            raws[name]['batched'].append(raw_throughput(sessions[name], args.max_batch_size, args.requests))
+            raws[name]['batch1'].append(raw_throughput(sessions[name], 1, args.requests))
+
+    common, modes = _server_flags(args)
     runs: Dict[Tuple[str, str, int], List[dict]] = {}
     log_dir = Path(tempfile.mkdtemp(prefix='sdzoo_bench_serve_logs_'))
     for rep in range(args.repeats):
         measure_raw()
-        for (mode, flags), name in ((m, n) for m in modes for n in names):  # fp32 and INT8 back to back
-            request = requests[name]
+        for (mode, flags), name in ((m, n) for m in modes for n in names):
             server = ServerProcess(repo, name, common + flags, log_dir / f'{name}_{mode.replace(" ", "_")}.log')
             try:
-                async def session():
-                    reader, writer = await asyncio.open_connection('127.0.0.1', server.port)
-                    status, headers, body = await _exchange(reader, writer, request)
-                    writer.close()
-                    if status != 200:
-                        raise RuntimeError(f'server answered {status}: {body[:300]!r}')
-                    np.testing.assert_allclose(decode_logits(headers, body), expected[name], rtol=1e-4, atol=1e-4)
-                    await load(server.port, request, min(args.clients), min(args.requests, 32))  # warm-up
-                    out = []
-                    for clients in args.clients:
-                        c0, s0 = await batch_stats(server.port, name)
-                        secs, lat, errors = await asyncio.wait_for(
-                            load(server.port, request, clients, args.requests), args.timeout)
-                        c1, s1 = await batch_stats(server.port, name)
-                        out.append((clients, {'throughput': args.requests / secs, 'p50': _pct(lat, 50),
-                                              'p99': _pct(lat, 99), 'errors': errors,
-                                              'mean_batch': (s1 - s0) / max(c1 - c0, 1)}))
-                    return out
-                for clients, r in asyncio.run(session()):
+                for clients, r in asyncio.run(_drive(args, server, name, requests[name], expected[name])):
                     runs.setdefault((name, mode, clients), []).append(r)
                     print(f'[{rep + 1}/{args.repeats}] {name} {mode:16s} {clients:3d} clients: {r["throughput"]:7.1f} img/s  '
                           f'p50 {r["p50"]:7.1f} ms  p99 {r["p99"]:7.1f} ms  mean batch {r["mean_batch"]:5.1f}'
@@ -276,8 +271,14 @@ def main(argv=None) -> int:
             finally:
                 server.stop()
     measure_raw()
+    return runs, raws
 
-    med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+
+def _med(rs: List[dict], k: str) -> float:
+    return statistics.median(r[k] for r in rs)
+
+
+def table_rows(args, names: List[str], runs, raws) -> Tuple[List[str], Dict[str, float]]:
     rows, raw_bs = [], {}
     for name in names:
         raw_b = raw_bs[name] = statistics.median(raws[name]['batched'])
@@ -291,39 +292,54 @@ def main(argv=None) -> int:
             if n != name:
                 continue
             errors = sum(r['errors'] for r in rs)
-            rows.append(f'| {label}server, {mode} | {clients} | {med(rs, "throughput"):.1f} | {med(rs, "p50"):.1f} | '
-                        f'{med(rs, "p99"):.1f} | {med(rs, "mean_batch"):.1f} | {med(rs, "throughput") / raw_b:.0%}'
+            rows.append(f'| {label}server, {mode} | {clients} | {_med(rs, "throughput"):.1f} | {_med(rs, "p50"):.1f} | '
+                        f'{_med(rs, "p99"):.1f} | {_med(rs, "mean_batch"):.1f} | {_med(rs, "throughput") / raw_b:.0%}'
                         + (f' ({errors} errors)' if errors else '') + ' |')
+    return rows, raw_bs
+
+
+def verdicts(args, names: List[str], runs, raw_bs: Dict[str, float]) -> str:
     target = runs.get((args.model, 'dynamic batching', 64))
-    verdict = ('' if target is None else
-               f'\nDynamic batching at 64 clients: {med(target, "throughput") / raw_bs[args.model]:.0%} of raw batched '
-               f'throughput (target >= 80%).\n')
+    text = ('' if target is None else
+            f'\nDynamic batching at 64 clients: {_med(target, "throughput") / raw_bs[args.model]:.0%} of raw batched '
+            f'throughput (target >= 80%).\n')
     int8 = runs.get((f'{args.model}_int8', 'dynamic batching', 64))
     if int8 is not None and target is not None:
-        verdict += (f'\nServed INT8 vs served fp32 at 64 clients (dynamic batching): '
-                    f'{med(int8, "throughput") / med(target, "throughput"):.2f}x the throughput (target >= 1.8x); '
-                    f'raw batched INT8 vs fp32: {raw_bs[names[1]] / raw_bs[args.model]:.2f}x.\n')
-    busy = max(load_avg[0], os.getloadavg()[0])
-    if busy > 0.5 * (os.cpu_count() or 1):
-        verdict += (f'\nThe machine was busy (load average up to {busy:.1f} on {os.cpu_count()} cores): these numbers are '
-                    'noisy; rerun on an idle machine for a real measurement.\n')
+        text += (f'\nServed INT8 vs served fp32 at 64 clients (dynamic batching): '
+                 f'{_med(int8, "throughput") / _med(target, "throughput"):.2f}x the throughput (target >= 1.8x); '
+                 f'raw batched INT8 vs fp32: {raw_bs[names[1]] / raw_bs[args.model]:.2f}x.\n')
     if args.requests < 4 * max(args.clients) or args.repeats < 3:
-        verdict += '\nSmoke-test size (few requests per client or a single repeat): not a measurement.\n'
+        text += '\nSmoke-test size (few requests per client or a single repeat): not a measurement.\n'
+    return text
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from sdzoo.runtime import OrtModel
+    busy0 = cpu_busy()
+    repo, source = prepare_repository(args)
+    names = [args.model] + ([f'{args.model}_int8'] if args.int8 else [])
+    onnx_paths = _onnx_files(repo, names)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    sessions = {name: OrtModel(onnx_paths[name], intra_op_num_threads=args.threads) for name in names}
+    x = np.random.default_rng(1).standard_normal((1, *sessions[args.model].input_shape[1:])).astype(np.float32)
+    runs, raws = measure(args, repo, names, sessions, x)
+    rows, raw_bs = table_rows(args, names, runs, raws)
     cmd = ' '.join(['python', 'benchmarks/serve.py', *(argv if argv is not None else sys.argv[1:])])
     text = (
         f'# Serving benchmark: {", ".join(names)}\n\n'
         f'- command: `{cmd}`\n'
-        f'- date: {started:%Y-%m-%d %H:%M} UTC; machine: {_cpu()}, {os.cpu_count()} cores, '
-        f'load average at start {load_avg[0]:.2f}; provider {model.provider}, intra-op threads '
-        f'{args.threads or "default"}\n'
-        f'- model: {source}; batch-1 requests of 3x32x32 FP32 in Triton binary format over HTTP/1.1 keep-alive '
-        f'on 127.0.0.1; {args.requests} requests per measurement, median of {args.repeats}\n'
+        f'- date: {started:%Y-%m-%d %H:%M} UTC; machine: {describe()}; provider {sessions[args.model].provider}, '
+        f'intra-op threads {args.threads or "default"}\n'
+        f'- {busy_note(busy0, cpu_busy())}\n'
+        f'- model: {source}; batch-1 requests of {"x".join(map(str, x.shape[1:]))} FP32 in Triton binary format over '
+        f'HTTP/1.1 keep-alive on 127.0.0.1; {args.requests} requests per measurement, median of {args.repeats}\n'
         f'- server: max_batch_size {args.max_batch_size}, queue delay '
         f'{args.max_queue_delay_us if args.max_queue_delay_us is not None else "from config.pbtxt"} us; '
         f'load generator and server share the machine\n\n'
         '| configuration | clients | throughput (img/s) | p50 latency (ms) | p99 latency (ms) | mean batch | '
         'vs raw batched |\n'
-        '|---|---|---|---|---|---|---|\n' + '\n'.join(rows) + '\n' + verdict)
+        '|---|---|---|---|---|---|---|\n' + '\n'.join(rows) + '\n' + verdicts(args, names, runs, raw_bs))
     print('\n' + text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import random
 import sys
@@ -34,6 +33,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 from serve import REPO_ROOT, ServerProcess, _exchange, _pct, decode_logits, infer_request, prepare_repository  # noqa: E402
 
 KINDS = {'valid': 0.7, 'malformed': 0.08, 'wrong_shape': 0.08, 'unknown_model': 0.06, 'oversized': 0.08}
@@ -149,13 +149,6 @@ def _reference(repo: Path, model: str, seed: int) -> Tuple[np.ndarray, np.ndarra
     return xs, np.concatenate([sess.run(None, {name: xs[i:i + 1]})[0] for i in range(POOL)])
 
 
-def _cpu() -> str:
-    for line in Path('/proc/cpuinfo').read_text().splitlines():
-        if line.startswith('model name'):
-            return line.split(':', 1)[1].strip()
-    return 'unknown CPU'
-
-
 def _report(args, source: str, stats: _Stats, mem: Dict[str, float], seconds: float, cmd: str) -> str:
     valid = sum(n for (k, s), n in stats.codes.items() if k == 'valid')
     bad = {k: Counter({s: n for (kk, s), n in stats.codes.items() if kk == k}) for k in KINDS if k != 'valid'}
@@ -167,7 +160,7 @@ def _report(args, source: str, stats: _Stats, mem: Dict[str, float], seconds: fl
         f'# Serving soak test: {args.model}',
         '',
         f'- command: `{cmd}`',
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU: {_cpu()}, {os.cpu_count()} "
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU: {cpu_name()}, {os.cpu_count()} "
         f'cores, shared with other jobs (load average at end {os.getloadavg()[0]:.2f}); clients and server on one machine',
         f'- model: {source}; {args.clients} keep-alive clients on 127.0.0.1 for {seconds:.0f} s; request mix {KINDS}',
         '',

@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PTH = 'sdzoo_autoregister.pth'
 HOOK = '_sdzoo_hook.py'
@@ -88,16 +91,6 @@ def _hyperfine(variants: Dict[str, tuple], runs: int, out_json: Path) -> Dict[st
     return {r['command']: r for r in json.loads(out_json.read_text())['results']}
 
 
-def _cpu() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown CPU'
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--runs', type=int, default=200, help='starts per variant (hyperfine and importtime)')
@@ -132,7 +125,7 @@ def main(argv=None) -> None:
         '# Start-up cost of the sdzoo_autoregister.pth hook',
         '',
         f'- command: `{cmd}`',
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU: {_cpu()}, "
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU: {cpu_name()}, "
         f'{os.cpu_count()} cores; Python {sys.version.split()[0]}; the machine was shared with other jobs '
         f'(load average at end {os.getloadavg()[0]:.2f})',
         f'- `python -S` + `site.addsitedir(<folder>)`, run from an empty temp folder; hyperfine -N: mean ± sd of '

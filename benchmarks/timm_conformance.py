@@ -27,7 +27,6 @@ import datetime
 import fnmatch
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -39,6 +38,9 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / 'results' / 'timm_conformance.md'
@@ -321,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
         outcomes = json.loads(report.read_text())
     import torch
     header = (f"timm {timm.__version__} `tests/test_models.py` on sdzoo's models {' '.join(args.models)}; "
-              f"torch {torch.__version__}, {_cpu_name()}, {datetime.date.today()}.\n\n"
+              f"torch {torch.__version__}, {cpu_name()}, {datetime.date.today()}.\n\n"
               f"`python benchmarks/timm_conformance.py {' '.join(args.argv)}`")
     text = render(outcomes, header)
     print(text)
@@ -329,16 +331,6 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     return 1 if any(v.get('outcome', 'failed') == 'failed' for v in outcomes.values()) else 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:

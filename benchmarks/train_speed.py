@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,8 @@ from timm.layers import drop_path
 
 import sdzoo  # noqa: F401  (registers the sd_* models)
 from sdzoo.layers import StochasticDepth, sd_blocks, sd_modules
+
+from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
 
 VARIANTS = ('ours', 'timm-style', 'no-SD')
 CONFIGS = {
@@ -177,23 +178,20 @@ def run_timm_config(args: argparse.Namespace, model_name: str, name: str, amp: b
                     cpu=statistics.median(cpu[v]), expected=sum(probs) / len(probs)) for v, t in times.items()}
 
 
-def render_timm(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], load: tuple) -> str:
+def render_timm(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], busy: str) -> str:
     lines = [
         f'# Training-step time: timm models as they are vs sdzoo.convert, batch {args.batch_size}, '
         f'{args.img_size}x{args.img_size}, CPU',
         '',
         f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}; command: '
         f'`python {" ".join(sys.argv)}`',
-        f'- {_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} '
+        f'- {describe()}, torch {torch.__version__} '
         f'({torch.get_num_threads()} threads), timm {timm.__version__}, sdzoo {sdzoo.__version__}',
         f'- drop_path_rate {args.drop_path_rate} (timm\'s linear ramp 0 -> rate over the blocks); per-sample coins '
         '(timm\'s semantics in both); synthetic batch; step = forward + cross-entropy + backward + SGD',
-        f'- {args.warmup} warm-up + {args.steps} timed steps per variant, alternating which goes first; medians; '
-        f'load average at start/end: {load[0]:.2f} / {load[1]:.2f}',
+        f'- {args.warmup} warm-up + {args.steps} timed steps per variant, alternating which goes first; medians',
+        f'- {busy}',
     ]
-    if load[0] > 0.5 * (os.cpu_count() or 1):
-        lines.append('- **the machine was shared (load above half the CPUs at the start): absolute times are '
-                     'inflated, the interleaved ratio is the figure to read**')
     lines += ['', '| model | precision | timm ms/step | converted ms/step | speed-up (wall) | timm CPU ms/step | '
               'converted CPU ms/step | speed-up (CPU time) | ideal (1 / mean survival) |',
               '|---|---|---:|---:|---:|---:|---:|---:|---:|']
@@ -206,36 +204,24 @@ def render_timm(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], l
     return '\n'.join(lines) + '\n'
 
 
-def _cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def render(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], expected_fraction: float,
-           load: tuple) -> str:
+           busy: str) -> str:
     ideal = 1.0 / expected_fraction
     lines = [
         f'# Training-step time: {args.model}, batch {args.batch_size}, CPU',
         '',
         f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}; command: '
         f'`python {" ".join(sys.argv)}`',
-        f'- {_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} '
+        f'- {describe()}, torch {torch.__version__} '
         f'({torch.get_num_threads()} threads), timm {timm.__version__}, sdzoo {sdzoo.__version__}',
         f'- drop_path_rate {args.drop_path_rate} (p_L = {1 - args.drop_path_rate:g}, linear decay); '
         f'expected fraction of blocks run {expected_fraction:.4f} -> ideal no-SD/ours = {ideal:.3f}x',
         f'- {args.warmup} warm-up + {args.steps} timed steps per variant, round-robin; step = forward + '
-        'backward + SGD; medians; load average at start/end: '
-        f'{load[0]:.2f} / {load[1]:.2f}',
+        'backward + SGD; medians',
+        f'- {busy}',
     ]
-    if load[0] > 0.5 * (os.cpu_count() or 1) and torch.get_num_threads() > 1:
-        lines.append('- **the machine was busy when this started: multi-threaded step times are then '
-                     'dominated by thread contention (rerun idle, or with --threads 1)**')
     if args.steps < 10:
         lines.append(f'- **smoke run ({args.steps} steps): too few steps for conclusions**')
     lines += ['', '| precision | variant | median ms/step | mean ms/step | blocks run | '
@@ -305,11 +291,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     expected_fraction = sum(probs) / len(probs)
     del probe
 
-    load0 = os.getloadavg()[0]
+    busy0 = cpu_busy()
     results = {}
     for c in configs:
         results[c] = run_config(args, c, **CONFIGS[c])
-    text = render(args, results, expected_fraction, (load0, os.getloadavg()[0]))
+    text = render(args, results, expected_fraction, busy_note(busy0, cpu_busy()))
     print(text)
     args.out = args.out or DEFAULT_OUT
     write_atomic(args.out, text)
@@ -322,12 +308,12 @@ def main_timm(args: argparse.Namespace, configs: List[str]) -> int:
     for n in names:
         if not timm.is_model(n) or n.startswith('sd_'):
             raise SystemExit(f'--timm-models: {n!r} is not one of timm\'s own models')
-    load0 = os.getloadavg()[0]
+    busy0 = cpu_busy()
     results = {}
     for n in names:
         for c in configs:
             results[(n, c)] = run_timm_config(args, n, c, **CONFIGS[c])
-    text = render_timm(args, results, (load0, os.getloadavg()[0]))
+    text = render_timm(args, results, busy_note(busy0, cpu_busy()))
     print(text)
     out = args.out or DEFAULT_OUT.with_name('train_speed_timm.md')
     write_atomic(out, text)
