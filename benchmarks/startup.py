@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+from machine import busy_note, cpu_busy, describe  # noqa: E402  (benchmarks/machine.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PTH = 'sdzoo_autoregister.pth'
@@ -99,6 +99,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if shutil.which('hyperfine') is None:
         sys.exit('error: hyperfine is not installed (apt-get install hyperfine)')
+    busy0 = cpu_busy()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         variants = {'no hook': (_site_dir(root, 'none', None), ''),
@@ -120,14 +121,15 @@ def main(argv=None) -> None:
             w, (med, us) = wall[label], inter[label]
             rows.append(f"| {label} | {1e3 * w['mean']:.2f} ± {1e3 * w['stddev']:.2f} | {med:.2f} | "
                         f"{med - inter['no hook'][0]:+.2f} | {us:.0f} |")
+    busy = busy_note(busy0, cpu_busy())
     cmd = 'python benchmarks/startup.py' + ''.join(f' {a}' for a in (argv if argv is not None else sys.argv[1:]))
     text = '\n'.join([
         '# Start-up cost of the sdzoo_autoregister.pth hook',
         '',
         f'- command: `{cmd}`',
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU: {cpu_name()}, "
-        f'{os.cpu_count()} cores; Python {sys.version.split()[0]}; the machine was shared with other jobs '
-        f'(load average at end {os.getloadavg()[0]:.2f})',
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {describe()}; "
+        f'Python {sys.version.split()[0]}',
+        f'- {busy}',
         f'- `python -S` + `site.addsitedir(<folder>)`, run from an empty temp folder; hyperfine -N: mean ± sd of '
         f'{args.runs} starts per variant, variant after variant; interleaved: medians of {args.runs} rounds, each '
         'round starting every variant once (wall ms, and the cumulative µs `-X importtime` reports for the hook '
