@@ -168,3 +168,20 @@ def test_conformance_refuses_a_source_without_timm_tests(tmp_path, capsys):
     (tmp_path / 'src').mkdir()
     assert tc.main([str(tmp_path / 'src'), '--out', '']) == 2
     assert 'is not a timm source checkout' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('name,size', FAMILIES)
+def test_fx_feature_extraction_traces_every_block(name: str, size: int):
+    """timm's fx feature extraction (its test_model_forward_fx) traces the model in train and eval mode.
+    A per-step coin cannot be traced: the train-mode graph runs every block (as the eval graph does)
+    instead of failing or baking one step's coin in, and the eval graph computes what the model does."""
+    from timm.models._features_fx import create_feature_extractor, get_graph_node_names
+    torch.manual_seed(0)
+    model = timm.create_model(name, drop_path_rate=0.5, num_classes=10)
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    weights = lambda nodes: [n for n in nodes if n.endswith(('conv1', 'conv2', 'fc1', 'fc2', 'qkv'))]  # noqa: E731
+    assert weights(train_nodes) and weights(train_nodes) == weights(eval_nodes)
+    x = torch.randn(2, 3, size, size)
+    fx = create_feature_extractor(model.eval(), return_nodes=[eval_nodes[-1]])
+    with torch.no_grad():
+        torch.testing.assert_close(fx(x)[eval_nodes[-1]], model(x))

@@ -240,7 +240,9 @@ class StochasticDepth(nn.Module):
             shortcut: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         identity = x if shortcut is None else shortcut
-        if self._static():
+        # torch.fx symbolic tracing (timm's feature extraction) cannot trace a per-step coin: a traced graph
+        # runs every block, like the other tracers above, instead of baking one step's coin in for good
+        if self._static() or isinstance(x, torch.fx.Proxy):
             out = branch(x)
             scale = self.eval_scale if not self.training else 1.0
             if scale != 1.0:
