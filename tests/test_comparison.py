@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdzoo.hub.comparison import comparison_section, load_runs, plot_comparison
+from sdzoo.hub.comparison import comparison_section, load_runs, load_step_benchmarks, plot_comparison
 from sdzoo.train.records import clean_epoch_labels, write_metrics
 
 RECIPE = dict(model='sd_resnet20', data='cifar10', epochs=6, batch_size=128, lr=0.1, sched='step', seed=0)
@@ -73,3 +73,25 @@ def test_without_a_control_there_is_no_table(tmp_path):
     _run(tmp_path, 'r-sd', None, [100] * 6, [dict(epoch=1, batch=0, **XEON)], top1=87.0)
     assert comparison_section(load_runs(tmp_path, lambda model: 0.5)) == ['No constant-depth control run yet.\n']
     assert plot_comparison(load_runs(tmp_path, lambda model: 0.5), tmp_path / 'x.png') is None
+
+
+def test_per_step_speedup_comes_from_the_side_by_side_benchmark_records(tmp_path):
+    """benchmarks/train_speed.py's JSON for the same model and drop_path_rate fills the per-step column."""
+    _run(tmp_path / 'runs', 'r-sd', None, [100] * 6, [dict(epoch=1, batch=0, **XEON)], top1=87.0)
+    _run(tmp_path / 'runs', 'r-nosd', 0.0, [130] * 6, [dict(epoch=1, batch=0, **XEON)], top1=86.0)
+    results = tmp_path / 'results'
+    results.mkdir()
+    record = dict(kind='sdzoo.train_speed', model='sd_resnet20', drop_path_rate=0.5, machine='Zen 4, 2 cores',
+                  configs={'bf16-cl': dict(speedup_vs_no_sd=1.3412), 'fp32': dict(speedup_vs_no_sd=1.29)})
+    (results / 'train_speed_zen4.json').write_text(json.dumps(record))
+    (results / 'train_speed_other_rate.json').write_text(json.dumps(dict(record, drop_path_rate=0.2)))
+    (results / 'train_speed_timm.json').write_text(json.dumps({'not': 'a train_speed record'}))
+    (results / 'train_speed_broken.json').write_text('{')
+    benchmarks = load_step_benchmarks(results)
+    assert [b['file'] for b in benchmarks] == ['train_speed_other_rate.json', 'train_speed_zen4.json']
+    text = '\n'.join(comparison_section(load_runs(tmp_path / 'runs', lambda model: 0.5), None, benchmarks))
+    row = next(line for line in text.splitlines() if line.startswith('| sd_resnet20'))
+    assert '| 1.34x bf16-cl, 1.29x fp32 on Zen 4, 2 cores (`train_speed_zen4.json`) |' in row, row
+    assert 'other_rate' not in row
+    text = '\n'.join(comparison_section(load_runs(tmp_path / 'runs', lambda model: 0.5)))
+    assert '| not measured |' in text

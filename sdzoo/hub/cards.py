@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..train.records import hardware_summary
-from .comparison import comparison_section, load_runs, plot_comparison
+from .comparison import comparison_section, load_runs, load_step_benchmarks, plot_comparison
 
 __all__ = ['render_cards', 'write_cards']
 
@@ -210,11 +210,13 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
         '(`drop_path_rate 0`, every block every step) is set beside the stochastic-depth run with the same recipe, '
         'on CIFAR-10 (JPEG q75 copy). Epoch times are medians over whole epochs on one hardware stretch both runs '
         'trained on (`sessions.json`): the project\'s CPUs differ 3-4x, so times across machines are not compared. '
-        'The per-step speed-up measured side by side in one process is in `benchmarks/results/train_speed_*.md` '
-        '(`python benchmarks/train_speed.py`). The paper\'s numbers are for 500 epochs on the lossless original on '
+        'The per-step speed-up is measured side by side in one process, SD and constant depth alternating step by '
+        'step on one machine (`python benchmarks/train_speed.py`, `benchmarks/results/train_speed_*.json`): '
+        'the figure that does not depend on which machine a run landed on. The paper\'s numbers are for 500 epochs on the lossless original on '
         'a GPU.',
         '',
-    ] + comparison_section(load_runs(root / 'runs', _default_drop_path_rate), COMPARISON_FIGURE) + [
+    ] + comparison_section(load_runs(root / 'runs', _default_drop_path_rate), COMPARISON_FIGURE,
+                       load_step_benchmarks(root / 'benchmarks' / 'results')) + [
         '## Runs in progress',
         '',
         'Long runs train across working sessions; their resumable checkpoints (`runs/<run>/last.pt`) are committed. '

@@ -15,11 +15,11 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..train.records import clean_epoch_labels, read_metrics
 
-__all__ = ['RunRecord', 'load_runs', 'comparison_section', 'plot_comparison']
+__all__ = ['RunRecord', 'load_runs', 'load_step_benchmarks', 'comparison_section', 'plot_comparison']
 
 # Huang et al. 2016, Table 1 (CIFAR-10, 110 layers, 500 epochs on a GPU): test error % and training time
 _PAPER = {
@@ -122,20 +122,46 @@ def _error_cell(r: RunRecord) -> str:
             else 'training: no epoch yet')
 
 
+def load_step_benchmarks(results: Path) -> List[Dict[str, Any]]:
+    """The per-step records ``benchmarks/train_speed.py`` writes beside its tables (``train_speed*.json``)."""
+    out = []
+    for path in sorted(Path(results).glob('train_speed*.json')):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get('kind') == 'sdzoo.train_speed':
+            out.append(dict(record, file=path.name))
+    return out
+
+
+def _step_cell(sd: RunRecord, benchmarks: List[Dict[str, Any]]) -> str:
+    """SD's speed-up per training step over constant depth, measured side by side in one process."""
+    cells = []
+    for b in benchmarks:
+        if b.get('model') != sd.model or abs(float(b.get('drop_path_rate', -1)) - sd.rate) > 1e-9:
+            continue
+        ratios = ', '.join(f'{c["speedup_vs_no_sd"]:.2f}x {cfg}' for cfg, c in b.get('configs', {}).items())
+        cells.append(f'{ratios} on {b.get("machine", "?")} (`{b["file"]}`)')
+    return '; '.join(cells) or 'not measured'
+
+
 def _paces(r: RunRecord) -> str:
     return '; '.join(f'{statistics.median(v):.0f} s on {k} ({len(v)} epochs)' for k, v in r.epoch_seconds().items()
                      if len(v) >= _MIN_EPOCHS) or 'n/a'
 
 
-def comparison_section(records: List[RunRecord], figure: Optional[str] = None) -> List[str]:
-    """MODEL_CARDS.md's table: test error, difference, time per epoch, speed-up; the paper beside it."""
+def comparison_section(records: List[RunRecord], figure: Optional[str] = None,
+                       step_benchmarks: Sequence[Dict[str, Any]] = ()) -> List[str]:
+    """MODEL_CARDS.md's table: test error, difference, time per epoch and per step, speed-up; the paper beside it."""
     pairs = _pairs(records)
     if not pairs:
         return ['No constant-depth control run yet.\n']
     lines = ['| network (epochs) | SD test error % | constant-depth test error % | difference (SD − constant) '
-             '| s/epoch SD / constant, same hardware | speed-up per epoch | blocks run per SD step (ideal speed-up) '
+             '| s/epoch SD / constant, same hardware | speed-up per epoch '
+             '| speed-up per step, side by side (`benchmarks/train_speed.py`) | blocks run per SD step (ideal speed-up) '
              '| paper: SD / constant error % | paper: SD / constant training time |',
-             '|---|---:|---:|---:|---|---:|---:|---:|---|']
+             '|---|---:|---:|---:|---|---:|---|---:|---:|---|']
     notes = []
     for control, sd, longer in pairs:
         paper = _PAPER.get(sd.model, {})
@@ -155,12 +181,12 @@ def comparison_section(records: List[RunRecord], figure: Optional[str] = None) -
             pace_cell, speed = 'no common hardware stretch yet', 'pending'
         fmt = lambda v: '—' if v is None else f'{v:.2f}'  # noqa: E731
         lines.append(f'| {sd.model} ({sd.epochs}) | {_error_cell(sd)} | {_error_cell(control)} | {diff} | {pace_cell} '
-                     f'| {speed} | {fraction:.3f} ({1 / fraction:.2f}x) | {fmt(paper.get("sd_error"))} / {fmt(paper.get("constant_error"))} '
+                     f'| {speed} | {_step_cell(sd, list(step_benchmarks))} | {fraction:.3f} ({1 / fraction:.2f}x) | {fmt(paper.get("sd_error"))} / {fmt(paper.get("constant_error"))} '
                      f'| {paper.get("sd_time") or "—"} / {paper.get("constant_time") or "—"} |')
         for r in longer:
             d = f'{r.test_error - control.test_error:+.2f} (vs the {control.epochs}-epoch control)' \
                 if r.finished and control.finished else 'pending'
-            lines.append(f'| {r.model} ({r.epochs}) | {_error_cell(r)} | — | {d} | — | — | — | | |')
+            lines.append(f'| {r.model} ({r.epochs}) | {_error_cell(r)} | — | {d} | — | — | — | — | | |')
         notes.append(f'- `{sd.name}` vs `{control.name}`: test results from {sd.test_source or "—"} / '
                      f'{control.test_source or "—"} (`runs/<run>/validate.json` is `sdzoo validate MODEL --checkpoint '
                      f'runs/<run>/last.pt --data {sd.data} --split test`); epoch times by hardware stretch: '
