@@ -137,17 +137,17 @@ def run_config(args: argparse.Namespace, name: str, amp: bool, channels_last: bo
 TIMM_VARIANTS = ('converted', 'timm')
 
 
-def build_timm_variants(model_name: str, drop_path_rate: float, seed: int) -> Dict[str, nn.Module]:
+def build_timm_variants(model_name: str, drop_path_rate: float, seed: int, mode: str = 'row') -> Dict[str, nn.Module]:
     """timm's model and a converted deep copy of it (same weights, same per-block rates)."""
     import copy
     torch.manual_seed(seed)
     model = timm.create_model(model_name, drop_path_rate=drop_path_rate)
-    return {'converted': sdzoo.convert(copy.deepcopy(model)), 'timm': model}
+    return {'converted': sdzoo.convert(copy.deepcopy(model), mode=mode), 'timm': model}
 
 
 def run_timm_config(args: argparse.Namespace, model_name: str, name: str, amp: bool,
                     channels_last: bool) -> Dict[str, dict]:
-    models = build_timm_variants(model_name, args.drop_path_rate, args.seed)
+    models = build_timm_variants(model_name, args.drop_path_rate, args.seed, args.convert_mode)
     mem = torch.channels_last if channels_last else torch.contiguous_format
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(memory_format=mem)
@@ -188,8 +188,10 @@ def render_timm(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], b
         f'`python {" ".join(sys.argv)}`',
         f'- {describe()}, torch {torch.__version__} '
         f'({torch.get_num_threads()} threads), timm {timm.__version__}, sdzoo {sdzoo.__version__}',
-        f'- drop_path_rate {args.drop_path_rate} (timm\'s linear ramp 0 -> rate over the blocks); per-sample coins '
-        '(timm\'s semantics in both); synthetic batch; step = forward + cross-entropy + backward + SGD',
+        f'- drop_path_rate {args.drop_path_rate} (timm\'s linear ramp 0 -> rate over the blocks); '
+        + ('per-sample coins (timm\'s semantics in both)' if args.convert_mode == 'row' else
+           'converted: one coin per block and step (`sdzoo.convert(model, mode=\'batch\')`, the paper\'s); timm: per-sample')
+        + '; synthetic batch; step = forward + cross-entropy + backward + SGD',
         f'- {args.warmup} warm-up + {args.steps} timed steps per variant, alternating which goes first; medians',
         f'- {busy}',
     ]
@@ -287,6 +289,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', type=Path, default=None, help='markdown file to write (default '
                    'results/train_speed.md, with --timm-models results/train_speed_timm.md)')
+    p.add_argument('--convert-mode', choices=('row', 'batch'), default='row',
+                   help='with --timm-models: sdzoo.convert mode (row: timm\'s per-sample coins; batch: one coin '
+                        'per block and step, the paper\'s)')
     p.add_argument('--timm-models', default=None,
                    help='comma list of timm model names: compare each as it is with its sdzoo.convert copy')
     args = p.parse_args(argv)

@@ -4,6 +4,6 @@ One module per timm family (``vision_transformer``, ``convnext``, ``resnet``) ho
 adapters; ``converter`` walks a model and swaps them in.
 """
 from ._adapter import BlockAdapter
-from .converter import ADAPTERS, convert, supported_families
+from .converter import ADAPTERS, block_families, convert, supported_families
 
-__all__ = ['convert', 'supported_families', 'BlockAdapter', 'ADAPTERS']
+__all__ = ['convert', 'supported_families', 'block_families', 'BlockAdapter', 'ADAPTERS']

@@ -18,7 +18,7 @@ from .resnet import ADAPTERS as _RESNET
 from .vision_transformer import ADAPTERS as _VIT
 from ._adapter import BlockAdapter
 
-__all__ = ['convert', 'supported_families', 'ADAPTERS']
+__all__ = ['convert', 'supported_families', 'block_families', 'ADAPTERS']
 
 ADAPTERS: Tuple[BlockAdapter, ...] = _VIT + _CONVNEXT + _RESNET
 _BY_TIMM: Dict[Type[nn.Module], BlockAdapter] = {a.timm_cls: a for a in ADAPTERS}
@@ -73,6 +73,12 @@ def _plan(model: nn.Module) -> List[Tuple[nn.Module, BlockAdapter]]:
         for slot in adapter.slots:
             drop_prob_of(getattr(m, slot, None))  # DropPath(scale_by_keep=False) etc.: fail before changing
     return blocks
+
+
+def block_families(model: nn.Module) -> List[str]:
+    """The timm families (``resnet``, ``convnext``, ``vision_transformer``) of the blocks :func:`convert` would
+    convert; raises as :func:`convert` does on anything unsupported, and changes nothing."""
+    return sorted({adapter.family for _, adapter in _plan(model)})
 
 
 def convert(

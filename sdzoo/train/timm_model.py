@@ -1,9 +1,13 @@
 """The network a run trains when it names one of timm's own models instead of an ``sd_*`` model.
 
 By default (``convert=None``) a timm model with a non-zero ``drop_path_rate`` whose family
-``sdzoo.convert`` supports is converted: same weights, same per-block rates, timm's per-sample
-semantics, but dropped branches are not computed. ``--convert`` insists (an unsupported family or
-a zero rate is an error), ``--no-convert`` trains timm's model as it is.
+``sdzoo.convert`` supports and trains faster converted is converted: same weights, same per-block
+rates, timm's per-sample semantics, but dropped branches are not computed. ResNets are not converted
+by default: measured on a 2-core Zen 4 (``benchmarks/results/train_speed_timm*.md``), resnet50 in row
+mode was 1.06x at 1 thread and 0.95x at 2 (the gather/scatter of the surviving samples costs what the
+skipped convolutions save), and row mode also changes BatchNorm's batch statistics (docs/convert.md).
+``--convert`` insists (an unsupported family or a zero rate is an error; ``--sd-mode batch`` is the
+faster choice for ResNets), ``--no-convert`` trains timm's model as it is.
 """
 from __future__ import annotations
 
@@ -14,7 +18,10 @@ from typing import Any, Dict
 import torch.nn as nn
 from timm.layers import DropPath
 
-from ..convert import convert
+from ..convert import block_families, convert
+
+# families sdzoo.convert supports but `sdzoo train` does not convert unless asked: measured no faster
+NOT_BY_DEFAULT = {'resnet'}
 from ..layers import SDSampler
 
 __all__ = ['is_sd_model', 'create_timm_train_model', 'create_with_weights']
@@ -58,7 +65,13 @@ def create_timm_train_model(cfg: Any) -> nn.Module:
                          'pass --drop-path-rate')
     if want is None and rate > 0:
         try:
-            return convert(model, mode=cfg.sd_mode or 'row', scaling=cfg.sd_scaling or 'inverted', seed=cfg.seed)
+            slower = set(block_families(model)) & NOT_BY_DEFAULT
+            if slower and not (cfg.sd_mode or cfg.sd_scaling):
+                print(f'note: training timm\'s {cfg.model} as it is (dropped branches are computed): {sorted(slower)[0]} '
+                      'blocks are not converted by default, measured no faster; --convert (with --sd-mode batch '
+                      'for speed) to skip them', file=sys.stderr)
+            else:
+                return convert(model, mode=cfg.sd_mode or 'row', scaling=cfg.sd_scaling or 'inverted', seed=cfg.seed)
         except ValueError as e:
             if cfg.sd_mode or cfg.sd_scaling:
                 raise
