@@ -5,7 +5,7 @@ the wire format (parsing, encoding, errors) is :mod:`sdzoo.serve.protocol`.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -52,8 +52,15 @@ async def server_metadata():
     return _json({'name': SERVER_NAME, 'version': __version__, 'extensions': EXTENSIONS})
 
 
-def model_metadata(state, name: str, version: Optional[str]) -> Response:
-    entry = state.ready_entry(name, version)
+def _entry(request: Request, name: str):
+    """The ready model a route names; ``/versions/{version}`` routes pick that version (else: the served one)."""
+    return _state(request).ready_entry(name, request.path_params.get('version'))
+
+
+@router.get('/v2/models/{name}')
+@router.get('/v2/models/{name}/versions/{version}')
+async def model_metadata(request: Request, name: str) -> Response:
+    entry = _entry(request, name)
     m = entry.model
     return _json({
         'name': entry.name, 'versions': entry.versions, 'platform': 'onnxruntime_onnx',
@@ -62,13 +69,17 @@ def model_metadata(state, name: str, version: Optional[str]) -> Response:
     })
 
 
-def model_ready(state, name: str, version: Optional[str]) -> Response:
-    state.ready_entry(name, version)
+@router.get('/v2/models/{name}/ready')
+@router.get('/v2/models/{name}/versions/{version}/ready')
+async def model_ready(request: Request, name: str) -> Response:
+    _entry(request, name)
     return Response(status_code=200)
 
 
-def model_config(state, name: str, version: Optional[str]) -> Response:
-    entry = state.ready_entry(name, version)
+@router.get('/v2/models/{name}/config')
+@router.get('/v2/models/{name}/versions/{version}/config')
+async def model_config(request: Request, name: str) -> Response:
+    state, entry = _state(request), _entry(request, name)
     m = entry.model
     mbs, delay, enabled = state.batching_config(entry)
     batched = entry.batchable
@@ -88,36 +99,6 @@ def model_config(state, name: str, version: Optional[str]) -> Response:
     return _json(cfg)
 
 
-@router.get('/v2/models/{name}')
-async def _model_metadata(request: Request, name: str):
-    return model_metadata(_state(request), name, None)
-
-
-@router.get('/v2/models/{name}/versions/{version}')
-async def _model_metadata_v(request: Request, name: str, version: str):
-    return model_metadata(_state(request), name, version)
-
-
-@router.get('/v2/models/{name}/ready')
-async def _model_ready(request: Request, name: str):
-    return model_ready(_state(request), name, None)
-
-
-@router.get('/v2/models/{name}/versions/{version}/ready')
-async def _model_ready_v(request: Request, name: str, version: str):
-    return model_ready(_state(request), name, version)
-
-
-@router.get('/v2/models/{name}/config')
-async def _model_config(request: Request, name: str):
-    return model_config(_state(request), name, None)
-
-
-@router.get('/v2/models/{name}/versions/{version}/config')
-async def _model_config_v(request: Request, name: str, version: str):
-    return model_config(_state(request), name, version)
-
-
 @router.post('/v2/repository/index')
 async def repository_index(request: Request):
     state = _state(request)
@@ -127,9 +108,10 @@ async def repository_index(request: Request):
 
 
 # -- inference --
-async def infer(request: Request, name: str, version: Optional[str]) -> Response:
-    state = _state(request)
-    entry = state.ready_entry(name, version)
+@router.post('/v2/models/{name}/infer')
+@router.post('/v2/models/{name}/versions/{version}/infer')
+async def infer(request: Request, name: str) -> Response:
+    state, entry = _state(request), _entry(request, name)
     body = await _read_body(request, state.settings.max_body_bytes)
     mbs = state.batchers[entry.name].max_batch_size
     header_length = request.headers.get('inference-header-content-length')
@@ -145,20 +127,11 @@ async def infer(request: Request, name: str, version: Optional[str]) -> Response
     return _infer_response(entry, req, y)
 
 
-@router.post('/v2/models/{name}/infer')
-async def _infer(request: Request, name: str):
-    return await infer(request, name, None)
-
-
-@router.post('/v2/models/{name}/versions/{version}/infer')
-async def _infer_v(request: Request, name: str, version: str):
-    return await infer(request, name, version)
-
-
-async def classify(request: Request, name: str, version: Optional[str]) -> Response:
-    state = _state(request)
+@router.post('/v2/models/{name}/classify')
+@router.post('/v2/models/{name}/versions/{version}/classify')
+async def classify(request: Request, name: str) -> Response:
+    state, entry = _state(request), _entry(request, name)
     settings = state.settings
-    entry = state.ready_entry(name, version)
     num_classes = entry.model.num_classes
     raw_k = request.query_params.get('top_k', '5')
     try:
@@ -192,16 +165,6 @@ async def classify(request: Request, name: str, version: Optional[str]) -> Respo
              'probability': float(p[i])} for i in top]})
     return _json({'model_name': entry.name, 'model_version': entry.version, 'top_k': top_k,
                   'results': results})
-
-
-@router.post('/v2/models/{name}/classify')
-async def _classify(request: Request, name: str):
-    return await classify(request, name, None)
-
-
-@router.post('/v2/models/{name}/versions/{version}/classify')
-async def _classify_v(request: Request, name: str, version: str):
-    return await classify(request, name, version)
 
 
 @router.get('/metrics')
