@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 import sdzoo
-from train_speed import _cpu_name, write_atomic
+from machine import cpu_name
+from results_file import write_atomic
 
 DEFAULT_OUT = Path(__file__).resolve().parent / 'results' / 'convert_batchnorm.md'
 
@@ -136,7 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         '# Converted ResNets: survivors-only BatchNorm vs timm\'s whole-batch BatchNorm (gradient difference)',
         '',
         f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}; command: `python {" ".join(sys.argv)}`',
-        f'- {_cpu_name()}, torch {torch.__version__}, timm {timm.__version__}; data: {args.batch_size} CIFAR-10 '
+        f'- {cpu_name()}, torch {torch.__version__}, timm {timm.__version__}; data: {args.batch_size} CIFAR-10 '
         f'(JPEG q75 copy) test images resized to {args.img_size}x{args.img_size}; drop_path_rate '
         f'{args.drop_path_rate}; fp32; {args.trials} coin draws per row, medians (cos: the minimum); weights: '
         'timm\'s random init, the same with zero_init_last=False (every branch non-zero from the start), and '

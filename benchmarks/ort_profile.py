@@ -20,6 +20,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
+from results_file import write_atomic
 
 
 def profile(path: Path, batch: int, runs: int, threads: int) -> Tuple[Dict[str, float], Dict[str, int]]:
@@ -80,10 +81,7 @@ def main(argv=None) -> int:
     text = render(results, args, busy_note(busy0, cpu_busy()))
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f'.{args.out.name}.{os.getpid()}.tmp')
-        tmp.write_text(text)
-        os.replace(tmp, args.out)
+        write_atomic(args.out, text)
     return 0
 
 

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
 import re
 import signal
 import statistics
@@ -33,6 +32,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
+from results_file import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -341,12 +341,7 @@ def main(argv=None) -> int:
         'vs raw batched |\n'
         '|---|---|---|---|---|---|---|\n' + '\n'.join(rows) + '\n' + verdicts(args, names, runs, raw_bs))
     print('\n' + text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.name}.{os.getpid()}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, out)
-    print(f'written to {out}')
+    print(f'written to {write_atomic(args.out, text)}')
     return 0
 
 

@@ -33,10 +33,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -51,6 +49,7 @@ import sdzoo  # noqa: F401  (registers the sd_* models)
 from sdzoo.layers import StochasticDepth, sd_blocks, sd_modules
 
 from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
+from results_file import write_atomic
 
 VARIANTS = ('ours', 'timm-style', 'no-SD')
 CONFIGS = {
@@ -262,18 +261,6 @@ def speed_record(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], 
                           'speedup_vs_timm_style': res['timm-style']['median'] / res['ours']['median']}
                     for cfg, res in results.items()},
     }
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: Optional[List[str]] = None) -> int:
