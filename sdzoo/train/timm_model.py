@@ -19,12 +19,12 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from ..convert import block_families, convert
-
-# families sdzoo.convert supports but `sdzoo train` does not convert unless asked: measured no faster
-NOT_BY_DEFAULT = {'resnet'}
 from ..layers import SDSampler
 
 __all__ = ['is_sd_model', 'create_timm_train_model', 'create_with_weights']
+
+# families sdzoo.convert supports but `sdzoo train` does not convert unless asked: measured no faster
+NOT_BY_DEFAULT = {'resnet'}
 
 
 def is_sd_model(name: str) -> bool:
@@ -50,6 +50,23 @@ def create_with_weights(cfg: Any, kwargs: Dict[str, Any]) -> nn.Module:
     return model
 
 
+def _convert_by_default(model: nn.Module, cfg: Any) -> bool:
+    """The default rule (module doc); says on stderr why when it trains timm's model as it is."""
+    try:
+        slower = sorted(set(block_families(model)) & NOT_BY_DEFAULT)
+    except ValueError as e:  # a family sdzoo.convert does not support
+        if cfg.sd_mode or cfg.sd_scaling:
+            raise
+        reason = str(e)
+    else:
+        if not slower or cfg.sd_mode or cfg.sd_scaling:
+            return True
+        reason = (f'{slower[0]} blocks are not converted by default, measured no faster; --convert (with '
+                  '--sd-mode batch for speed) to skip them')
+    print(f"note: training timm's {cfg.model} as it is (dropped branches are computed): {reason}", file=sys.stderr)
+    return False
+
+
 def create_timm_train_model(cfg: Any) -> nn.Module:
     """Build ``cfg.model`` through timm and convert it as ``cfg.convert`` says (see module doc)."""
     if cfg.sd_scaling not in (None, 'inverted'):
@@ -64,24 +81,12 @@ def create_timm_train_model(cfg: Any) -> nn.Module:
         raise ValueError(f'--convert: {cfg.model} has drop_path_rate 0 here, so no branch is ever dropped; '
                          'pass --drop-path-rate')
     if want is None and rate > 0:
-        try:
-            slower = set(block_families(model)) & NOT_BY_DEFAULT
-            if slower and not (cfg.sd_mode or cfg.sd_scaling):
-                print(f'note: training timm\'s {cfg.model} as it is (dropped branches are computed): {sorted(slower)[0]} '
-                      'blocks are not converted by default, measured no faster; --convert (with --sd-mode batch '
-                      'for speed) to skip them', file=sys.stderr)
-            else:
-                return convert(model, mode=cfg.sd_mode or 'row', scaling=cfg.sd_scaling or 'inverted', seed=cfg.seed)
-        except ValueError as e:
-            if cfg.sd_mode or cfg.sd_scaling:
-                raise
-            print(f'note: training timm\'s {cfg.model} as it is (dropped branches are computed): {e}',
-                  file=sys.stderr)
-    elif want:
+        want = _convert_by_default(model, cfg)
+    if want:
         return convert(model, mode=cfg.sd_mode or 'row', scaling=cfg.sd_scaling or 'inverted', seed=cfg.seed)
-    elif cfg.sd_mode or cfg.sd_scaling:
+    if cfg.sd_mode or cfg.sd_scaling:
         raise ValueError(f'--sd-mode / --sd-scaling apply to sd_* models and converted timm models; {cfg.model} '
-                         'is not converted' + (' (--no-convert)' if want is False else ' (drop_path_rate 0)'))
+                         'is not converted' + (' (--no-convert)' if cfg.convert is False else ' (drop_path_rate 0)'))
     model.sd_sampler = SDSampler(cfg.seed)  # the trainer checkpoints every model's coin source
     model.sd_drop_path_rate = float(f'{rate:.6g}')
     return model
