@@ -6,7 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdzoo.hub.comparison import comparison_section, load_runs, load_step_benchmarks, plot_comparison
+from sdzoo.hub.comparison import (comparison_section, load_epoch_benchmarks, load_runs, load_step_benchmarks,
+                                  plot_comparison)
 from sdzoo.train.records import clean_epoch_labels, write_metrics
 
 RECIPE = dict(model='sd_resnet20', data='cifar10', epochs=6, batch_size=128, lr=0.1, sched='step', seed=0)
@@ -95,3 +96,52 @@ def test_per_step_speedup_comes_from_the_side_by_side_benchmark_records(tmp_path
     assert 'other_rate' not in row
     text = '\n'.join(comparison_section(load_runs(tmp_path / 'runs', lambda model: 0.5)))
     assert '| not measured |' in text
+
+
+def test_epoch_times_measured_side_by_side_fill_the_per_epoch_columns_and_the_hours_axis(tmp_path):
+    """benchmarks/epoch_time.py's record for the same model, data and rate: the per-epoch columns use it, before
+    (and beside) the runs' own common stretch; a smoke record (train_subset) and another rate are left out."""
+    _run(tmp_path / 'runs', 'r-sd', None, [100] * 6, [dict(epoch=1, batch=0, **XEON)], top1=87.0)
+    _run(tmp_path / 'runs', 'r-nosd', 0.0, [300, 300], [dict(epoch=1, batch=0, **EPYC)])
+    results = tmp_path / 'results'
+    results.mkdir()
+    record = dict(kind='sdzoo.epoch_time', model='sd_resnet20', data='cifar10', drop_path_rate=0.5,
+                  machine='Zen 4, 2 cores', date='2026-12-03T16:00:00', train_subset=None,
+                  median_seconds=dict(sd=30.4, constant=40.2))
+    (results / 'epoch_time_r20.json').write_text(json.dumps(record))
+    (results / 'epoch_time_smoke.json').write_text(json.dumps(dict(record, train_subset=512)))
+    (results / 'epoch_time_rate.json').write_text(json.dumps(dict(record, drop_path_rate=0.2,
+                                                                  median_seconds=dict(sd=1.0, constant=9.0))))
+    benchmarks = load_epoch_benchmarks(results)
+    assert sorted(b['file'] for b in benchmarks) == ['epoch_time_r20.json', 'epoch_time_rate.json']
+    runs = load_runs(tmp_path / 'runs', lambda model: 0.5)
+    text = '\n'.join(comparison_section(runs, None, (), benchmarks))
+    row = next(line for line in text.splitlines() if line.startswith('| sd_resnet20'))
+    assert '| 30 / 40 s, whole epochs alternated on Zen 4, 2 cores (`epoch_time_r20.json`) | 1.32x |' in row, row
+    # the runs share no stretch: without the record the columns stay pending
+    assert '| no common hardware stretch yet | pending |' in '\n'.join(comparison_section(runs))
+    # with a common stretch as well, both are shown, the side-by-side first
+    _run(tmp_path / 'b', 'r-sd', None, [100] * 6, [dict(epoch=1, batch=0, **XEON)], top1=87.0)
+    _run(tmp_path / 'b', 'r-nosd', 0.0, [130] * 6, [dict(epoch=1, batch=0, **XEON)], top1=86.0)
+    text = '\n'.join(comparison_section(load_runs(tmp_path / 'b', lambda model: 0.5), None, (), benchmarks))
+    assert ('(`epoch_time_r20.json`); the runs: 100 / 130 s on Xeon, 2 threads, bf16 autocast (5 / 5 epochs, medians) '
+            '| 1.32x, 1.30x (runs) |') in text, text
+    # the hours axis: plotted at the measured paces (the SD run's 6 epochs at 30.4 s end at 0.0507 h)
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    seen = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep_axes(fig, *args, **kwargs):
+        seen['hours'] = fig.axes[1]
+        return real_savefig(fig, *args, **kwargs)
+    plt.Figure.savefig = keep_axes
+    try:
+        assert plot_comparison(runs, tmp_path / 'fig.png', benchmarks) is not None
+    finally:
+        plt.Figure.savefig = real_savefig
+    ax = seen['hours']
+    ends = sorted(round(line.get_xdata()[-1], 4) for line in ax.get_lines())
+    assert ends == [round(2 * 40.2 / 3600, 4), round(6 * 30.4 / 3600, 4)], ends
+    assert 'side by side' in ax.get_xlabel()

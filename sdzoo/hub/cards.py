@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..train.records import hardware_summary
-from .comparison import comparison_section, load_runs, load_step_benchmarks, plot_comparison
+from .comparison import (comparison_section, load_epoch_benchmarks, load_runs, load_step_benchmarks,
+                         plot_comparison)
 
 __all__ = ['render_cards', 'write_cards']
 
@@ -208,15 +209,19 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
         'Huang et al.\'s central claim is a pair: ResNet-110 with stochastic depth trains about 25% faster per epoch '
         '*and* reaches a lower test error than the same network at constant depth. Here each constant-depth control '
         '(`drop_path_rate 0`, every block every step) is set beside the stochastic-depth run with the same recipe, '
-        'on CIFAR-10 (JPEG q75 copy). Epoch times are medians over whole epochs on one hardware stretch both runs '
-        'trained on (`sessions.json`): the project\'s CPUs differ 3-4x, so times across machines are not compared. '
+        'on CIFAR-10 (JPEG q75 copy). Epoch times are compared on one machine only, as medians of whole epochs of the '
+        'real recipe (`sdzoo train`, the same data pipeline and precision) alternated SD, constant, constant, SD by '
+        '`python benchmarks/epoch_time.py` (`benchmarks/results/epoch_time_*.json`), and of the runs\' own epochs '
+        'where both trained on one hardware stretch (`sessions.json`): the project\'s CPUs differ 3-4x, so times '
+        'across machines are not compared. The picture\'s hours axis uses the side-by-side epoch times. '
         'The per-step speed-up is measured side by side in one process, SD and constant depth alternating step by '
         'step on one machine (`python benchmarks/train_speed.py`, `benchmarks/results/train_speed_*.json`): '
         'the figure that does not depend on which machine a run landed on. The paper\'s numbers are for 500 epochs on the lossless original on '
         'a GPU.',
         '',
     ] + comparison_section(load_runs(root / 'runs', _default_drop_path_rate), COMPARISON_FIGURE,
-                       load_step_benchmarks(root / 'benchmarks' / 'results')) + [
+                           load_step_benchmarks(root / 'benchmarks' / 'results'),
+                           load_epoch_benchmarks(root / 'benchmarks' / 'results')) + [
         '## Runs in progress',
         '',
         'Long runs train across working sessions; their resumable checkpoints (`runs/<run>/last.pt`) are committed. '
@@ -229,7 +234,8 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
 
 def write_cards(root: Path = _REPO_ROOT) -> Path:
     path = root / 'MODEL_CARDS.md'
-    plot_comparison(load_runs(root / 'runs', _default_drop_path_rate), root / COMPARISON_FIGURE)
+    plot_comparison(load_runs(root / 'runs', _default_drop_path_rate), root / COMPARISON_FIGURE,
+                    load_epoch_benchmarks(root / 'benchmarks' / 'results'))
     tmp = path.with_name('.MODEL_CARDS.md.tmp')
     tmp.write_text(render_cards(root))
     os.replace(tmp, path)

@@ -1,0 +1,118 @@
+"""Seconds per training epoch, stochastic depth against constant depth, whole epochs alternated on one machine.
+
+The long runs of ``runs/`` cross machines whose speeds differ 3-4x, so their own epoch times rarely share a
+hardware stretch. This benchmark trains whole epochs of the real recipe with the real trainer (``sdzoo train``,
+the same data pipeline, augmentation, precision and threads), alternating the two settings in ABBA order
+(SD, constant, constant, SD per round) so a drift of the machine's speed falls on both alike:
+
+    python benchmarks/epoch_time.py --model sd_resnet110 --rounds 1 --out benchmarks/results/epoch_time_r110.md
+
+Each epoch is its own fresh one-epoch run in a temporary folder; the trainer's ``epoch_seconds`` (the summed
+step times, not data waits or validation) is read from its ``metrics.csv``. Stop the training queue first: a
+second trainer on the same cores measures the sharing. ``sdzoo cards`` reads the ``.json`` record this writes
+(``kind: sdzoo.epoch_time``) into MODEL_CARDS.md's comparison table and picture.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
+from results_file import write_atomic
+
+DEFAULT_OUT = Path(__file__).resolve().parent / 'results' / 'epoch_time.md'
+SETTINGS = ('sd', 'constant')
+
+
+def _sdzoo() -> str:
+    """The ``sdzoo`` console script of this Python (its bin/ need not be on PATH)."""
+    script = Path(sys.executable).with_name('sdzoo')
+    return str(script) if script.exists() else (shutil.which('sdzoo') or 'sdzoo')
+
+
+def train_one_epoch(args: argparse.Namespace, rate: float, out: Path) -> Dict[str, float]:
+    """One whole epoch of a fresh run; the trainer's own row of metrics.csv."""
+    cmd = [_sdzoo(), 'train', args.model, '--data', args.data, '--epochs', '1', '--drop-path-rate', str(rate),
+           '--amp', args.amp, '--threads', str(args.threads), '--no-test', '--no-progress', '--out', str(out)]
+    if args.train_subset:
+        cmd += ['--train-subset', str(args.train_subset), '--val-subset', '500']
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        tail = '\n'.join(done.stdout.splitlines()[-5:])
+        raise SystemExit(f'error: {shlex.join(cmd)} exited with {done.returncode}:\n{tail}')
+    with open(out / 'metrics.csv', newline='') as f:
+        row = list(csv.DictReader(f))[-1]
+    return {k: float(row[k]) for k in ('epoch_seconds', 'images_per_sec', 'blocks_run_fraction') if row.get(k)}
+
+
+def render(args: argparse.Namespace, record: dict) -> str:
+    med = record['median_seconds']
+    lines = [f'# Seconds per epoch: {args.model} SD (drop_path_rate {args.drop_path_rate:g}) vs constant depth',
+             '', f'Command: `{record["command"]}`', '',
+             f'Machine: {record["machine"]}; `--amp {args.amp}`, {args.threads} threads; {record["date"]}. '
+             f'{record["busy"]}', '',
+             *([f'**Smoke run: epochs of {args.train_subset} images, not a measurement.**', '']
+               if args.train_subset else []),
+             'Whole epochs of the real recipe (`sdzoo train ... --epochs 1`), ABBA order per round; seconds are the '
+             "trainer's summed step times (metrics.csv `epoch_seconds`).", '',
+             '| setting | epochs | seconds per epoch (each, in order) | median s | blocks run |',
+             '|---|---:|---|---:|---:|']
+    for s in SETTINGS:
+        each = ', '.join(f'{e["epoch_seconds"]:.0f}' for e in record['epochs'][s])
+        fractions = [e['blocks_run_fraction'] for e in record['epochs'][s] if e.get('blocks_run_fraction') is not None
+                     and e['blocks_run_fraction'] == e['blocks_run_fraction']]
+        frac = f'{statistics.fmean(fractions):.3f}' if fractions else '1 (every block)'
+        lines.append(f'| {s} | {len(record["epochs"][s])} | {each} | {med[s]:.0f} | {frac} |')
+    lines += ['', f'Speed-up per epoch (constant / SD, medians): **{record["speedup"]:.2f}x**.', '']
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--model', default='sd_resnet110')
+    ap.add_argument('--data', default='cifar10')
+    ap.add_argument('--drop-path-rate', type=float, default=0.5, help='the SD setting (the constant one is 0)')
+    ap.add_argument('--rounds', type=int, default=1, help='ABBA rounds: 2 epochs of each setting per round')
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--amp', default='auto')
+    ap.add_argument('--train-subset', type=int, help='smoke run: epochs of N images (not a measurement)')
+    ap.add_argument('--out', type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error('--rounds must be at least 1')
+    rates = {'sd': args.drop_path_rate, 'constant': 0.0}
+    epochs: Dict[str, List[Dict[str, float]]] = {s: [] for s in SETTINGS}
+    before = cpu_busy()
+    with tempfile.TemporaryDirectory(prefix='sdzoo-epoch-time-') as tmp:
+        for r in range(args.rounds):
+            for i, s in enumerate(('sd', 'constant', 'constant', 'sd')):
+                row = train_one_epoch(args, rates[s], Path(tmp) / f'{s}-{r}-{i}')
+                epochs[s].append(row)
+                print(f'round {r + 1}, {s}: {row["epoch_seconds"]:.0f} s', file=sys.stderr, flush=True)
+    after = cpu_busy()
+    median = {s: statistics.median(e['epoch_seconds'] for e in epochs[s]) for s in SETTINGS}
+    record = dict(kind='sdzoo.epoch_time', model=args.model, data=args.data, drop_path_rate=args.drop_path_rate,
+                  amp=args.amp, threads=args.threads, train_subset=args.train_subset, machine=describe(), busy=busy_note(before, after),
+                  date=datetime.datetime.now().isoformat(timespec='seconds'),
+                  command='python benchmarks/epoch_time.py ' + shlex.join(argv if argv is not None else sys.argv[1:]),
+                  epochs=epochs, median_seconds=median, speedup=median['constant'] / median['sd'])
+    text = render(args, record)
+    print(text)
+    write_atomic(args.out, text)
+    write_atomic(args.out.with_suffix('.json'), json.dumps(record, indent=1) + '\n')
+    print(f'written to {args.out} and its .json', file=sys.stderr)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
