@@ -41,39 +41,76 @@ def _sdzoo() -> str:
 
 
 def train_one_epoch(args: argparse.Namespace, rate: float, out: Path) -> Dict[str, float]:
-    """One whole epoch of a fresh run; the trainer's own row of metrics.csv."""
+    """One whole epoch of a fresh run (the trainer's own row of metrics.csv); with ``--max-steps`` its first
+    steps only, read from the checkpoint's partial-epoch record."""
     cmd = [_sdzoo(), 'train', args.model, '--data', args.data, '--epochs', '1', '--drop-path-rate', str(rate),
-           '--amp', args.amp, '--threads', str(args.threads), '--no-test', '--no-progress', '--out', str(out)]
+           '--batch-size', str(args.batch_size), '--amp', args.amp, '--threads', str(args.threads), '--no-test',
+           '--no-progress', '--out', str(out)]
     if args.train_subset:
         cmd += ['--train-subset', str(args.train_subset), '--val-subset', '500']
+    if args.max_steps:
+        cmd += ['--max-steps', str(args.max_steps)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
         tail = '\n'.join(done.stdout.splitlines()[-5:])
         raise SystemExit(f'error: {shlex.join(cmd)} exited with {done.returncode}:\n{tail}')
+    if args.max_steps:
+        import torch
+        p = torch.load(out / 'last.pt', map_location='cpu', weights_only=False)['partial']
+        steps = p['seen'] / args.batch_size
+        return dict(epoch_seconds=p['seconds'], steps=steps, ms_per_step=1e3 * p['seconds'] / steps,
+                    blocks_run_fraction=p['kept'] / p['units'] if p['units'] else float('nan'))
     with open(out / 'metrics.csv', newline='') as f:
         row = list(csv.DictReader(f))[-1]
     return {k: float(row[k]) for k in ('epoch_seconds', 'images_per_sec', 'blocks_run_fraction') if row.get(k)}
 
 
+_SAME = ('model', 'data', 'drop_path_rate', 'amp', 'threads', 'train_subset', 'max_steps', 'machine')
+
+
+def _previous_record(args: argparse.Namespace) -> dict:
+    """The record ``--append`` adds to; refused when it measured something else or on another machine."""
+    path = args.out.with_suffix('.json')
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f'error: --append needs a readable record at {path}: {e}')
+    mine = dict(model=args.model, data=args.data, drop_path_rate=args.drop_path_rate, amp=args.amp,
+                threads=args.threads, train_subset=args.train_subset, max_steps=args.max_steps, machine=describe())
+    differ = [k for k in _SAME if previous.get(k) != mine[k]]
+    if previous.get('kind') != 'sdzoo.epoch_time' or differ:
+        raise SystemExit(f'error: {path} is not a record of the same measurement (differs in: '
+                         f'{", ".join(differ) or "kind"}); write a new --out instead of --append')
+    return previous
+
+
 def render(args: argparse.Namespace, record: dict) -> str:
     med = record['median_seconds']
-    lines = [f'# Seconds per epoch: {args.model} SD (drop_path_rate {args.drop_path_rate:g}) vs constant depth',
+    partial = bool(args.max_steps)
+    what = f'ms per step over the first {args.max_steps} steps' if partial else 'seconds per epoch'
+    lines = [f'# {what.capitalize()}: {args.model} SD (drop_path_rate {args.drop_path_rate:g}) vs constant depth',
              '', f'Command: `{record["command"]}`', '',
              f'Machine: {record["machine"]}; `--amp {args.amp}`, {args.threads} threads; {record["date"]}. '
              f'{record["busy"]}', '',
              *([f'**Smoke run: epochs of {args.train_subset} images, not a measurement.**', '']
                if args.train_subset else []),
-             'Whole epochs of the real recipe (`sdzoo train ... --epochs 1`), ABBA order per round; seconds are the '
-             "trainer's summed step times (metrics.csv `epoch_seconds`).", '',
-             '| setting | epochs | seconds per epoch (each, in order) | median s | blocks run |',
+             (f'The first {args.max_steps} steps of fresh runs of the real recipe (`sdzoo train ... --max-steps '
+              f'{args.max_steps}`), ABBA order per round; the trainer\'s summed step times from the checkpoint\'s '
+              'partial-epoch record. Not an epoch time: `sdzoo cards` leaves this record out.' if partial else
+              'Whole epochs of the real recipe (`sdzoo train ... --epochs 1`), ABBA order per round; seconds are the '
+              "trainer's summed step times (metrics.csv `epoch_seconds`)."), '',
+             f'| setting | runs | {what} (each, in order) | median | blocks run |',
              '|---|---:|---|---:|---:|']
     for s in SETTINGS:
-        each = ', '.join(f'{e["epoch_seconds"]:.0f}' for e in record['epochs'][s])
-        fractions = [e['blocks_run_fraction'] for e in record['epochs'][s] if e.get('blocks_run_fraction') is not None
+        runs = record['epochs'][s]
+        each = ', '.join(f'{e["ms_per_step"] if partial else e["epoch_seconds"]:.0f}' for e in runs)
+        fractions = [e['blocks_run_fraction'] for e in runs if e.get('blocks_run_fraction') is not None
                      and e['blocks_run_fraction'] == e['blocks_run_fraction']]
         frac = f'{statistics.fmean(fractions):.3f}' if fractions else '1 (every block)'
-        lines.append(f'| {s} | {len(record["epochs"][s])} | {each} | {med[s]:.0f} | {frac} |')
-    lines += ['', f'Speed-up per epoch (constant / SD, medians): **{record["speedup"]:.2f}x**.', '']
+        mid = statistics.median(e['ms_per_step'] for e in runs) if partial else med[s]
+        lines.append(f'| {s} | {len(runs)} | {each} | {mid:.0f} | {frac} |')
+    lines += ['', f'Speed-up {"per step" if partial else "per epoch"} (constant / SD, medians): '
+              f'**{record["speedup"]:.2f}x**.', '']
     return '\n'.join(lines)
 
 
@@ -86,10 +123,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--amp', default='auto')
     ap.add_argument('--train-subset', type=int, help='smoke run: epochs of N images (not a measurement)')
+    ap.add_argument('--max-steps', type=int, help='time only the first N steps of each run (ms per step; the '
+                    'record is then not an epoch time and sdzoo cards leaves it out)')
+    ap.add_argument('--batch-size', type=int, default=128, help='default: 128, the recipe\'s')
     ap.add_argument('--out', type=Path, default=DEFAULT_OUT)
+    ap.add_argument('--append', action='store_true',
+                    help='add this run\'s epochs to the record at --out (same settings and machine)')
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error('--rounds must be at least 1')
+    previous = _previous_record(args) if args.append else None
     rates = {'sd': args.drop_path_rate, 'constant': 0.0}
     epochs: Dict[str, List[Dict[str, float]]] = {s: [] for s in SETTINGS}
     before = cpu_busy()
@@ -100,12 +143,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 epochs[s].append(row)
                 print(f'round {r + 1}, {s}: {row["epoch_seconds"]:.0f} s', file=sys.stderr, flush=True)
     after = cpu_busy()
-    median = {s: statistics.median(e['epoch_seconds'] for e in epochs[s]) for s in SETTINGS}
     record = dict(kind='sdzoo.epoch_time', model=args.model, data=args.data, drop_path_rate=args.drop_path_rate,
-                  amp=args.amp, threads=args.threads, train_subset=args.train_subset, machine=describe(), busy=busy_note(before, after),
+                  amp=args.amp, threads=args.threads, train_subset=args.train_subset, max_steps=args.max_steps,
+                  machine=describe(), busy=busy_note(before, after),
                   date=datetime.datetime.now().isoformat(timespec='seconds'),
                   command='python benchmarks/epoch_time.py ' + shlex.join(argv if argv is not None else sys.argv[1:]),
-                  epochs=epochs, median_seconds=median, speedup=median['constant'] / median['sd'])
+                  epochs=epochs)
+    if previous is not None:
+        record = dict(record, epochs={s: previous['epochs'][s] + epochs[s] for s in SETTINGS},
+                      busy=f'{previous["busy"]} Then: {record["busy"]}',
+                      command=f'{previous["command"]}`, then `{record["command"]}')
+    median = {s: statistics.median(e['epoch_seconds'] for e in record['epochs'][s]) for s in SETTINGS}
+    record.update(median_seconds=median, speedup=median['constant'] / median['sd'])
     text = render(args, record)
     print(text)
     write_atomic(args.out, text)

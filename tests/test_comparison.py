@@ -100,7 +100,8 @@ def test_per_step_speedup_comes_from_the_side_by_side_benchmark_records(tmp_path
 
 def test_epoch_times_measured_side_by_side_fill_the_per_epoch_columns_and_the_hours_axis(tmp_path):
     """benchmarks/epoch_time.py's record for the same model, data and rate: the per-epoch columns use it, before
-    (and beside) the runs' own common stretch; a smoke record (train_subset) and another rate are left out."""
+    (and beside) the runs' own common stretch; a smoke record (train_subset), a first-steps timing (max_steps)
+    and another rate are left out."""
     _run(tmp_path / 'runs', 'r-sd', None, [100] * 6, [dict(epoch=1, batch=0, **XEON)], top1=87.0)
     _run(tmp_path / 'runs', 'r-nosd', 0.0, [300, 300], [dict(epoch=1, batch=0, **EPYC)])
     results = tmp_path / 'results'
@@ -110,6 +111,7 @@ def test_epoch_times_measured_side_by_side_fill_the_per_epoch_columns_and_the_ho
                   median_seconds=dict(sd=30.4, constant=40.2))
     (results / 'epoch_time_r20.json').write_text(json.dumps(record))
     (results / 'epoch_time_smoke.json').write_text(json.dumps(dict(record, train_subset=512)))
+    (results / 'epoch_time_first_steps.json').write_text(json.dumps(dict(record, max_steps=60)))
     (results / 'epoch_time_rate.json').write_text(json.dumps(dict(record, drop_path_rate=0.2,
                                                                   median_seconds=dict(sd=1.0, constant=9.0))))
     benchmarks = load_epoch_benchmarks(results)

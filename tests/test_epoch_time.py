@@ -28,3 +28,29 @@ def test_epoch_time_trains_real_epochs_abba_and_writes_the_record_cards_read(rep
     assert med['sd'] > 0 and med['constant'] > 0 and math.isclose(record['speedup'], med['constant'] / med['sd'])
     assert '| sd | 2 |' in out.read_text() and 'Speed-up per epoch' in out.read_text()
     assert [b['file'] for b in load_epoch_benchmarks(out.parent)] == ['epoch_time_tiny.json']
+
+
+def test_max_steps_times_the_first_steps_cards_leave_it_out_and_append_adds_runs(repo_root, tiny_cifar, tmp_path):
+    out = tmp_path / 'epoch_time_steps.md'
+    cmd = [sys.executable, str(repo_root / 'benchmarks' / 'epoch_time.py'), '--model', 'sd_resnet20',
+           '--data', str(tiny_cifar), '--threads', '1', '--max-steps', '2', '--batch-size', '16', '--out', str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(out.with_suffix('.json').read_text())
+    assert record['max_steps'] == 2
+    # batches of 16 from this folder's ~216 training images: the trainer stops after 2 of its 13 steps
+    for s in ('sd', 'constant'):
+        for run in record['epochs'][s]:
+            assert run['steps'] == 2 and run['ms_per_step'] > 0 and math.isclose(run['ms_per_step'], 1e3 * run['epoch_seconds'] / run['steps'])
+    assert 'ms per step over the first 2 steps' in out.read_text()
+    assert load_epoch_benchmarks(tmp_path) == []
+    # --append adds another run's measurements to the same record; one of other settings is refused untouched
+    before = out.with_suffix('.json').read_text()
+    refused = subprocess.run(cmd + ['--append', '--drop-path-rate', '0.2'], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and 'differs in: drop_path_rate' in refused.stderr, refused.stderr
+    assert 'Traceback' not in refused.stderr and out.with_suffix('.json').read_text() == before
+    appended = subprocess.run(cmd + ['--append'], capture_output=True, text=True, timeout=600)
+    assert appended.returncode == 0, appended.stdout + appended.stderr
+    merged = json.loads(out.with_suffix('.json').read_text())
+    assert [len(merged['epochs'][s]) for s in ('sd', 'constant')] == [4, 4]
+    assert merged['epochs']['sd'][:2] == record['epochs']['sd'] and merged['command'].count('epoch_time.py') == 2

@@ -142,8 +142,10 @@ def load_step_benchmarks(results: Path) -> List[Dict[str, Any]]:
 
 
 def load_epoch_benchmarks(results: Path) -> List[Dict[str, Any]]:
-    """The whole-epoch records ``benchmarks/epoch_time.py`` writes (``epoch_time*.json``); smoke runs left out."""
-    return [r for r in _load_records(results, 'epoch_time*.json', 'sdzoo.epoch_time') if not r.get('train_subset')]
+    """The whole-epoch records ``benchmarks/epoch_time.py`` writes (``epoch_time*.json``); smoke runs and timings
+    of a run's first steps (``max_steps``) left out."""
+    return [r for r in _load_records(results, 'epoch_time*.json', 'sdzoo.epoch_time')
+            if not r.get('train_subset') and not r.get('max_steps')]
 
 
 def _epoch_benchmark(sd: RunRecord, benchmarks: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
