@@ -147,3 +147,17 @@ def test_epoch_times_measured_side_by_side_fill_the_per_epoch_columns_and_the_ho
     ends = sorted(round(line.get_xdata()[-1], 4) for line in ax.get_lines())
     assert ends == [round(2 * 40.2 / 3600, 4), round(6 * 30.4 / 3600, 4)], ends
     assert 'side by side' in ax.get_xlabel()
+
+
+def test_runs_in_progress_quote_the_pace_of_their_last_whole_epochs(tmp_path):
+    """MODEL_CARDS.md's "Runs in progress": an epoch in which a session started (resumed after a stop, its seconds
+    spread over two sittings) does not set the pace; without whole epochs the last three are used."""
+    from sdzoo.hub.cards import _in_training
+    _run(tmp_path, 'r-nosd', 0.0, [300, 310, 320, 900, 330, 2000], [dict(epoch=1, batch=0, **XEON),
+                                                                    dict(epoch=6, batch=40, **XEON)], epochs=10)
+    row = next(line for line in _in_training(tmp_path) if line.startswith('| `r-nosd`'))
+    assert '| 6/10 | 65.00 | 5.5 min | 0.37 h |' in row, row  # epochs 3-5: 320, 900, 330 s -> 330 s; 4 left
+    _run(tmp_path / 'b', 'r-nosd', 0.0, [300, 600, 900], [dict(epoch=1, batch=0, **XEON),
+                                                         dict(epoch=2, batch=5, **XEON), dict(epoch=3, batch=5, **XEON)])
+    row = next(line for line in _in_training(tmp_path / 'b') if line.startswith('| `r-nosd`'))
+    assert '| 3/6 | 62.00 | 10.0 min |' in row, row

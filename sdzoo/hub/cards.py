@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..train.records import hardware_summary
+from ..train.records import clean_epoch_labels, hardware_summary
 from .comparison import (comparison_section, load_epoch_benchmarks, load_runs, load_step_benchmarks,
                          plot_comparison)
 
@@ -126,10 +126,13 @@ def _in_training(runs: Path) -> List[str]:
         if not rows:
             continue
         last = rows[-1]
-        # the pace of the latest epochs (early ones may have shared the CPU or used an older default)
-        pace = statistics.median(float(r['epoch_seconds']) for r in rows[-3:])
-        left = max(0, int(cfg.get('epochs') or 0) - int(last['epoch']))
         sessions = json.loads((run / 'sessions.json').read_text()) if (run / 'sessions.json').exists() else []
+        # the pace of the latest whole epochs: early ones may have used an older default, and an epoch in which a
+        # session started counts the interrupted part twice or ran on two machines
+        whole = clean_epoch_labels(sessions, int(last['epoch'])) if sessions else {}
+        recent = [r for r in rows if int(r['epoch']) in whole][-3:] or rows[-3:]
+        pace = statistics.median(float(r['epoch_seconds']) for r in recent)
+        left = max(0, int(cfg.get('epochs') or 0) - int(last['epoch']))
         where = hardware_summary(sessions, int(last['epoch'])) if sessions else 'not recorded'
         sd = _depth_label(_drop_path_rate(cfg['model'], cfg.get('drop_path_rate')))
         out.append(f"| `{run.name}` | {cfg.get('model')} on {cfg.get('data')}, drop_path_rate {sd} | {last['epoch']}/{cfg.get('epochs')} | "
@@ -137,7 +140,7 @@ def _in_training(runs: Path) -> List[str]:
                    f"`sdzoo train --resume {run.relative_to(runs.parent)}` |")
     if not out:
         return ['No runs in progress.\n']
-    return ['| run | model / data | epochs done | val top-1 % (trainer, last epoch) | epoch time (median of last 3) '
+    return ['| run | model / data | epochs done | val top-1 % (trainer, last epoch) | epoch time (median of the last 3 whole epochs) '
             '| training time to go at that pace | trained on | resume with |',
             '|---|---|---:|---:|---:|---:|---|---|'] + out + ['']
 
