@@ -148,10 +148,15 @@ def load_epoch_benchmarks(results: Path) -> List[Dict[str, Any]]:
             if not r.get('train_subset') and not r.get('max_steps')]
 
 
+def _measures(benchmark: Dict[str, Any], sd: RunRecord) -> bool:
+    """A benchmark record of this SD run's model at its drop_path_rate."""
+    return (benchmark.get('model') == sd.model
+            and abs(float(benchmark.get('drop_path_rate', -1)) - sd.rate) < 1e-9)
+
+
 def _epoch_benchmark(sd: RunRecord, benchmarks: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     """The newest side-by-side epoch measurement of this SD run's model, data and rate."""
-    same = [b for b in benchmarks if b.get('model') == sd.model and b.get('data') == sd.data
-            and abs(float(b.get('drop_path_rate', -1)) - sd.rate) < 1e-9]
+    same = [b for b in benchmarks if _measures(b, sd) and b.get('data') == sd.data]
     return max(same, key=lambda b: str(b.get('date', ''))) if same else None
 
 
@@ -159,7 +164,7 @@ def _step_cell(sd: RunRecord, benchmarks: List[Dict[str, Any]]) -> str:
     """SD's speed-up per training step over constant depth, measured side by side in one process."""
     cells = []
     for b in benchmarks:
-        if b.get('model') != sd.model or abs(float(b.get('drop_path_rate', -1)) - sd.rate) > 1e-9:
+        if not _measures(b, sd):
             continue
         ratios = ', '.join(f'{c["speedup_vs_no_sd"]:.2f}x {cfg}' for cfg, c in b.get('configs', {}).items())
         cells.append(f'{ratios} on {b.get("machine", "?")} (`{b["file"]}`)')
