@@ -8,7 +8,9 @@ the same data pipeline, augmentation, precision and threads), alternating the tw
     python benchmarks/epoch_time.py --model sd_resnet110 --rounds 1 --out benchmarks/results/epoch_time_r110.md
 
 Each epoch is its own fresh one-epoch run in a temporary folder; the trainer's ``epoch_seconds`` (the summed
-step times, not data waits or validation) is read from its ``metrics.csv``. Stop the training queue first: a
+step times, not data waits or validation) is read from its ``metrics.csv``, and its progress lines (every
+``--timeline-seconds``) give the ms per step in each quarter of the epoch: whether a setting slows down or speeds
+up within an epoch, apart from the machine's drift between epochs. Stop the training queue first: a
 second trainer on the same cores measures the sharing. ``sdzoo cards`` reads the ``.json`` record this writes
 (``kind: sdzoo.epoch_time``) into MODEL_CARDS.md's comparison table and picture.
 """
@@ -18,6 +20,7 @@ import argparse
 import csv
 import datetime
 import json
+import re
 import shlex
 import shutil
 import statistics
@@ -45,11 +48,13 @@ def train_one_epoch(args: argparse.Namespace, rate: float, out: Path) -> Dict[st
     steps only, read from the checkpoint's partial-epoch record."""
     cmd = [_sdzoo(), 'train', args.model, '--data', args.data, '--epochs', '1', '--drop-path-rate', str(rate),
            '--batch-size', str(args.batch_size), '--amp', args.amp, '--threads', str(args.threads), '--no-test',
-           '--no-progress', '--out', str(out)]
+           '--no-progress', '--log-seconds', str(args.timeline_seconds), '--out', str(out)]
     if args.train_subset:
         cmd += ['--train-subset', str(args.train_subset), '--val-subset', '500']
     if args.max_steps:
         cmd += ['--max-steps', str(args.max_steps)]
+    if args.workers is not None:
+        cmd += ['--workers', str(args.workers)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
         tail = '\n'.join(done.stdout.splitlines()[-5:])
@@ -58,14 +63,45 @@ def train_one_epoch(args: argparse.Namespace, rate: float, out: Path) -> Dict[st
         import torch
         p = torch.load(out / 'last.pt', map_location='cpu', weights_only=False)['partial']
         steps = p['seen'] / args.batch_size
-        return dict(epoch_seconds=p['seconds'], steps=steps, ms_per_step=1e3 * p['seconds'] / steps,
-                    blocks_run_fraction=p['kept'] / p['units'] if p['units'] else float('nan'))
-    with open(out / 'metrics.csv', newline='') as f:
-        row = list(csv.DictReader(f))[-1]
-    return {k: float(row[k]) for k in ('epoch_seconds', 'images_per_sec', 'blocks_run_fraction') if row.get(k)}
+        result = dict(epoch_seconds=p['seconds'], steps=steps, ms_per_step=1e3 * p['seconds'] / steps,
+                      blocks_run_fraction=p['kept'] / p['units'] if p['units'] else float('nan'))
+    else:
+        with open(out / 'metrics.csv', newline='') as f:
+            row = list(csv.DictReader(f))[-1]
+        result = {k: float(row[k]) for k in ('epoch_seconds', 'images_per_sec', 'blocks_run_fraction') if row.get(k)}
+        result['steps'] = _steps_per_epoch(done.stdout)
+    timeline = _timeline(done.stdout, args.batch_size)
+    if result.get('steps'):
+        timeline.append([int(result['steps']), result['epoch_seconds']])
+        result.update(timeline=timeline, quarters_ms=_quarters(timeline))
+    return result
 
 
-_SAME = ('model', 'data', 'drop_path_rate', 'amp', 'threads', 'train_subset', 'max_steps', 'machine')
+_PROGRESS = re.compile(r'^epoch \d+ batch (\d+)/(\d+): .* ([\d.]+) img/s', re.M)
+
+
+def _steps_per_epoch(log: str) -> Optional[int]:
+    m = _PROGRESS.search(log)
+    return int(m.group(2)) if m else None
+
+
+def _timeline(log: str, batch_size: int) -> List[List[float]]:
+    """[step, summed step seconds so far] from the trainer's progress lines (images seen / its img/s)."""
+    return [[0, 0.0]] + [[int(b), int(b) * batch_size / float(ips)] for b, _, ips in _PROGRESS.findall(log)
+                         if float(ips) > 0]
+
+
+def _quarters(timeline: List[List[float]]) -> Optional[List[float]]:
+    """ms per step in each quarter of the steps, between the logged points nearest the quarter marks; None
+    when the points are too few to tell the quarters apart."""
+    steps = timeline[-1][0]
+    marks = [min(timeline, key=lambda p: abs(p[0] - steps * q / 4)) for q in range(5)]
+    if len({m[0] for m in marks}) < 5:
+        return None
+    return [1e3 * (b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(marks, marks[1:])]
+
+
+_SAME = ('model', 'data', 'drop_path_rate', 'amp', 'threads', 'workers', 'train_subset', 'max_steps', 'machine')
 
 
 def _previous_record(args: argparse.Namespace) -> dict:
@@ -76,7 +112,8 @@ def _previous_record(args: argparse.Namespace) -> dict:
     except (OSError, ValueError) as e:
         raise SystemExit(f'error: --append needs a readable record at {path}: {e}')
     mine = dict(model=args.model, data=args.data, drop_path_rate=args.drop_path_rate, amp=args.amp,
-                threads=args.threads, train_subset=args.train_subset, max_steps=args.max_steps, machine=describe())
+                threads=args.threads, workers=args.workers, train_subset=args.train_subset, max_steps=args.max_steps,
+                machine=describe())
     differ = [k for k in _SAME if previous.get(k) != mine[k]]
     if previous.get('kind') != 'sdzoo.epoch_time' or differ:
         raise SystemExit(f'error: {path} is not a record of the same measurement (differs in: '
@@ -90,7 +127,8 @@ def render(args: argparse.Namespace, record: dict) -> str:
     what = f'ms per step over the first {args.max_steps} steps' if partial else 'seconds per epoch'
     lines = [f'# {what.capitalize()}: {args.model} SD (drop_path_rate {args.drop_path_rate:g}) vs constant depth',
              '', f'Command: `{record["command"]}`', '',
-             f'Machine: {record["machine"]}; `--amp {args.amp}`, {args.threads} threads; {record["date"]}. '
+             f'Machine: {record["machine"]}; `--amp {args.amp}`, {args.threads} threads'
+             f'{"" if args.workers is None else f", {args.workers} data-loading processes"}; {record["date"]}. '
              f'{record["busy"]}', '',
              *([f'**Smoke run: epochs of {args.train_subset} images, not a measurement.**', '']
                if args.train_subset else []),
@@ -110,8 +148,23 @@ def render(args: argparse.Namespace, record: dict) -> str:
         mid = statistics.median(e['ms_per_step'] for e in runs) if partial else med[s]
         lines.append(f'| {s} | {len(runs)} | {each} | {mid:.0f} | {frac} |')
     lines += ['', f'Speed-up {"per step" if partial else "per epoch"} (constant / SD, medians): '
-              f'**{record["speedup"]:.2f}x**.', '']
+              f'**{record["speedup"]:.2f}x**.', '', *_quarter_lines(record)]
     return '\n'.join(lines)
+
+
+def _quarter_lines(record: dict) -> List[str]:
+    """The ms per step by quarter of the run (medians over the runs that logged a timeline), and their ratio:
+    a ratio steady across the quarters puts a difference between epochs on the machine, not on the settings."""
+    quarters = {s: [e['quarters_ms'] for e in record['epochs'][s] if e.get('quarters_ms')] for s in SETTINGS}
+    if not all(quarters.values()):
+        return []
+    med = {s: [statistics.median(q[i] for q in quarters[s]) for i in range(4)] for s in SETTINGS}
+    lines = ['ms per step in each quarter of the run, medians of the runs with a progress timeline '
+             f'({len(quarters["sd"])} SD, {len(quarters["constant"])} constant):', '',
+             '| setting | 1st quarter | 2nd | 3rd | 4th |', '|---|---:|---:|---:|---:|']
+    lines += [f'| {s} | ' + ' | '.join(f'{v:.0f}' for v in med[s]) + ' |' for s in SETTINGS]
+    lines.append('| constant / SD | ' + ' | '.join(f'{c / d:.2f}x' for c, d in zip(med['constant'], med['sd'])) + ' |')
+    return lines + ['']
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -122,9 +175,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('--rounds', type=int, default=1, help='ABBA rounds: 2 epochs of each setting per round')
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--amp', default='auto')
+    ap.add_argument('--workers', type=int, help="data-loading processes (default: the trainer's, 2); 0 loads in "
+                    'the trainer between steps, so no loading shares the cores while a step is timed')
     ap.add_argument('--train-subset', type=int, help='smoke run: epochs of N images (not a measurement)')
     ap.add_argument('--max-steps', type=int, help='time only the first N steps of each run (ms per step; the '
                     'record is then not an epoch time and sdzoo cards leaves it out)')
+    ap.add_argument('--timeline-seconds', type=float, default=10,
+                    help='a trainer progress line this often (0: every step), for the ms per step by quarter')
     ap.add_argument('--batch-size', type=int, default=128, help='default: 128, the recipe\'s')
     ap.add_argument('--out', type=Path, default=DEFAULT_OUT)
     ap.add_argument('--append', action='store_true',
@@ -132,6 +189,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error('--rounds must be at least 1')
+    if args.timeline_seconds < 0:
+        ap.error('--timeline-seconds must be >= 0')
     previous = _previous_record(args) if args.append else None
     rates = {'sd': args.drop_path_rate, 'constant': 0.0}
     epochs: Dict[str, List[Dict[str, float]]] = {s: [] for s in SETTINGS}
@@ -144,7 +203,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f'round {r + 1}, {s}: {row["epoch_seconds"]:.0f} s', file=sys.stderr, flush=True)
     after = cpu_busy()
     record = dict(kind='sdzoo.epoch_time', model=args.model, data=args.data, drop_path_rate=args.drop_path_rate,
-                  amp=args.amp, threads=args.threads, train_subset=args.train_subset, max_steps=args.max_steps,
+                  amp=args.amp, threads=args.threads, workers=args.workers, train_subset=args.train_subset,
+                  max_steps=args.max_steps,
                   machine=describe(), busy=busy_note(before, after),
                   date=datetime.datetime.now().isoformat(timespec='seconds'),
                   command='python benchmarks/epoch_time.py ' + shlex.join(argv if argv is not None else sys.argv[1:]),

@@ -13,7 +13,8 @@ from sdzoo.hub.comparison import load_epoch_benchmarks
 def test_epoch_time_trains_real_epochs_abba_and_writes_the_record_cards_read(repo_root, tiny_cifar, tmp_path):
     out = tmp_path / 'results' / 'epoch_time_tiny.md'
     done = subprocess.run([sys.executable, str(repo_root / 'benchmarks' / 'epoch_time.py'), '--model', 'sd_resnet20',
-                           '--data', str(tiny_cifar), '--threads', '1', '--out', str(out)],
+                           '--data', str(tiny_cifar), '--threads', '1', '--batch-size', '16', '--timeline-seconds', '0',
+                           '--out', str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     order = [line.split(', ')[1].split(':')[0] for line in done.stderr.splitlines() if line.startswith('round 1')]
@@ -27,6 +28,17 @@ def test_epoch_time_trains_real_epochs_abba_and_writes_the_record_cards_read(rep
     med = record['median_seconds']
     assert med['sd'] > 0 and med['constant'] > 0 and math.isclose(record['speedup'], med['constant'] / med['sd'])
     assert '| sd | 2 |' in out.read_text() and 'Speed-up per epoch' in out.read_text()
+    # a progress line every step: the timeline runs from 0 to the epoch's summed step time, and the quarters'
+    # ms per step add up to it
+    for run in record['epochs']['sd'] + record['epochs']['constant']:
+        steps, timeline = run['steps'], run['timeline']
+        assert steps == 13 and timeline[0] == [0, 0.0] and timeline[-1] == [steps, run['epoch_seconds']]
+        assert [p[0] for p in timeline] == sorted(p[0] for p in timeline)
+        marks = [round(steps * q / 4) for q in range(5)]
+        assert len(run['quarters_ms']) == 4 and all(q > 0 for q in run['quarters_ms'])
+        assert math.isclose(sum(q * (b - a) for q, a, b in zip(run['quarters_ms'], marks, marks[1:])),
+                            1e3 * run['epoch_seconds'], rel_tol=0.02)
+    assert '| constant / SD |' in out.read_text()
     assert [b['file'] for b in load_epoch_benchmarks(out.parent)] == ['epoch_time_tiny.json']
 
 
