@@ -43,9 +43,8 @@ def _sdzoo() -> str:
     return str(script) if script.exists() else (shutil.which('sdzoo') or 'sdzoo')
 
 
-def train_one_epoch(args: argparse.Namespace, rate: float, out: Path) -> Dict[str, float]:
-    """One whole epoch of a fresh run (the trainer's own row of metrics.csv); with ``--max-steps`` its first
-    steps only, read from the checkpoint's partial-epoch record."""
+def _train_command(args: argparse.Namespace, rate: float, out: Path) -> List[str]:
+    """``sdzoo train`` for one fresh one-epoch run of the recipe, a progress line every ``--timeline-seconds``."""
     cmd = [_sdzoo(), 'train', args.model, '--data', args.data, '--epochs', '1', '--drop-path-rate', str(rate),
            '--batch-size', str(args.batch_size), '--amp', args.amp, '--threads', str(args.threads), '--no-test',
            '--no-progress', '--log-seconds', str(args.timeline_seconds), '--out', str(out)]
@@ -55,6 +54,13 @@ def train_one_epoch(args: argparse.Namespace, rate: float, out: Path) -> Dict[st
         cmd += ['--max-steps', str(args.max_steps)]
     if args.workers is not None:
         cmd += ['--workers', str(args.workers)]
+    return cmd
+
+
+def train_one_epoch(args: argparse.Namespace, rate: float, out: Path) -> Dict[str, float]:
+    """One whole epoch of a fresh run (the trainer's own row of metrics.csv); with ``--max-steps`` its first
+    steps only, read from the checkpoint's partial-epoch record."""
+    cmd = _train_command(args, rate, out)
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
         tail = '\n'.join(done.stdout.splitlines()[-5:])
