@@ -131,7 +131,8 @@ def render(args: argparse.Namespace, record: dict) -> str:
     med = record['median_seconds']
     partial = bool(args.max_steps)
     what = f'ms per step over the first {args.max_steps} steps' if partial else 'seconds per epoch'
-    lines = [f'# {what.capitalize()}: {args.model} SD (drop_path_rate {args.drop_path_rate:g}) vs constant depth',
+    title = what if partial else what.capitalize()  # 'ms' stays lower case
+    lines = [f'# {title}: {args.model} SD (drop_path_rate {args.drop_path_rate:g}) vs constant depth',
              '', f'Command: `{record["command"]}`', '',
              f'Machine: {record["machine"]}; `--amp {args.amp}`, {args.threads} threads'
              f'{"" if args.workers is None else f", {args.workers} data-loading processes"}; {record["date"]}. '
