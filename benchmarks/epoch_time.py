@@ -75,25 +75,18 @@ def train_one_epoch(args: argparse.Namespace, rate: float, out: Path) -> Dict[st
         with open(out / 'metrics.csv', newline='') as f:
             row = list(csv.DictReader(f))[-1]
         result = {k: float(row[k]) for k in ('epoch_seconds', 'images_per_sec', 'blocks_run_fraction') if row.get(k)}
-        result['steps'] = _steps_per_epoch(done.stdout)
-    timeline = _timeline(done.stdout, args.batch_size)
-    if result.get('steps'):
-        timeline.append([int(result['steps']), result['epoch_seconds']])
-        result.update(timeline=timeline, quarters_ms=_quarters(timeline))
+        result['steps'] = round(result['images_per_sec'] * result['epoch_seconds'] / args.batch_size)
+    timeline = _timeline(done.stdout, args.batch_size) + [[int(result['steps']), result['epoch_seconds']]]
+    result.update(timeline=timeline, quarters_ms=_quarters(timeline))
     return result
 
 
-_PROGRESS = re.compile(r'^epoch \d+ batch (\d+)/(\d+): .* ([\d.]+) img/s', re.M)
-
-
-def _steps_per_epoch(log: str) -> Optional[int]:
-    m = _PROGRESS.search(log)
-    return int(m.group(2)) if m else None
+_PROGRESS = re.compile(r'^epoch \d+ batch (\d+)/\d+: .* ([\d.]+) img/s', re.M)
 
 
 def _timeline(log: str, batch_size: int) -> List[List[float]]:
     """[step, summed step seconds so far] from the trainer's progress lines (images seen / its img/s)."""
-    return [[0, 0.0]] + [[int(b), int(b) * batch_size / float(ips)] for b, _, ips in _PROGRESS.findall(log)
+    return [[0, 0.0]] + [[int(b), int(b) * batch_size / float(ips)] for b, ips in _PROGRESS.findall(log)
                          if float(ips) > 0]
 
 
