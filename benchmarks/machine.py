@@ -2,7 +2,8 @@
 and whether other work had the CPU while it ran.
 
 The CPU's model name alone hides what matters here (one "AMD EPYC" has AVX-512 VNNI and native bf16, another
-only AVX2), so :func:`describe` names the flags. :func:`cpu_busy` samples ``/proc/stat`` over a short window in
+only AVX2; two EPYCs with the same flags, family 25 and 26, differ ~1.8x per epoch), so :func:`describe` names
+the flags and the family and model numbers. :func:`cpu_busy` samples ``/proc/stat`` over a short window in
 which the benchmark itself is idle: unlike the load average, which lags by a minute and counts the benchmark's
 own previous phase, it says whether *other* processes had the CPU just then.
 """
@@ -28,6 +29,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_family_model() -> Optional[str]:
+    """``family 26 model 2``: two CPUs of one name and the same flags still differ (Zen 4 and Zen 5 EPYCs)."""
+    fields = {}
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() in ('cpu family', 'model'):
+                    fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return f"family {fields['cpu family']} model {fields['model']}" if len(fields) == 2 else None
+
+
 def cpu_flags() -> List[str]:
     try:
         with open('/proc/cpuinfo') as f:
@@ -38,9 +53,9 @@ def cpu_flags() -> List[str]:
 
 
 def describe() -> str:
-    """``AMD EPYC (avx2, avx512f, avx512_vnni, avx512_bf16), 2 cores``."""
-    flags = ', '.join(cpu_flags())
-    return f'{cpu_name()}{f" ({flags})" if flags else ""}, {os.cpu_count()} cores'
+    """``AMD EPYC (avx2, avx512f, avx512_vnni, avx512_bf16; family 26 model 2), 2 cores``."""
+    details = '; '.join(x for x in (', '.join(cpu_flags()), cpu_family_model()) if x)
+    return f'{cpu_name()}{f" ({details})" if details else ""}, {os.cpu_count()} cores'
 
 
 def _jiffies() -> Optional[Tuple[int, int]]:

@@ -44,3 +44,11 @@ def test_describe_names_the_cpu_and_its_cores(machine):
     assert text.startswith(machine.cpu_name()) and text.endswith(f'{os.cpu_count()} cores')
     for flag in machine.cpu_flags():
         assert flag in text
+    # and the family / model numbers, which tell two CPUs of one name and the same flags apart
+    fm = machine.cpu_family_model()
+    cpuinfo = Path('/proc/cpuinfo').read_text() if Path('/proc/cpuinfo').exists() else ''
+    if 'cpu family' in cpuinfo:
+        family = next(line for line in cpuinfo.splitlines() if line.startswith('cpu family')).split(':')[1].strip()
+        assert fm.startswith(f'family {family} model ') and fm in text, (fm, text)
+    else:
+        assert fm is None

@@ -497,3 +497,17 @@ def test_publish_and_validate_keep_a_non_default_drop_path_rate(tmp_path, small_
     assert json.loads((ft / 'config.json').read_text())['drop_path_rate'] == 0.2
     assert load_checkpoint(ft / 'last.pt')['config']['drop_path_rate'] == 0.2
     capsys.readouterr()
+
+
+def test_hardware_label_tells_cpus_of_one_name_apart():
+    """Two EPYCs with one model name and the same flags (families 25 and 26) train ~1.8x apart: the label says which."""
+    from sdzoo.train.hardware import cpu_info
+    info = cpu_info()
+    label = hardware_string(torch.device('cpu'))
+    assert label.startswith((info.get('model name') or '').strip())
+    assert f"({torch.backends.cpu.get_cpu_capability()}" in label and label.endswith(
+        f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}")
+    if 'cpu family' in info:
+        # the first processor's fields, not a later one's or another key ending in 'model'
+        assert f"family {info['cpu family']} model {info['model']})" in label, label
+        assert info['model'].isdigit() and info['cpu family'].isdigit()

@@ -11,6 +11,7 @@ from ..data import create_loader, load_splits
 from ..layers import sd_modules, sd_settings
 from .config import TrainConfig
 from .distributed import init_distributed, wrap_ddp
+from .hardware import cpu_has_bf16 as _cpu_has_bf16
 
 __all__ = ['autocast_for', 'create_train_model', 'SetupMixin']
 
@@ -31,13 +32,6 @@ def autocast_for(device: torch.device, amp: str):
             else torch.bfloat16
         return torch.autocast('cuda', dtype=dtype), dtype
     return contextlib.nullcontext(), None
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
 
 
 def create_train_model(cfg: TrainConfig) -> nn.Module:

@@ -9,7 +9,6 @@ and augmentation are pure functions of (seed, epoch, batch), so they need no sta
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import signal
 import sys
@@ -28,6 +27,7 @@ from .config import TrainConfig, _jsonable, check_schedule_change, lr_at, recipe
 from .distributed import dist_env
 from .records import append_metrics, hardware_summary, plot_curves
 from .resume import CHECKPOINT_NAME, CheckpointMixin
+from .hardware import hardware_string  # noqa: F401  (re-exported: tests and benchmarks read the label)
 from .setup import SetupMixin, _cpu_has_bf16, autocast_for, create_train_model  # noqa: F401
 from .stopping import StopMixin, TrainingInterrupted, threading_main  # noqa: F401
 
@@ -294,26 +294,6 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
               f'data {self.data.name}: {len(self.train_loader) * cfg.batch_size} train images/epoch, '
               f'{n_val} val, {n_test} test; device {self.device}, amp={self.amp_dtype}, '
               f'channels_last={self.channels_last}, world={self.world}; {where}', file=sys.stderr, flush=True)
-
-
-def hardware_string(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    # the model name alone hides what sets the pace: one "AMD EPYC" has AVX-512 and native bf16, another
-    # only AVX2 (sd_resnet110 epochs: ~3 min in bf16 on an AVX-512 Xeon, 8.5-12 min in fp32 on AVX2 EPYCs,
-    # runs/sd_resnet110-cifar10/metrics.csv), so say which kernels ran
-    isa = torch.backends.cpu.get_cpu_capability()
-    n = torch.get_num_threads()
-    return f'{cpu} ({isa}{", native bf16" if _cpu_has_bf16() else ""}), {n} thread{"s" if n != 1 else ""}'
 
 
 def _format_row(r: Dict[str, float]) -> str:
