@@ -47,6 +47,7 @@ from timm.layers import drop_path
 
 import sdzoo  # noqa: F401  (registers the sd_* models)
 from sdzoo.layers import StochasticDepth, sd_blocks, sd_modules
+from sdzoo.train.allocator import MALLOC_MODES, configure_malloc, malloc_setting
 
 from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
 from results_file import write_atomic
@@ -157,25 +158,34 @@ def run_timm_config(args: argparse.Namespace, model_name: str, name: str, amp: b
         opts[v] = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     times: Dict[str, List[float]] = {v: [] for v in TIMM_VARIANTS}
     cpu: Dict[str, List[float]] = {v: [] for v in TIMM_VARIANTS}
+    faults: Dict[str, List[int]] = {v: [] for v in TIMM_VARIANTS}
     for r in range(args.warmup + args.steps):
         order = TIMM_VARIANTS if r % 2 == 0 else TIMM_VARIANTS[::-1]
         last = {}
         for v in order:
             # CPU time next to wall time: on a shared machine a descheduled process loses wall time, not CPU
             # time (with --threads 1 CPU time is the step's compute; with more threads it adds spin-waits)
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, f0 = time.perf_counter(), time.process_time(), _minor_faults()
             train_step(models[v], opts[v], x, y, amp)
             last[v] = (time.perf_counter() - t0, time.process_time() - c0)
             if r >= args.warmup:
                 times[v].append(last[v][0])
                 cpu[v].append(last[v][1])
+                faults[v].append(_minor_faults() - f0)
         print(f'  {model_name} {name} round {r + 1}/{args.warmup + args.steps}'
               f'{" (warm-up)" if r < args.warmup else ""}: '
               + ', '.join(f'{v} {last[v][0] * 1e3:.0f} ms (cpu {last[v][1] * 1e3:.0f} ms)' for v in TIMM_VARIANTS),
               file=sys.stderr, flush=True)
     probs = [u.survival_prob for u in sd_modules(models['converted'])]
     return {v: dict(median=statistics.median(t), mean=statistics.fmean(t), min=min(t), n=len(t),
-                    cpu=statistics.median(cpu[v]), expected=sum(probs) / len(probs)) for v, t in times.items()}
+                    cpu=statistics.median(cpu[v]), faults=statistics.median(faults[v]),
+                    expected=sum(probs) / len(probs)) for v, t in times.items()}
+
+
+def _minor_faults() -> int:
+    """Page faults of this process so far: freed memory the allocator gave back and takes again (allocator.py)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def render_timm(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], busy: str) -> str:
@@ -186,7 +196,8 @@ def render_timm(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], b
         f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}; command: '
         f'`python {" ".join(sys.argv)}`',
         f'- {describe()}, torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads), timm {timm.__version__}, sdzoo {sdzoo.__version__}',
+        f'({torch.get_num_threads()} threads), timm {timm.__version__}, sdzoo {sdzoo.__version__}; '
+        f'malloc: {malloc_setting()}',
         f'- drop_path_rate {args.drop_path_rate} (timm\'s linear ramp 0 -> rate over the blocks); '
         + ('per-sample coins (timm\'s semantics in both)' if args.convert_mode == 'row' else
            'converted: one coin per block and step (`sdzoo.convert(model, mode=\'batch\')`, the paper\'s); timm: per-sample')
@@ -217,7 +228,8 @@ def render(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], expect
         f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}; command: '
         f'`python {" ".join(sys.argv)}`',
         f'- {describe()}, torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads), timm {timm.__version__}, sdzoo {sdzoo.__version__}',
+        f'({torch.get_num_threads()} threads), timm {timm.__version__}, sdzoo {sdzoo.__version__}; '
+        f'malloc: {malloc_setting()}',
         f'- drop_path_rate {args.drop_path_rate} (p_L = {1 - args.drop_path_rate:g}, linear decay); '
         f'expected fraction of blocks run {expected_fraction:.4f} -> ideal no-SD/ours = {ideal:.3f}x',
         f'- {args.warmup} warm-up + {args.steps} timed steps per variant, round-robin; step = forward + '
@@ -263,6 +275,20 @@ def speed_record(args: argparse.Namespace, results: Dict[str, Dict[str, dict]], 
     }
 
 
+def timm_speed_record(args: argparse.Namespace, results: Dict[tuple, Dict[str, dict]], busy: str) -> dict:
+    """The timm-vs-converted figures as data (benchmarks/malloc.py reads them from its subprocesses)."""
+    return {
+        'kind': 'sdzoo.train_speed_timm', 'drop_path_rate': args.drop_path_rate, 'batch_size': args.batch_size,
+        'img_size': args.img_size, 'steps': args.steps, 'convert_mode': args.convert_mode, 'malloc': malloc_setting(),
+        'threads': torch.get_num_threads(), 'machine': describe(), 'busy': busy,
+        'date': datetime.datetime.now().isoformat(timespec='seconds'), 'command': f'python {" ".join(sys.argv)}',
+        'rows': [{'model': m, 'config': cfg, 'median_ms': {v: res[v]['median'] * 1e3 for v in TIMM_VARIANTS},
+                  'cpu_ms': {v: res[v]['cpu'] * 1e3 for v in TIMM_VARIANTS},
+                  'page_faults': {v: res[v]['faults'] for v in TIMM_VARIANTS},
+                  'ideal': 1.0 / res['converted']['expected']} for (m, cfg), res in results.items()],
+    }
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', default='sd_resnet110')
@@ -279,9 +305,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--convert-mode', choices=('row', 'batch'), default='row',
                    help='with --timm-models: sdzoo.convert mode (row: timm\'s per-sample coins; batch: one coin '
                         'per block and step, the paper\'s)')
+    p.add_argument('--malloc', choices=MALLOC_MODES, default='reuse',
+                   help='C allocator setting, as sdzoo train --malloc (default: reuse, sdzoo train\'s default)')
     p.add_argument('--timm-models', default=None,
                    help='comma list of timm model names: compare each as it is with its sdzoo.convert copy')
     args = p.parse_args(argv)
+    configure_malloc(args.malloc)  # before the models and batches are allocated
     configs = [c.strip() for c in args.configs.split(',') if c.strip()]
     bad = [c for c in configs if c not in CONFIGS]
     if bad or not configs:
@@ -324,11 +353,13 @@ def main_timm(args: argparse.Namespace, configs: List[str]) -> int:
     for n in names:
         for c in configs:
             results[(n, c)] = run_timm_config(args, n, c, **CONFIGS[c])
-    text = render_timm(args, results, busy_note(busy0, cpu_busy()))
+    busy = busy_note(busy0, cpu_busy())
+    text = render_timm(args, results, busy)
     print(text)
-    out = args.out or DEFAULT_OUT.with_name('train_speed_timm.md')
+    out = Path(args.out or DEFAULT_OUT.with_name('train_speed_timm.md'))
     write_atomic(out, text)
-    print(f'written to {out}', file=sys.stderr)
+    write_atomic(out.with_suffix('.json'), json.dumps(timm_speed_record(args, results, busy), indent=1) + '\n')
+    print(f'written to {out} and its .json', file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,9 @@ def test_resume_may_lengthen_the_schedule_before_it_diverges(tmp_path, small_cif
     assert [(x['epoch'], x['batch']) for x in b['sessions']] == [(1, 0), (2, 1)]
     # with the CPU kernels that ran: one CPU model name covers AVX-512 + bf16 and AVX2-only machines
     assert all(f"({torch.backends.cpu.get_cpu_capability()}" in x['hardware'] for x in b['sessions']), b['sessions']
+    # and the allocator setting of the stretch `sdzoo train` ran (--malloc reuse by default)
+    from sdzoo.train.allocator import malloc_setting
+    assert b['sessions'][-1]['malloc'] == malloc_setting() != 'system defaults' or platform.libc_ver()[0] != 'glibc'
     assert load_checkpoint(Path(short.out) / 'last.pt')['global_step'] == spe + 1  # the source is untouched
     # the branch is in epoch 3, where 4 epochs would have dropped the LR: going back is refused
     with pytest.raises(SystemExit):

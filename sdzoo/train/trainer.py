@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .allocator import malloc_setting
 from .checkpoint import atomic_write_json as _write_json, remove_orphaned_temp_files, save_safetensors
 # the trainer's parts, one unit each; re-exported here, where they used to live
 from .config import TrainConfig, _jsonable, check_schedule_change, lr_at, recipe  # noqa: F401
@@ -101,7 +102,7 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         self.sessions.append(dict(
             epoch=self.epoch + 1, batch=self.batch, hardware=hardware_string(self.device),
             amp=str(self.amp_dtype).replace('torch.', '') if self.amp_dtype is not None else 'fp32',
-            channels_last=self.channels_last, world=self.world,
+            channels_last=self.channels_last, world=self.world, malloc=malloc_setting(),
             started=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())))
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
