@@ -8,7 +8,7 @@ from PIL import Image
 
 from sdzoo.hub.comparison import (comparison_section, load_epoch_benchmarks, load_runs, load_step_benchmarks,
                                   plot_comparison)
-from sdzoo.train.records import clean_epoch_labels, write_metrics
+from sdzoo.train.records import clean_epoch_labels, read_metrics, write_metrics
 
 RECIPE = dict(model='sd_resnet20', data='cifar10', epochs=6, batch_size=128, lr=0.1, sched='step', seed=0)
 XEON = dict(hardware='Xeon, 2 threads', amp='bfloat16')
@@ -52,7 +52,7 @@ def test_pairs_compare_error_and_pace_on_the_common_stretch_only(tmp_path):
     assert '| 13.00 | 13.50 | -0.50 | 100 / 130 s on Xeon, 2 threads, bf16 autocast (3 / 5 epochs, medians) | 1.30x |' \
         in rows[0], rows[0]
     assert '0.750 (1.33x)' in rows[0] and '| — / 8.75 |' in rows[0]
-    assert rows[1].startswith('| sd_resnet20 (9) | 12.00 | — | -1.50 (vs the 6-epoch control)'), rows[1]
+    assert rows[1].startswith('| sd_resnet20 (9) | 12.00 | — | -1.50 vs the 6-epoch control |'), rows[1]
     assert 'exceeds what skipping blocks can give' not in text and '![validation top-1' in text
     png = plot_comparison(runs, tmp_path / 'fig.png')
     assert png is not None and Image.open(png).size[0] > 500
@@ -161,3 +161,82 @@ def test_runs_in_progress_quote_the_pace_of_their_last_whole_epochs(tmp_path):
                                                          dict(epoch=2, batch=5, **XEON), dict(epoch=3, batch=5, **XEON)])
     row = next(line for line in _in_training(tmp_path / 'b') if line.startswith('| `r-nosd`'))
     assert '| 3/6 | 62.00 | 10.0 min |' in row, row
+
+
+def _validated(run: Path, hits, labels) -> None:
+    """validate.json as sdzoo validate writes it, with its per-image hits."""
+    from sdzoo.train.paired import encode_per_image
+    hits = list(hits)
+    (run / 'validate.json').write_text(json.dumps(dict(top1=100.0 * sum(hits) / len(hits), top5=99.0,
+                                                       images=len(hits), per_image=encode_per_image(hits, labels))))
+
+
+def test_paired_per_image_results_give_the_difference_its_interval_and_a_verdict(tmp_path):
+    """Both runs validated with per-image hits: the difference cell carries McNemar's p and the paired 95% CI,
+    and a generated sentence says whether the test set tells the two apart, whichever way it comes out."""
+    labels = [i % 10 for i in range(1000)]
+    sd = _run(tmp_path / 'runs', 'r-sd', None, [100] * 6, [dict(epoch=1, batch=0, **XEON)], top1=1.0)
+    control = _run(tmp_path / 'runs', 'r-nosd', 0.0, [130] * 6, [dict(epoch=1, batch=0, **XEON)], top1=1.0)
+    # 900 shared hits; SD alone gets 30 more right, the control alone 20: 1 point lower error, p = 0.20
+    _validated(sd, [True] * 930 + [False] * 70, labels)
+    _validated(control, [True] * 900 + [False] * 30 + [True] * 20 + [False] * 50, labels)
+    text = '\n'.join(comparison_section(load_runs(tmp_path / 'runs', lambda model: 0.5)))
+    row = next(line for line in text.splitlines() if line.startswith('| sd_resnet20 (6)'))
+    assert '| 7.00 | 8.00 | -1.00 (95% CI -2.38 to +0.38; McNemar p = 0.2) |' in row, row
+    verdict = next(line for line in text.splitlines() if 'SD against constant depth' in line)
+    assert 'the first gets 30 right that the second gets wrong, the second 20' in verdict, verdict
+    assert 'does not tell the two apart' in verdict and '1.00 points lower' in verdict
+    # a decisive split reads the other way
+    _validated(control, [True] * 850 + [False] * 80 + [True] * 0 + [False] * 70, labels)
+    text = '\n'.join(comparison_section(load_runs(tmp_path / 'runs', lambda model: 0.5)))
+    verdict = next(line for line in text.splitlines() if 'SD against constant depth' in line)
+    assert 'the two networks differ on this test set' in verdict and '8.00 points lower' in verdict, verdict
+    # evaluations of different images are not paired: the plain difference only
+    _validated(control, [True] * 900 + [False] * 100, [i % 7 for i in range(1000)])
+    row = next(line for line in comparison_section(load_runs(tmp_path / 'runs', lambda model: 0.5))
+               if line.startswith('| sd_resnet20 (6)'))
+    assert '| -3.00 |' in row and 'McNemar' not in row, row
+
+
+def test_time_to_accuracy_and_a_forked_branch(tmp_path):
+    """The time-to-accuracy table: the first epoch at or above each threshold, with hours at the side-by-side
+    pace; a longer branch forked from the SD run is drawn from its fork on, so it does not hide the run's start."""
+    from sdzoo.hub.comparison import _shared_epochs
+    sd = _run(tmp_path / 'runs', 'r-sd', None, [100] * 30, [dict(epoch=1, batch=0, **XEON)], top1=87.0, epochs=30)
+    _run(tmp_path / 'runs', 'r-nosd', 0.0, [130] * 30, [dict(epoch=1, batch=0, **XEON)], top1=86.0, epochs=30)
+    branch = _run(tmp_path / 'runs', 'r-sd-long', None, [100] * 40, [dict(epoch=1, batch=0, **XEON)], top1=88.0,
+                  epochs=40)
+    rows = read_metrics(branch / 'metrics.csv')  # forked after epoch 12: its own train loss from epoch 13 on
+    write_metrics(branch / 'metrics.csv', rows[:12] + [dict(r, train_loss=0.9) for r in rows[12:]])
+    runs = {r.name: r for r in load_runs(tmp_path / 'runs', lambda model: 0.5)}
+    assert _shared_epochs(runs['r-sd-long'], runs['r-sd']) == 12
+    results = tmp_path / 'results'
+    results.mkdir()
+    (results / 'epoch_time_r20.json').write_text(json.dumps(dict(
+        kind='sdzoo.epoch_time', model='sd_resnet20', data='cifar10', drop_path_rate=0.5, machine='Zen 4',
+        date='2026-12-05', median_seconds=dict(sd=360.0, constant=720.0))))
+    text = '\n'.join(comparison_section(list(runs.values()), None, (), load_epoch_benchmarks(results)))
+    # val top-1 is 60 + (epoch - 1): >= 80% first at epoch 21, >= 85% at 26; 90% never in 30 epochs, at 31 in 40
+    assert ('| `r-sd` (drop_path_rate 0.5) | epoch 21, 2.1 h | epoch 26, 2.6 h | epoch 29, 2.9 h | — | 89.00 (30) |'
+            in text), text
+    assert '| `r-nosd` (constant depth) | epoch 21, 4.2 h | epoch 26, 5.2 h | epoch 29, 5.8 h | — |' in text, text
+    assert '| `r-sd-long` (drop_path_rate 0.5) | epoch 21, 2.1 h | epoch 26, 2.6 h | epoch 29, 2.9 h | epoch 31, 3.1 h |' \
+        in text, text
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    seen = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep_axes(fig, *args, **kwargs):
+        seen['epochs'] = fig.axes[0]
+        return real_savefig(fig, *args, **kwargs)
+    plt.Figure.savefig = keep_axes
+    try:
+        assert plot_comparison(list(runs.values()), tmp_path / 'fig.png') is not None
+    finally:
+        plt.Figure.savefig = real_savefig
+    lines = {line.get_label(): line for line in seen['epochs'].get_lines()}
+    branch_line = lines['r-sd-long (drop_path_rate 0.5), branched after epoch 12']
+    assert branch_line.get_xdata()[0] == 12 and branch_line.get_xdata()[-1] == 40
+    assert lines['r-sd (drop_path_rate 0.5)'].get_xdata()[0] == 1

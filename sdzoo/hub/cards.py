@@ -219,8 +219,10 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
         'across machines are not compared. The picture\'s hours axis uses the side-by-side epoch times. '
         'The per-step speed-up is measured side by side in one process, SD and constant depth alternating step by '
         'step on one machine (`python benchmarks/train_speed.py`, `benchmarks/results/train_speed_*.json`): '
-        'the figure that does not depend on which machine a run landed on. The paper\'s numbers are for 500 epochs on the lossless original on '
-        'a GPU.',
+        'the figure that does not depend on which machine a run landed on. Test errors are `sdzoo validate` on the '
+        '10,000 test images; where both runs recorded each image\'s top-1 hit, the difference is paired image by '
+        'image: McNemar\'s exact test on the images the two networks disagree on, and a 95% interval. '
+        'The paper\'s numbers are for 500 epochs on the lossless original on a GPU.',
         '',
     ] + comparison_section(load_runs(root / 'runs', _default_drop_path_rate), COMPARISON_FIGURE,
                            load_step_benchmarks(root / 'benchmarks' / 'results'),

@@ -12,12 +12,14 @@ Long runs cross CPUs whose speeds differ 3-4x, so a median over different machin
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..train.paired import PairedResult, paired_comparison
 from ..train.records import clean_epoch_labels, read_metrics
 
 __all__ = ['RunRecord', 'load_runs', 'load_step_benchmarks', 'load_epoch_benchmarks', 'comparison_section',
@@ -30,6 +32,7 @@ _PAPER = {
     'sd_resnet20': dict(sd_error=None, constant_error=8.75, sd_time=None, constant_time=None),
 }
 _MIN_EPOCHS = 3  # clean epochs a stretch needs before its median epoch time is quoted
+_THRESHOLDS = (80.0, 85.0, 88.0, 90.0)  # val top-1 % for the time-to-accuracy table
 
 
 @dataclass
@@ -124,6 +127,50 @@ def _error_cell(r: RunRecord) -> str:
             else 'training: no epoch yet')
 
 
+def _paired(a: RunRecord, b: RunRecord) -> Optional[PairedResult]:
+    """a against b image by image, when both were evaluated by sdzoo validate with per-image results."""
+    pa, pb = ((r.test or {}).get('per_image') for r in (a, b))
+    if not (pa and pb):
+        return None
+    try:
+        return paired_comparison(pa, pb)
+    except ValueError:
+        return None
+
+
+def _difference_cell(a: RunRecord, b: RunRecord, suffix: str = '') -> str:
+    """a's test error minus b's, with the paired 95% CI and McNemar's p where both recorded per-image results."""
+    if not (a.finished and b.finished):
+        return 'pending'
+    cell = f'{a.test_error - b.test_error:+.2f}{suffix}'
+    p = _paired(a, b)
+    if p is not None:
+        cell += f' (95% CI {p.ci95[0]:+.2f} to {p.ci95[1]:+.2f}; McNemar p = {p.p_value:.2g})'
+    return cell
+
+
+def _pair_verdict(a: RunRecord, b: RunRecord, what: str, paper_gap: Optional[float] = None) -> Optional[str]:
+    """One sentence on what a against b shows, written from the paired per-image results, whichever way it goes."""
+    p = _paired(a, b)
+    if p is None:
+        return None
+    d = p.error_difference
+    side = 'lower' if d < 0 else 'higher' if d > 0 else 'no different'
+    text = (f'- **{what}:** `{a.name}`\'s test error is {abs(d):.2f} points {side} than `{b.name}`\'s. Of the '
+            f'{p.images:,} test images, the first gets {p.only_a} right that the second gets wrong, the second '
+            f'{p.only_b} that the first gets wrong; ')
+    if p.p_value < 0.05:
+        text += (f'a split this uneven would arise by chance with p = {p.p_value:.2g} (McNemar, exact), so the two '
+                 f'networks differ on this test set (95% CI of the difference {p.ci95[0]:+.2f} to {p.ci95[1]:+.2f} points).')
+    else:
+        text += (f'a split at least this uneven arises with probability {p.p_value:.2f} if each such image were '
+                 'equally likely to favour either network (McNemar, exact), so this test set does not tell the two '
+                 f'apart (95% CI of the difference {p.ci95[0]:+.2f} to {p.ci95[1]:+.2f} points).')
+    if paper_gap is not None:
+        text += f' The paper\'s gap is {paper_gap:+.2f} points.'
+    return text + ' One training run each: how much a second seed of the same recipe would move the error is not in this test.'
+
+
 def _load_records(results: Path, pattern: str, kind: str) -> List[Dict[str, Any]]:
     out = []
     for path in sorted(Path(results).glob(pattern)):
@@ -209,7 +256,7 @@ def comparison_section(records: List[RunRecord], figure: Optional[str] = None,
     for control, sd, longer in pairs:
         paper = _PAPER.get(sd.model, {})
         pace = _common_pace(sd, control)
-        diff = f'{sd.test_error - control.test_error:+.2f}' if sd.finished and control.finished else 'pending'
+        diff = _difference_cell(sd, control)
         run = [m['blocks_run_fraction'] for m in sd.metrics if m.get('blocks_run_fraction') == m.get('blocks_run_fraction')]
         fraction = statistics.fmean(run) if run else float('nan')
         pace_cell, speed = _epoch_cells(sd, pace, _epoch_benchmark(sd, epoch_benchmarks))
@@ -223,17 +270,60 @@ def comparison_section(records: List[RunRecord], figure: Optional[str] = None,
                      f'| {speed} | {_step_cell(sd, list(step_benchmarks))} | {fraction:.3f} ({1 / fraction:.2f}x) | {fmt(paper.get("sd_error"))} / {fmt(paper.get("constant_error"))} '
                      f'| {paper.get("sd_time") or "—"} / {paper.get("constant_time") or "—"} |')
         for r in longer:
-            d = f'{r.test_error - control.test_error:+.2f} (vs the {control.epochs}-epoch control)' \
-                if r.finished and control.finished else 'pending'
+            d = _difference_cell(r, control, f' vs the {control.epochs}-epoch control')
             lines.append(f'| {r.model} ({r.epochs}) | {_error_cell(r)} | — | {d} | — | — | — | — | | |')
+        gap = (paper['sd_error'] - paper['constant_error']) if paper.get('sd_error') and paper.get('constant_error') \
+            else None
+        verdicts = [_pair_verdict(sd, control, f'SD against constant depth, {sd.model}, {sd.epochs} epochs each', gap)]
+        verdicts += [_pair_verdict(r, sd, f'{r.epochs} against {sd.epochs} epochs, both SD at drop_path_rate {sd.rate:g}')
+                     for r in longer]
+        notes += [v for v in verdicts if v]
         notes.append(f'- `{sd.name}` vs `{control.name}`: test results from {sd.test_source or "—"} / '
                      f'{control.test_source or "—"} (`runs/<run>/validate.json` is `sdzoo validate MODEL --checkpoint '
                      f'runs/<run>/last.pt --data {sd.data} --split test`); epoch times by hardware stretch: '
                      f'SD {_paces(sd)}; constant depth {_paces(control)}.')
-    lines += [''] + notes + ['']
+    lines += [''] + notes + [''] + _time_to_accuracy(pairs, epoch_benchmarks)
     if figure:
         lines += [f'![validation top-1 against epochs and training hours]({figure})', '']
     return lines
+
+
+def _run_paces(sd: RunRecord, control: RunRecord, longer: List[RunRecord],
+               bench: Optional[Dict[str, Any]]) -> Tuple[Optional[str], Dict[str, Optional[float]]]:
+    """(what the hours mean, s/epoch by run name): a longer SD run of the same recipe gets the SD pace of a
+    side-by-side measurement, never that of a hardware stretch it did not share."""
+    paces = _axis_paces(sd, control, bench)
+    if paces is None:
+        return None, {}
+    own = {sd.name: paces[1], control.name: paces[2]}
+    own.update({r.name: paces[1] if bench else None for r in longer})
+    return paces[0], own
+
+
+def _time_to_accuracy(pairs, epoch_benchmarks: Sequence[Dict[str, Any]]) -> List[str]:
+    """When each run first reached a validation accuracy: the epoch, and the training hours at the pace
+    measured on one machine (the picture's hours axis), so the two settings are read on one clock."""
+    lines = ['When each run first reached a validation top-1 (the trainer\'s end-of-epoch measurement on the 5,000 '
+             'held-out training images): the epoch, and the training hours at the per-epoch times of the table '
+             'above, measured on one machine.', '',
+             '| run | ' + ' | '.join(f'val top-1 ≥ {t:g}%' for t in _THRESHOLDS) + ' | best val top-1 % (epoch) |',
+             '|---|' + '---:|' * (len(_THRESHOLDS) + 1)]
+    for control, sd, longer in pairs:
+        _, paces = _run_paces(sd, control, longer, _epoch_benchmark(sd, epoch_benchmarks))
+        for r in [sd, control] + longer:
+            if not r.metrics:
+                continue
+            cells = []
+            for t in _THRESHOLDS:
+                epoch = next((int(m['epoch']) for m in r.metrics if m['val_top1'] >= t), None)
+                pace = paces.get(r.name)
+                cells.append('—' if epoch is None else
+                             f'epoch {epoch}' + ('' if pace is None else f', {epoch * pace / 3600:.1f} h'))
+            best = max(r.metrics, key=lambda m: m['val_top1'])
+            label = 'constant depth' if r.rate == 0 else f'drop_path_rate {r.rate:g}'
+            lines.append(f'| `{r.name}` ({label}) | ' + ' | '.join(cells) +
+                         f' | {best["val_top1"]:.2f} ({int(best["epoch"])}) |')
+    return lines + ['']
 
 
 def _hours(r: RunRecord, pace: Optional[float]) -> List[float]:
@@ -248,7 +338,7 @@ def _hours(r: RunRecord, pace: Optional[float]) -> List[float]:
     return out
 
 
-def _plot_paces(sd: RunRecord, control: RunRecord, bench: Optional[Dict[str, Any]]) -> Optional[Tuple[str, float, float]]:
+def _axis_paces(sd: RunRecord, control: RunRecord, bench: Optional[Dict[str, Any]]) -> Optional[Tuple[str, float, float]]:
     """(what the hours axis means, s/epoch of SD, of constant depth): the side-by-side epochs first, else the
     runs' common stretch, else None (recorded wall clock)."""
     if bench:
@@ -259,6 +349,17 @@ def _plot_paces(sd: RunRecord, control: RunRecord, bench: Optional[Dict[str, Any
     if pace:
         return f'training hours at each run\'s median epoch time\non {pace[0]}', pace[1], pace[2]
     return None
+
+
+def _shared_epochs(branch: RunRecord, twin: RunRecord) -> int:
+    """How many first epochs ``branch`` shares with ``twin`` (same losses and accuracies: forked from it)."""
+    keys = ('epoch', 'train_loss', 'val_loss', 'val_top1')
+    n = 0
+    for a, b in zip(branch.metrics, twin.metrics):
+        if any(a.get(k) != b.get(k) for k in keys):
+            break
+        n += 1
+    return n
 
 
 def plot_comparison(records: List[RunRecord], out_png: Path,
@@ -272,23 +373,28 @@ def plot_comparison(records: List[RunRecord], out_png: Path,
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(pairs), 2, figsize=(12, 3.8 * len(pairs)), squeeze=False)
     for (control, sd, longer), (ax_e, ax_h) in zip(pairs, axes):
-        bench = _epoch_benchmark(sd, epoch_benchmarks)
-        paces = _plot_paces(sd, control, bench)
-        for r in [sd, control] + longer:
+        axis, paces = _run_paces(sd, control, longer, _epoch_benchmark(sd, epoch_benchmarks))
+        runs = [sd, control] + longer
+        for r in runs:
             label = f'{r.name} ({"constant depth" if r.rate == 0 else f"drop_path_rate {r.rate:g}"})'
-            # a longer SD run of the same recipe has the SD pace of a side-by-side measurement, not of a stretch
-            own = None if paces is None else paces[2] if r is control else paces[1] if r is sd or bench else None
-            ax_e.plot([m['epoch'] for m in r.metrics], [m['val_top1'] for m in r.metrics], label=label, lw=1)
-            if paces is None or own is not None:
-                ax_h.plot(_hours(r, own), [m['val_top1'] for m in r.metrics], label=label, lw=1)
+            # a branch forked from its twin repeats the twin's first epochs: drawn from the fork on, or it hides them
+            shared = _shared_epochs(r, sd) if r in longer else 0
+            if shared:
+                label += f', branched after epoch {shared}'
+            start = max(shared - 1, 0)
+            val = [m['val_top1'] for m in r.metrics][start:]
+            ax_e.plot([m['epoch'] for m in r.metrics][start:], val, label=label, lw=1)
+            if axis is None or paces.get(r.name) is not None:
+                ax_h.plot(_hours(r, paces.get(r.name))[start:], val, label=label, lw=1)
         ax_e.set_xlabel('epoch')
-        ax_h.set_xlabel(paces[0] if paces else 'training hours, recorded wall clock\n(the runs trained on different CPUs)',
-                        fontsize=8)
+        ax_h.set_xlabel(axis or 'training hours, recorded wall clock\n(the runs trained on different CPUs)', fontsize=8)
+        # the top 25 points: where the runs part (the first epochs below it are off the scale, the table has them)
+        top = math.ceil(max((m['val_top1'] for r in runs for m in r.metrics), default=100.0) + 1.5)
         for ax in (ax_e, ax_h):
-            ax.set_ylabel('val top-1 % (5,000 held-out training images)')
-            ax.set_ylim(40, 100)
+            ax.set_ylabel('val top-1 % (5,000 held-out training images)', fontsize=8)
+            ax.set_ylim(max(top - 25, 0), min(top, 100))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc='lower right')
         ax_e.set_title(f'{sd.model} on CIFAR-10 (JPEG q75 copy): SD vs constant depth', fontsize=9)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)

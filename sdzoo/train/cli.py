@@ -262,6 +262,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from timm.data import resolve_data_config
     from ..data import create_loader, load_splits
     from ..export.onnx import create_model, data_config
+    from .paired import encode_per_image
     from .trainer import evaluate
     if args.data_dir:
         import os
@@ -296,10 +297,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         raise ValueError(f'{args.model} has {model.num_classes} classes but {args.data!r} has {splits.num_classes}')
     loader = create_loader(split, args.batch_size, data_cfg, train=False, in_chans=data_cfg['input_size'][0],
                            workers=args.workers)
-    res = evaluate(model, loader, device, amp=args.amp, progress=sys.stderr.isatty(), desc=f'validate {args.split}')
+    res = evaluate(model, loader, device, amp=args.amp, progress=sys.stderr.isatty(), desc=f'validate {args.split}',
+                   per_image=True)
+    per_image = encode_per_image(res.pop('correct'), res.pop('labels'))  # for paired comparisons (sdzoo cards)
     out = dict(model=args.model, weights=('pretrained' if args.pretrained or folder else str(args.checkpoint)),
                pretrained_tag=model.pretrained_cfg.get('tag') if args.pretrained or folder else None,
-               data=args.data, data_source=splits.source, split=args.split, amp=args.amp, **res)
+               data=args.data, data_source=splits.source, split=args.split, amp=args.amp, **res, per_image=per_image)
     top5 = f"top-5 {res['top5']:.2f}%  " if model.num_classes > 5 else ''  # trivially 100% for <= 5 classes
     print(f"{args.model} on {args.data} {args.split} ({res['images']} images): top-1 {res['top1']:.2f}%  "
           f"{top5}loss {res['loss']:.4f}  {res['images_per_sec']:.0f} img/s")

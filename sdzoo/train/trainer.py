@@ -38,13 +38,16 @@ __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'recipe', 'lr_at', 'create_trai
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp: str = 'none',
-             max_batches: Optional[int] = None, progress: bool = False, desc: str = 'eval') -> Dict[str, float]:
-    """Top-1, top-5 (in %), mean cross-entropy and images/s of the full-depth eval network."""
+             max_batches: Optional[int] = None, progress: bool = False, desc: str = 'eval',
+             per_image: bool = False) -> Dict[str, Any]:
+    """Top-1, top-5 (in %), mean cross-entropy and images/s of the full-depth eval network; with ``per_image``
+    also each image's top-1 hit and label in loader order (``correct``, ``labels``), for paired comparisons."""
     from tqdm import tqdm
     was_training = model.training
     model.eval()
     ctx_amp, _ = autocast_for(device, amp)
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    hits, labels = [], []
     t0 = time.perf_counter()
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     it = loader.iter_epoch(0)
@@ -59,7 +62,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = 'none',
         loss_sum += F.cross_entropy(logits, y, reduction='sum').item()
         k = min(5, logits.shape[1])
         pred = logits.topk(k, dim=1).indices
-        top1 += (pred[:, 0] == y).sum().item()
+        hit = pred[:, 0] == y
+        top1 += hit.sum().item()
+        if per_image:
+            hits.append(hit.cpu())
+            labels.append(y.cpu())
         top5 += (pred == y[:, None]).any(dim=1).sum().item()
         n += y.numel()
         bar.update(1)
@@ -68,8 +75,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = 'none',
     model.train(was_training)
     if n == 0:
         raise ValueError('evaluation set is empty')
-    return dict(top1=100.0 * top1 / n, top5=100.0 * top5 / n, loss=loss_sum / n, images=n,
-                seconds=seconds, images_per_sec=n / seconds if seconds > 0 else float('nan'))
+    out = dict(top1=100.0 * top1 / n, top5=100.0 * top5 / n, loss=loss_sum / n, images=n,
+               seconds=seconds, images_per_sec=n / seconds if seconds > 0 else float('nan'))
+    if per_image:
+        out.update(correct=torch.cat(hits), labels=torch.cat(labels))
+    return out
 
 
 class Trainer(SetupMixin, CheckpointMixin, StopMixin):

@@ -1,0 +1,72 @@
+"""Per-image results of sdzoo validate and the paired test that sets two networks side by side on them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdzoo.cli import main as cli_main
+from sdzoo.train.paired import decode_correct, encode_per_image, mcnemar_exact_p, paired_comparison
+
+
+def _validate(model: str, data: Path, out: Path, *extra: str) -> dict:
+    assert cli_main(['validate', model, '--pretrained', '--data', str(data), '--out', str(out), '--threads', '1',
+                     '--workers', '0', *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def test_validate_records_which_images_each_network_gets_right(tmp_path, tiny_cifar):
+    """Shipped sd_resnet20 and sd_resnet56 weights on 60 real CIFAR-10 test JPEGs: the per-image hits add up to
+    the reported top-1, do not depend on the batch size (image order is the split's), and pair up."""
+    r20 = _validate('sd_resnet20', tiny_cifar, tmp_path / 'r20.json')
+    r20_b7 = _validate('sd_resnet20', tiny_cifar, tmp_path / 'r20b7.json', '--batch-size', '7')
+    r56 = _validate('sd_resnet56', tiny_cifar, tmp_path / 'r56.json')
+    hits20, hits56 = decode_correct(r20['per_image']), decode_correct(r56['per_image'])
+    assert hits20.size == r20['images'] == 60
+    assert hits20.sum() == round(r20['top1'] * 60 / 100) and hits56.sum() == round(r56['top1'] * 60 / 100)
+    assert hits20.sum() > 30, r20['top1']  # trained weights on real images, not chance (10%)
+    assert np.array_equal(hits20, decode_correct(r20_b7['per_image']))
+    p = paired_comparison(r20['per_image'], r56['per_image'])
+    assert p.images == 60 and p.only_a - p.only_b == hits20.sum() - hits56.sum()
+    assert p.error_difference == pytest.approx(r56['top1'] - r20['top1'])
+    assert p.ci95[0] <= p.error_difference <= p.ci95[1] and 0 < p.p_value <= 1
+    same = paired_comparison(r20['per_image'], r20_b7['per_image'])
+    assert (same.only_a, same.only_b, same.p_value, same.ci95) == (0, 0, 1.0, (0.0, 0.0))
+
+
+def test_mcnemar_exact_is_the_two_sided_binomial_test_on_the_discordant_images():
+    assert mcnemar_exact_p(1, 9) == 22 / 1024  # 2 * (C(10,0) + C(10,1)) / 2^10
+    assert mcnemar_exact_p(9, 1) == mcnemar_exact_p(1, 9)
+    assert mcnemar_exact_p(0, 5) == 2 / 32
+    assert mcnemar_exact_p(5, 5) == 1.0 and mcnemar_exact_p(0, 0) == 1.0
+    assert 1e-11 < mcnemar_exact_p(400, 600) < 1e-9  # 2^1000 in exact integers: no float overflow
+
+
+def test_paired_comparison_refuses_different_images_and_broken_records():
+    hits = np.array([True, False, True, True])
+    a = encode_per_image(hits, [0, 1, 2, 3])
+    with pytest.raises(ValueError, match='same images'):
+        paired_comparison(a, encode_per_image(hits, [3, 2, 1, 0]))  # same count, another order
+    with pytest.raises(ValueError, match='same images'):
+        paired_comparison(a, encode_per_image(hits[:3], [0, 1, 2]))
+    with pytest.raises(ValueError, match='4 per-image results for 3 labels'):
+        encode_per_image(hits, [0, 1, 2])
+    with pytest.raises(ValueError, match='not a per-image record'):
+        decode_correct(dict(a, top1_correct='not base64!'))
+    with pytest.raises(ValueError, match='says 40 images'):
+        decode_correct(dict(a, images=40))
+    # one discordant image each way: no difference
+    p = paired_comparison(a, encode_per_image([False, True, True, True], [0, 1, 2, 3]))
+    assert (p.only_a, p.only_b, p.error_difference) == (1, 1, 0.0)
+
+
+def test_paired_difference_and_its_interval():
+    """a misses 2 of 4 images that b gets: 50 points more error; paired variance (2/4 - 0.5^2) / 4, so
+    se 0.25 and a 95% interval of 50 +- 49 points."""
+    labels = [0, 1, 2, 3]
+    p = paired_comparison(encode_per_image([False, False, True, True], labels), encode_per_image([True] * 4, labels))
+    assert (p.only_a, p.only_b) == (0, 2)
+    assert p.error_difference == pytest.approx(50.0) and p.ci95 == pytest.approx((1.0, 99.0))
+    assert p.p_value == 0.5  # 2 * C(2,0) / 2^2
