@@ -30,6 +30,25 @@ def _run(root: Path, name: str, rate, seconds, sessions, top1=None, fraction=0.7
     return run
 
 
+def _plotted_axes(runs, png: Path, benchmarks=()) -> list:
+    """The axes plot_comparison drew (kept as it saves the figure), after checking it wrote the PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    seen = []
+    real_savefig = plt.Figure.savefig
+
+    def keep_axes(fig, *args, **kwargs):
+        seen.extend(fig.axes)
+        return real_savefig(fig, *args, **kwargs)
+    plt.Figure.savefig = keep_axes
+    try:
+        assert plot_comparison(runs, png, benchmarks) == png and png.is_file()
+    finally:
+        plt.Figure.savefig = real_savefig
+    return seen
+
+
 def test_epochs_where_a_session_started_are_left_out():
     sessions = [dict(epoch=1, batch=0, **EPYC), dict(epoch=3, batch=40, **XEON)]
     labels = clean_epoch_labels(sessions, 6)
@@ -129,21 +148,7 @@ def test_epoch_times_measured_side_by_side_fill_the_per_epoch_columns_and_the_ho
     assert ('(`epoch_time_r20.json`); the runs: 100 / 130 s on Xeon, 2 threads, bf16 autocast (5 / 5 epochs, medians) '
             '| 1.32x, 1.30x (runs) |') in text, text
     # the hours axis: plotted at the measured paces (the SD run's 6 epochs at 30.4 s end at 0.0507 h)
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    seen = {}
-    real_savefig = plt.Figure.savefig
-
-    def keep_axes(fig, *args, **kwargs):
-        seen['hours'] = fig.axes[1]
-        return real_savefig(fig, *args, **kwargs)
-    plt.Figure.savefig = keep_axes
-    try:
-        assert plot_comparison(runs, tmp_path / 'fig.png', benchmarks) is not None
-    finally:
-        plt.Figure.savefig = real_savefig
-    ax = seen['hours']
+    ax = _plotted_axes(runs, tmp_path / 'fig.png', benchmarks)[1]
     ends = sorted(round(line.get_xdata()[-1], 4) for line in ax.get_lines())
     assert ends == [round(2 * 40.2 / 3600, 4), round(6 * 30.4 / 3600, 4)], ends
     assert 'side by side' in ax.get_xlabel()
@@ -222,21 +227,7 @@ def test_time_to_accuracy_and_a_forked_branch(tmp_path):
     assert '| `r-nosd` (constant depth) | epoch 21, 4.2 h | epoch 26, 5.2 h | epoch 29, 5.8 h | — |' in text, text
     assert '| `r-sd-long` (drop_path_rate 0.5) | epoch 21, 2.1 h | epoch 26, 2.6 h | epoch 29, 2.9 h | epoch 31, 3.1 h |' \
         in text, text
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    seen = {}
-    real_savefig = plt.Figure.savefig
-
-    def keep_axes(fig, *args, **kwargs):
-        seen['epochs'] = fig.axes[0]
-        return real_savefig(fig, *args, **kwargs)
-    plt.Figure.savefig = keep_axes
-    try:
-        assert plot_comparison(list(runs.values()), tmp_path / 'fig.png') is not None
-    finally:
-        plt.Figure.savefig = real_savefig
-    lines = {line.get_label(): line for line in seen['epochs'].get_lines()}
+    lines = {line.get_label(): line for line in _plotted_axes(list(runs.values()), tmp_path / 'fig.png')[0].get_lines()}
     branch_line = lines['r-sd-long (drop_path_rate 0.5), branched after epoch 12']
     assert branch_line.get_xdata()[0] == 12 and branch_line.get_xdata()[-1] == 40
     assert lines['r-sd (drop_path_rate 0.5)'].get_xdata()[0] == 1
