@@ -17,10 +17,12 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from ..train.paired import PairedResult, paired_comparison
 from ..train.records import clean_epoch_labels, read_metrics
+
+if TYPE_CHECKING:
+    from ..train.paired import PairedResult
 
 __all__ = ['RunRecord', 'load_runs', 'load_step_benchmarks', 'load_epoch_benchmarks', 'comparison_section',
            'plot_comparison']
@@ -127,8 +129,9 @@ def _error_cell(r: RunRecord) -> str:
             else 'training: no epoch yet')
 
 
-def _paired(a: RunRecord, b: RunRecord) -> Optional[PairedResult]:
+def _paired(a: RunRecord, b: RunRecord) -> Optional['PairedResult']:
     """a against b image by image, when both were evaluated by sdzoo validate with per-image results."""
+    from ..train.paired import paired_comparison  # numpy: not on the path of `sdzoo --help`
     pa, pb = ((r.test or {}).get('per_image') for r in (a, b))
     if not (pa and pb):
         return None
