@@ -231,3 +231,20 @@ def test_time_to_accuracy_and_a_forked_branch(tmp_path):
     branch_line = lines['r-sd-long (drop_path_rate 0.5), branched after epoch 12']
     assert branch_line.get_xdata()[0] == 12 and branch_line.get_xdata()[-1] == 40
     assert lines['r-sd (drop_path_rate 0.5)'].get_xdata()[0] == 1
+
+
+def test_a_longer_sd_run_with_a_control_of_its_own_is_shown_once(tmp_path):
+    """The 300-epoch SD run is both longer than the 160-epoch control and the twin of the 300-epoch control: it
+    gets its own row beside that control, not a second 'vs the shorter control' row, and one time-to-accuracy row;
+    the verdict on training longer (SD against SD) stays."""
+    labels = [i % 10 for i in range(100)]
+    for name, rate, epochs, hits in (('r-sd', None, 6, 80), ('r-nosd', 0.0, 6, 79), ('r-sd-long', None, 9, 90)):
+        run = _run(tmp_path / 'runs', name, rate, [100] * epochs, [dict(epoch=1, batch=0, **XEON)], epochs=epochs)
+        _validated(run, [True] * hits + [False] * (100 - hits), labels)
+    _run(tmp_path / 'runs', 'r-nosd-long', 0.0, [130] * 4, [dict(epoch=1, batch=0, **XEON)], epochs=9)
+    text = '\n'.join(comparison_section(load_runs(tmp_path / 'runs', lambda model: 0.5)))
+    rows = [line for line in text.splitlines() if line.startswith('| sd_resnet20')]
+    assert [r.split(' | ')[0] for r in rows] == ['| sd_resnet20 (6)', '| sd_resnet20 (9)'], rows
+    assert '| 10.00 | training: epoch 4/9, val error 37.00 | pending |' in rows[1], rows[1]
+    assert sum(line.startswith('| `r-sd-long`') for line in text.splitlines()) == 1, text
+    assert '**9 against 6 epochs, both SD at drop_path_rate 0.5:**' in text

@@ -256,6 +256,7 @@ def comparison_section(records: List[RunRecord], figure: Optional[str] = None,
              '| paper: SD / constant error % | paper: SD / constant training time |',
              '|---|---:|---:|---:|---|---:|---|---:|---:|---|']
     notes = []
+    twinned = {sd.name for _, sd, _ in pairs}
     for control, sd, longer in pairs:
         paper = _PAPER.get(sd.model, {})
         pace = _common_pace(sd, control)
@@ -273,6 +274,8 @@ def comparison_section(records: List[RunRecord], figure: Optional[str] = None,
                      f'| {speed} | {_step_cell(sd, list(step_benchmarks))} | {fraction:.3f} ({1 / fraction:.2f}x) | {fmt(paper.get("sd_error"))} / {fmt(paper.get("constant_error"))} '
                      f'| {paper.get("sd_time") or "—"} / {paper.get("constant_time") or "—"} |')
         for r in longer:
+            if r.name in twinned:  # it has a control of its own length: its own row
+                continue
             d = _difference_cell(r, control, f' vs the {control.epochs}-epoch control')
             lines.append(f'| {r.model} ({r.epochs}) | {_error_cell(r)} | — | {d} | — | — | — | — | | |')
         gap = (paper['sd_error'] - paper['constant_error']) if paper.get('sd_error') and paper.get('constant_error') \
@@ -311,11 +314,13 @@ def _time_to_accuracy(pairs, epoch_benchmarks: Sequence[Dict[str, Any]]) -> List
              'above, measured on one machine.', '',
              '| run | ' + ' | '.join(f'val top-1 ≥ {t:g}%' for t in _THRESHOLDS) + ' | best val top-1 % (epoch) |',
              '|---|' + '---:|' * (len(_THRESHOLDS) + 1)]
+    shown = set()
     for control, sd, longer in pairs:
         _, paces = _run_paces(sd, control, longer, _epoch_benchmark(sd, epoch_benchmarks))
         for r in [sd, control] + longer:
-            if not r.metrics:
+            if not r.metrics or r.name in shown:  # an SD run both longer than one control and twin of another
                 continue
+            shown.add(r.name)
             cells = []
             for t in _THRESHOLDS:
                 epoch = next((int(m['epoch']) for m in r.metrics if m['val_top1'] >= t), None)
@@ -398,7 +403,7 @@ def plot_comparison(records: List[RunRecord], out_png: Path,
             ax.set_ylim(max(top - 25, 0), min(top, 100))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc='lower right')
-        ax_e.set_title(f'{sd.model} on CIFAR-10 (JPEG q75 copy): SD vs constant depth', fontsize=9)
+        ax_e.set_title(f'{sd.model}, {sd.epochs} epochs, on CIFAR-10 (JPEG q75 copy): SD vs constant depth', fontsize=9)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(f'.{out_png.stem}.tmp.png')
