@@ -13,6 +13,7 @@ _COMMANDS = {
     'train': 'sdzoo.train.cli',
     'finetune': 'sdzoo.train.cli',
     'validate': 'sdzoo.train.cli',
+    'compare': 'sdzoo.train.cli',
     'export': 'sdzoo.export.cli',
     'predict': 'sdzoo.export.cli',
     'serve': 'sdzoo.serve.cli',

@@ -34,6 +34,36 @@ def test_validate_records_which_images_each_network_gets_right(tmp_path, tiny_ci
     assert p.ci95[0] <= p.error_difference <= p.ci95[1] and 0 < p.p_value <= 1
     same = paired_comparison(r20['per_image'], r20_b7['per_image'])
     assert (same.only_a, same.only_b, same.p_value, same.ci95) == (0, 0, 1.0, (0.0, 0.0))
+    # sdzoo compare: the same pairing from the two files (or a folder holding one as validate.json)
+    folder = tmp_path / 'run56'
+    folder.mkdir()
+    (folder / 'validate.json').write_text((tmp_path / 'r56.json').read_text())
+    assert cli_main(['compare', str(tmp_path / 'r20.json'), str(folder), '--out', str(tmp_path / 'c.json')]) == 0
+    c = json.loads((tmp_path / 'c.json').read_text())
+    assert (c['images'], c['only_first_right'], c['only_second_right']) == (60, p.only_a, p.only_b)
+    assert c['mcnemar_p'] == p.p_value and c['second'] == str(folder / 'validate.json')
+
+
+@pytest.mark.parametrize('second, message', [
+    ('missing.json', 'missing.json: no such file'),
+    ('empty_dir', 'empty_dir holds no validate.json'),
+    ('old.json', 'has no per-image results'),
+    ('broken.json', 'is not JSON'),
+    ('other.json', 'did not see the same images'),
+])
+def test_compare_refuses_in_one_line(tmp_path, capsys, second, message):
+    labels = list(range(10))
+    record = dict(top1=50.0, per_image=encode_per_image([True] * 5 + [False] * 5, labels))
+    (tmp_path / 'a.json').write_text(json.dumps(record))
+    (tmp_path / 'empty_dir').mkdir()
+    (tmp_path / 'old.json').write_text(json.dumps(dict(top1=50.0, top5=90.0)))
+    (tmp_path / 'broken.json').write_text('{"top1": ')
+    (tmp_path / 'other.json').write_text(json.dumps(dict(record, per_image=encode_per_image([True] * 10, labels[::-1]))))
+    with pytest.raises(SystemExit) as exc:
+        cli_main(['compare', str(tmp_path / 'a.json'), str(tmp_path / second), '--out', str(tmp_path / 'c.json')])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / 'c.json').exists()
 
 
 def test_mcnemar_exact_is_the_two_sided_binomial_test_on_the_discordant_images():

@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from ..cli import add_checkpoint_args, checkpoint_kwargs
 from .allocator import MALLOC_MODES, configure_malloc
@@ -307,12 +307,56 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.model} on {args.data} {args.split} ({res['images']} images): top-1 {res['top1']:.2f}%  "
           f"{top5}loss {res['loss']:.4f}  {res['images_per_sec']:.0f} img/s")
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f'.{path.name}.tmp')
-        tmp.write_text(json.dumps(out, indent=2) + '\n')
-        tmp.replace(path)
-        print(f'wrote {path}')
+        _write_out(args.out, out)
+    return 0
+
+
+def _write_out(out: str, record: Dict[str, Any]) -> None:
+    from .checkpoint import atomic_write_json
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record)
+    print(f'wrote {path}')
+
+
+def _validate_record(given: str) -> Tuple[Path, Dict[str, Any]]:
+    """``sdzoo validate --out``'s JSON, from its path or a folder that holds it as validate.json."""
+    path = Path(given)
+    if path.is_dir():
+        if not (path / 'validate.json').is_file():
+            raise ValueError(f'{given} holds no validate.json: run sdzoo validate on it with --out {path}/validate.json')
+        path = path / 'validate.json'
+    if not path.is_file():
+        raise ValueError(f'{given}: no such file (give the JSON of sdzoo validate --out, or a folder with a '
+                         'validate.json: a run directory or a weights folder)')
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f'{path} is not JSON ({e})') from None
+    if not isinstance(record, dict) or 'per_image' not in record or 'top1' not in record:
+        raise ValueError(f'{path} has no per-image results (written by an older sdzoo validate, or not by it): '
+                         'run sdzoo validate again with --out')
+    return path, record
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Two networks on the same images, paired: the question is the images they disagree on."""
+    from .paired import paired_comparison
+    (path_a, a), (path_b, b) = _validate_record(args.first), _validate_record(args.second)
+    try:
+        r = paired_comparison(a['per_image'], b['per_image'])
+    except ValueError as e:
+        raise ValueError(f'{path_a} and {path_b}: {e}') from None
+    verdict = ('they differ on these images' if r.p_value < 0.05 else
+               'not distinguishable on these images (p >= 0.05)')
+    print(f'{path_a}: top-1 {a["top1"]:.2f}%   {path_b}: top-1 {b["top1"]:.2f}%   ({r.images:,} images, paired)')
+    print(f'error difference (first - second): {r.error_difference:+.2f} points, 95% CI {r.ci95[0]:+.2f} to '
+          f'{r.ci95[1]:+.2f}; only the first right on {r.only_a} images, only the second on {r.only_b}; '
+          f'McNemar exact p = {r.p_value:.3g}: {verdict}')
+    if args.out:
+        _write_out(args.out, dict(first=str(path_a), second=str(path_b), top1_first=a['top1'], top1_second=b['top1'],
+                                  images=r.images, only_first_right=r.only_a, only_second_right=r.only_b,
+                                  error_difference=r.error_difference, ci95=list(r.ci95), mcnemar_p=r.p_value))
     return 0
 
 
@@ -344,3 +388,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--out', default=None, help='write the results as JSON here (default: print only)')
     p.add_argument('--debug', action='store_true', help='show tracebacks')
     p.set_defaults(func=_cmd_validate)
+    p = sub.add_parser('compare', help='two sdzoo validate results on the same images, paired: error difference, '
+                                       '95%% CI, McNemar exact test')
+    p.add_argument('first', help="sdzoo validate --out's JSON, or a run directory / weights folder with a validate.json")
+    p.add_argument('second', help='the same for the network to compare it with (same data set and split)')
+    p.add_argument('--out', default=None, help='write the comparison as JSON here (default: print only)')
+    p.add_argument('--debug', action='store_true', help='show tracebacks')
+    p.set_defaults(func=_cmd_compare)
