@@ -93,6 +93,10 @@ def test_validate_export_predict_serve_take_the_run_directory(run, capsys, tmp_p
     v = json.loads((tmp_path / 'v.json').read_text())
     summary = json.loads((run['dir'] / 'summary.json').read_text())
     assert v['top1'] == pytest.approx(summary['test']['top1']) and v['data'] == str(run['data'])
+    # the trainer's own test pass records the same per-image hits: compare on the run pairs them one to one
+    assert main(['compare', rdir, str(tmp_path / 'v.json')]) == 0
+    out = capsys.readouterr().out
+    assert f'{run["dir"] / "summary.json"}: top-1' in out and 'only the first right on 0 images, only the second on 0' in out
 
     # no --out: the ONNX lands in the run's model folder
     assert main(['export', rdir, '--data', str(run['data']), '--val-images', '8']) == 0

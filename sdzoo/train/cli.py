@@ -320,9 +320,15 @@ def _write_out(out: str, record: Dict[str, Any]) -> None:
 
 
 def _validate_record(given: str) -> Tuple[Path, Dict[str, Any]]:
-    """``sdzoo validate --out``'s JSON, from its path or a folder that holds it as validate.json."""
+    """``sdzoo validate --out``'s JSON, from its path or a folder that holds it as validate.json; a finished run
+    directory without one gives its trainer's test result (summary.json), which records the same per-image hits."""
     path = Path(given)
     if path.is_dir():
+        summary = path / 'summary.json'
+        if not (path / 'validate.json').is_file() and summary.is_file():
+            test = json.loads(summary.read_text()).get('test')
+            if isinstance(test, dict) and 'per_image' in test:
+                return summary, test
         if not (path / 'validate.json').is_file():
             raise ValueError(f'{given} holds no validate.json: run sdzoo validate on it with --out {path}/validate.json')
         path = path / 'validate.json'

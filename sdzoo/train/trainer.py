@@ -273,8 +273,11 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
             if self.ema is not None:
                 save_safetensors(self.ema.module.state_dict(), self.out / 'model_ema.safetensors', meta)
             if cfg.eval_test and self.test_loader is not None:
-                ev = evaluate(self.model, self.test_loader, self.device, amp='none')
-                summary['test'] = ev
+                from .paired import encode_per_image
+                ev = evaluate(self.model, self.test_loader, self.device, amp='none', per_image=True)
+                # each test image's hit, as sdzoo validate records it: sdzoo cards / compare pair runs on it
+                per_image = encode_per_image(ev.pop('correct'), ev.pop('labels'))
+                summary['test'] = dict(ev, per_image=per_image)
                 if self.ema is not None:
                     summary['test_ema'] = evaluate(self.ema.module, self.test_loader, self.device, amp='none')
             # the run's model folder (RUN_DIR/model/, timm's Hub layout): what users load, export and serve
