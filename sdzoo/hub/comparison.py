@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from ..train.records import clean_epoch_labels, read_metrics
+from ..train.records import clean_epoch_labels, read_metrics, read_test_result
 
 if TYPE_CHECKING:
     from ..train.paired import PairedResult
@@ -83,10 +83,9 @@ def _read_run(run: Path, default_rate) -> Optional[RunRecord]:
     cfg = json.loads(cfg_file.read_text())
     sessions = json.loads((run / 'sessions.json').read_text()) if (run / 'sessions.json').is_file() else []
     test, source = None, ''
-    if (run / 'validate.json').is_file():
-        test, source = json.loads((run / 'validate.json').read_text()), 'sdzoo validate'
-    elif (run / 'summary.json').is_file():
-        test, source = json.loads((run / 'summary.json').read_text()).get('test'), 'trainer'
+    found = read_test_result(run)
+    if found is not None:
+        test, source = found[1], 'sdzoo validate' if found[0].name == 'validate.json' else 'trainer'
     rate = cfg.get('drop_path_rate')
     return RunRecord(name=run.name, model=cfg['model'], data=cfg['data'], epochs=int(cfg['epochs']),
                      rate=float(default_rate(cfg['model']) if rate is None else rate),

@@ -322,23 +322,22 @@ def _write_out(out: str, record: Dict[str, Any]) -> None:
 def _validate_record(given: str) -> Tuple[Path, Dict[str, Any]]:
     """``sdzoo validate --out``'s JSON, from its path or a folder that holds it as validate.json; a finished run
     directory without one gives its trainer's test result (summary.json), which records the same per-image hits."""
+    from .records import read_test_result
     path = Path(given)
-    if path.is_dir():
-        summary = path / 'summary.json'
-        if not (path / 'validate.json').is_file() and summary.is_file():
-            test = json.loads(summary.read_text()).get('test')
-            if isinstance(test, dict) and 'per_image' in test:
-                return summary, test
-        if not (path / 'validate.json').is_file():
-            raise ValueError(f'{given} holds no validate.json: run sdzoo validate on it with --out {path}/validate.json')
-        path = path / 'validate.json'
-    if not path.is_file():
-        raise ValueError(f'{given}: no such file (give the JSON of sdzoo validate --out, or a folder with a '
-                         'validate.json: a run directory or a weights folder)')
     try:
-        record = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f'{path} is not JSON ({e})') from None
+        if path.is_dir():
+            found = read_test_result(path)
+            if found is None:
+                raise ValueError(f'{given} holds no validate.json: run sdzoo validate on it with --out {path}/validate.json')
+            path, record = found
+        elif path.is_file():
+            record = json.loads(path.read_text())
+        else:
+            raise ValueError(f'{given}: no such file (give the JSON of sdzoo validate --out, or a folder with a '
+                             'validate.json: a run directory or a weights folder)')
+    except json.JSONDecodeError as e:
+        what = path if path.is_file() else f'the validate.json or summary.json in {path}'
+        raise ValueError(f'{what} is not JSON ({e})') from None
     if not isinstance(record, dict) or 'per_image' not in record or 'top1' not in record:
         raise ValueError(f'{path} has no per-image results (written by an older sdzoo validate, or not by it): '
                          'run sdzoo validate again with --out')

@@ -1,13 +1,14 @@
-"""Run records: per-epoch metrics.csv and the training-curve plot."""
+"""Run records: per-epoch metrics.csv, the training-curve plot, and a run's test result."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ['METRIC_FIELDS', 'append_metrics', 'write_metrics', 'read_metrics', 'plot_curves', 'hardware_summary',
-           'session_label', 'clean_epoch_labels']
+           'session_label', 'clean_epoch_labels', 'read_test_result']
 
 METRIC_FIELDS = ['epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5',
                  'epoch_seconds', 'images_per_sec', 'wall_clock_hours', 'blocks_run_fraction']
@@ -20,6 +21,21 @@ def read_metrics(path: os.PathLike | str) -> List[Dict[str, float]]:
     with open(path, newline='') as f:
         return [{k: float(v) if v not in ('', None) else float('nan') for k, v in row.items()}
                 for row in csv.DictReader(f)]
+
+
+def read_test_result(folder: os.PathLike | str) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """(file, record) of a folder's test result: sdzoo validate's validate.json first, else the ``test`` of the
+    trainer's summary.json; None when it has neither."""
+    folder = Path(folder)
+    validated = folder / 'validate.json'
+    if validated.is_file():
+        return validated, json.loads(validated.read_text())
+    summary = folder / 'summary.json'
+    if summary.is_file():
+        test = json.loads(summary.read_text()).get('test')
+        if isinstance(test, dict):
+            return summary, test
+    return None
 
 
 def append_metrics(path: os.PathLike | str, row: Dict[str, float]) -> None:
