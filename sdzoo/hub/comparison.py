@@ -161,7 +161,7 @@ def _pair_verdict(a: RunRecord, b: RunRecord, what: str, paper_gap: Optional[flo
     text = (f'- **{what}:** `{a.name}`\'s test error is {abs(d):.2f} points {side} than `{b.name}`\'s. Of the '
             f'{p.images:,} test images, the first gets {p.only_a} right that the second gets wrong, the second '
             f'{p.only_b} that the first gets wrong; ')
-    if p.p_value < 0.05:
+    if p.differs:
         text += (f'a split this uneven would arise by chance with p = {p.p_value:.2g} (McNemar, exact), so the two '
                  f'networks differ on this test set (95% CI of the difference {p.ci95[0]:+.2f} to {p.ci95[1]:+.2f} points).')
     else:

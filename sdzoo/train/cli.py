@@ -352,7 +352,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         r = paired_comparison(a['per_image'], b['per_image'])
     except ValueError as e:
         raise ValueError(f'{path_a} and {path_b}: {e}') from None
-    verdict = ('they differ on these images' if r.p_value < 0.05 else
+    verdict = ('they differ on these images' if r.differs else
                'not distinguishable on these images (p >= 0.05)')
     print(f'{path_a}: top-1 {a["top1"]:.2f}%   {path_b}: top-1 {b["top1"]:.2f}%   ({r.images:,} images, paired)')
     print(f'error difference (first - second): {r.error_difference:+.2f} points, 95% CI {r.ci95[0]:+.2f} to '

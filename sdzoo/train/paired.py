@@ -68,6 +68,11 @@ class PairedResult:
     ci95: Tuple[float, float]
     p_value: float
 
+    @property
+    def differs(self) -> bool:
+        """The discordant split is too uneven for chance at the 5% level (the level of the 95% interval)."""
+        return self.p_value < 0.05
+
 
 def paired_comparison(a: Mapping[str, Any], b: Mapping[str, Any]) -> PairedResult:
     """Compare two ``per_image`` records of ``sdzoo validate`` (refused unless they cover the same images)."""
