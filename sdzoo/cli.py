@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
+
+from .cli_args import CLIError, HelpFormatter, add_checkpoint_args, checkpoint_kwargs  # noqa: F401  (sub-commands' API)
 
 # sub-command name -> module that provides ``add_parser(subparsers)`` and the handler it sets
 _COMMANDS = {
@@ -13,49 +15,16 @@ _COMMANDS = {
     'train': 'sdzoo.train.cli',
     'finetune': 'sdzoo.train.cli',
     'validate': 'sdzoo.train.cli',
-    'compare': 'sdzoo.train.cli',
+    'compare': 'sdzoo.reports.compare',
     'export': 'sdzoo.export.cli',
-    'predict': 'sdzoo.export.cli',
+    'predict': 'sdzoo.predict',
     'serve': 'sdzoo.serve.cli',
     'push': 'sdzoo.hub.cli',
-    'mirror': 'sdzoo.hub.cli',
-    'publish': 'sdzoo.hub.release',
-    'cards': 'sdzoo.hub.cards',
+    'mirror': 'sdzoo.mirror.cli',
+    'publish': 'sdzoo.reports.release',
+    'cards': 'sdzoo.reports.cards',
     'demo': 'sdzoo.demo',
 }
-
-
-class CLIError(Exception):
-    """A user error: printed as ``sdzoo: error: …`` with exit status 2, no traceback."""
-
-
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    """Flags that rebuild the architecture a checkpoint was trained with (export and validate share them):
-    with the paper's scaling the survival probabilities are part of the eval network."""
-    p.add_argument('--num-classes', type=int, default=None, help='classes of the checkpoint (default: the model cfg)')
-    p.add_argument('--in-chans', type=int, default=None, help='input channels of the checkpoint (default: the model cfg)')
-    p.add_argument('--drop-path-rate', type=float, default=None,
-                   help='1 - p_L the checkpoint was trained with (paper scaling uses it at test time; default: '
-                        'recorded with the checkpoint, else the model default)')
-    p.add_argument('--sd-scaling', choices=('paper', 'inverted'), default=None,
-                   help='scaling used in training (default: recorded with the checkpoint, else paper)')
-
-
-def checkpoint_kwargs(args: argparse.Namespace) -> Dict:
-    """``create_model`` kwargs from :func:`add_checkpoint_args` flags that were given."""
-    return {k: v for k in ('num_classes', 'in_chans', 'drop_path_rate', 'sd_scaling')
-            if (v := getattr(args, k)) is not None}
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Every option's help ends with its default (unless it already says it, or the flag is a switch)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ''
-        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
-                and 'default' not in text and action.nargs != 0):
-            text += ' (default: %(default)s)'
-        return text
 
 
 def build_parser() -> argparse.ArgumentParser:

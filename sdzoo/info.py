@@ -3,26 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any, Dict
+from typing import Any, Dict
 
-if TYPE_CHECKING:
-    import torch
-
-__all__ = ['model_info', 'count_flops']
-
-
-def count_flops(model: torch.nn.Module, input_size) -> int:
-    """Forward FLOPs (multiply-add = 2) of the full-depth eval network for one image."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_size))
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops())
+__all__ = ['model_info']
 
 
 def model_info(name: str, flops: bool = True, **kwargs) -> Dict[str, Any]:
@@ -30,6 +13,7 @@ def model_info(name: str, flops: bool = True, **kwargs) -> Dict[str, Any]:
     import timm
     import sdzoo  # noqa: F401
     from .layers import sd_blocks, sd_modules, sd_settings
+    from .models.flops import count_flops
     arch = name.split('.', 1)[0]
     if arch not in timm.list_models('sd_*'):
         if not timm.is_model(arch):

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .files import atomic_write
+
 if TYPE_CHECKING:
     import PIL.Image
 
@@ -243,27 +245,27 @@ class OrtModel:
         for key, value in (session_config or {}).items():  # e.g. {'session.intra_op.allow_spinning': '0'}
             so.add_session_config_entry(str(key), str(value))
 
-        source, tmp_cache = str(self.path), None
+        source, write_cache = str(self.path), False
         self.optimized_model_path = Path(optimized_model_path) if optimized_model_path else None
         if self.optimized_model_path is not None:
             cache = self.optimized_model_path
             if cache.is_file() and cache.stat().st_mtime >= self.path.stat().st_mtime:
                 source = str(cache)
             else:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp_cache = cache.with_name(f'.{cache.name}.{os.getpid()}.tmp')
-                so.optimized_model_filepath = str(tmp_cache)
-        try:
+                write_cache = True
+
+        def open_session(cache_tmp: Optional[str] = None) -> None:
+            if cache_tmp is not None:
+                so.optimized_model_filepath = cache_tmp  # onnxruntime writes the optimized graph there
             try:
                 self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
             except Exception as e:  # onnxruntime's own exception types: InvalidProtobuf, Fail, …
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ValueError(f'{source} is not a model onnxruntime can load: {first}') from e
-            if tmp_cache is not None and tmp_cache.is_file():
-                os.replace(tmp_cache, self.optimized_model_path)
-        finally:
-            if tmp_cache is not None and tmp_cache.exists():
-                tmp_cache.unlink()
+        if write_cache:
+            atomic_write(self.optimized_model_path, open_session)
+        else:
+            open_session()
 
         self.provider: str = self.session.get_providers()[0]
         asked_gpu = [p for p in providers if p in GPU_PROVIDERS]

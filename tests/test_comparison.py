@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdzoo.hub.comparison import (comparison_section, load_epoch_benchmarks, load_runs, load_step_benchmarks,
+from sdzoo.reports.comparison import (comparison_section, load_epoch_benchmarks, load_runs, load_step_benchmarks,
                                   plot_comparison)
 from sdzoo.train.records import clean_epoch_labels, read_metrics, write_metrics
 
@@ -157,7 +157,7 @@ def test_epoch_times_measured_side_by_side_fill_the_per_epoch_columns_and_the_ho
 def test_runs_in_progress_quote_the_pace_of_their_last_whole_epochs(tmp_path):
     """MODEL_CARDS.md's "Runs in progress": an epoch in which a session started (resumed after a stop, its seconds
     spread over two sittings) does not set the pace; without whole epochs the last three are used."""
-    from sdzoo.hub.cards import _in_training
+    from sdzoo.reports.cards import _in_training
     _run(tmp_path, 'r-nosd', 0.0, [300, 310, 320, 900, 330, 2000], [dict(epoch=1, batch=0, **XEON),
                                                                     dict(epoch=6, batch=40, **XEON)], epochs=10)
     row = next(line for line in _in_training(tmp_path) if line.startswith('| `r-nosd`'))
@@ -170,7 +170,7 @@ def test_runs_in_progress_quote_the_pace_of_their_last_whole_epochs(tmp_path):
 
 def _validated(run: Path, hits, labels) -> None:
     """validate.json as sdzoo validate writes it, with its per-image hits."""
-    from sdzoo.train.paired import encode_per_image
+    from sdzoo.train.records import encode_per_image
     hits = list(hits)
     (run / 'validate.json').write_text(json.dumps(dict(top1=100.0 * sum(hits) / len(hits), top5=99.0,
                                                        images=len(hits), per_image=encode_per_image(hits, labels))))
@@ -206,7 +206,7 @@ def test_paired_per_image_results_give_the_difference_its_interval_and_a_verdict
 def test_time_to_accuracy_and_a_forked_branch(tmp_path):
     """The time-to-accuracy table: the first epoch at or above each threshold, with hours at the side-by-side
     pace; a longer branch forked from the SD run is drawn from its fork on, so it does not hide the run's start."""
-    from sdzoo.hub.comparison import _shared_epochs
+    from sdzoo.reports.comparison import _shared_epochs
     sd = _run(tmp_path / 'runs', 'r-sd', None, [100] * 30, [dict(epoch=1, batch=0, **XEON)], top1=87.0, epochs=30)
     _run(tmp_path / 'runs', 'r-nosd', 0.0, [130] * 30, [dict(epoch=1, batch=0, **XEON)], top1=86.0, epochs=30)
     branch = _run(tmp_path / 'runs', 'r-sd-long', None, [100] * 40, [dict(epoch=1, batch=0, **XEON)], top1=88.0,

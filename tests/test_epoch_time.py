@@ -7,7 +7,7 @@ import math
 import subprocess
 import sys
 
-from sdzoo.hub.comparison import load_epoch_benchmarks
+from sdzoo.reports.comparison import load_epoch_benchmarks
 
 
 def test_epoch_time_trains_real_epochs_abba_and_writes_the_record_cards_read(repo_root, tiny_cifar, tmp_path):

@@ -14,7 +14,8 @@ from PIL import Image
 
 import sdzoo
 from sdzoo.cli import main
-from sdzoo.export.onnx import CIFAR10_CLASSES, ExportError, op_histogram
+from sdzoo.export.onnx import ExportError, op_histogram
+from sdzoo.models.load import CIFAR10_CLASSES
 from sdzoo.runtime import OrtModel
 from model_support import randomize_norms  # noqa: E402
 
@@ -344,7 +345,7 @@ def test_cli_predict_bad_inputs(resnet, tmp_path, capsys):
 
 
 def test_loading_a_checkpoint_without_a_state_dict(tmp_path):
-    from sdzoo.export.onnx import load_checkpoint
+    from sdzoo.models.load import load_checkpoint
     bad = tmp_path / 'opt.pt'
     torch.save({'optimizer': {'lr': 0.1}}, bad)
     with pytest.raises(ValueError, match='no state dict'):

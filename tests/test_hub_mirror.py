@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.utils import RepositoryNotFoundError
 
-from sdzoo.hub.mirror import HubMirror
+from sdzoo.mirror import HubMirror
 
 TOKEN = 'secret-token'
 

@@ -1,7 +1,7 @@
 """The Hub paths for real: huggingface_hub's own client against sdzoo's Hub mirror on 127.0.0.1.
 
 The client side runs in a subprocess per test because huggingface_hub reads HF_ENDPOINT and its
-cache locations when it is imported; the server (sdzoo.hub.mirror.HubMirror) runs in this process
+cache locations when it is imported; the server (sdzoo.mirror.HubMirror) runs in this process
 on an OS-chosen port and logs what the client asked for. No mocks.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdzoo.hub.mirror import HubMirror
+from sdzoo.mirror import HubMirror
 
 from test_hub import NAME, RESULTS, corrupt, published  # noqa: F401  (module fixture)
 

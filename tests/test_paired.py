@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sdzoo.cli import main as cli_main
-from sdzoo.train.paired import decode_correct, encode_per_image, mcnemar_exact_p, paired_comparison
+from sdzoo.reports.paired import mcnemar_exact_p, paired_comparison
+from sdzoo.train.records import decode_correct, encode_per_image
 
 
 def _validate(model: str, data: Path, out: Path, *extra: str) -> dict:

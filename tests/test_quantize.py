@@ -72,6 +72,11 @@ def test_int8_model_is_qdq_per_channel_with_measured_accuracy(r20_int8, r20_fp32
     assert acc == report['accuracy'] and abs(acc['top1_fp32'] - acc['top1_int8']) <= 0.5 + 1e-9
     assert acc['top1_fp32'] > 75  # a trained ResNet-20 on held-out CIFAR-10 (JPEG q75 copy) images
     assert 'train images' in json.loads(meta['sdzoo.quantization'])['calibration_data']
+    # AVX2-only x86 CPUs saturate 8-bit dot products: there the weights use 7 bits (reduce_range), recorded
+    from sdzoo.train.hardware import cpu_has_vnni, cpu_info
+    flags = set(cpu_info().get('flags', '').split())
+    assert cpu_has_vnni() == (not flags or 'avx2' not in flags or bool({'avx512_vnni', 'avx_vnni', 'amx_int8'} & flags))
+    assert json.loads(meta['sdzoo.quantization'])['reduce_range'] == (not cpu_has_vnni())
     assert out.stat().st_size < 0.5 * r20_fp32.stat().st_size  # int8 weights
     # what the runtime gives: same interface as fp32, logits close to it on real inputs
     fp32, int8 = OrtModel(r20_fp32), OrtModel(out)
@@ -207,7 +212,7 @@ def pb2_or_skip():
 
 def test_model_cards_int8_rows_come_from_the_committed_records(repo_root):
     """Every weights/<model>.<tag>/int8.json is a MODEL_CARDS.md row with its measured numbers."""
-    from sdzoo.hub.cards import _int8
+    from sdzoo.reports.cards import _int8
     records = sorted((repo_root / 'weights').glob('*/int8.json'))
     if not records:
         pytest.skip('no INT8 records committed')

@@ -354,8 +354,8 @@ def test_ddp_two_processes_train(tmp_path, small_cifar):
 
 def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypatch):
     """A finished run becomes a Hub-layout folder whose numbers come from `sdzoo validate` on it."""
-    from sdzoo.hub.cards import render_cards
-    from sdzoo.hub.release import publish_run
+    from sdzoo.reports.cards import render_cards
+    from sdzoo.reports.release import publish_run
     root = tmp_path / 'repo'
     (root / 'weights').mkdir(parents=True)
     manifest = root / 'manifest.json'
@@ -468,7 +468,7 @@ def test_publish_run_to_weights_folder_and_cards(tmp_path, small_cifar, monkeypa
 def test_publish_and_validate_keep_a_non_default_drop_path_rate(tmp_path, small_cifar, monkeypatch, capsys):
     """With the paper's scaling p_l is part of the eval network: a run trained at drop_path_rate 0.2 (the
     ViT's kind of recipe, not the 0.5 default) is evaluated, published and loaded back at 0.2."""
-    from sdzoo.hub.release import publish_run
+    from sdzoo.reports.release import publish_run
     root = tmp_path / 'repo'
     (root / 'weights').mkdir(parents=True)
     (root / 'manifest.json').write_text('{}')

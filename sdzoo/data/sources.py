@@ -17,6 +17,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..files import atomic_write, land_file
+from .images import IMG_EXTENSIONS, decode_images
+
 __all__ = [
     'DATA_ENV', 'default_data_root', 'Split', 'DataSplits', 'load_splits', 'find_fashion_mnist',
     'IMG_EXTENSIONS',
@@ -27,7 +30,6 @@ FASHION_MNIST_ENV = 'SDZOO_FASHION_MNIST'
 FASHION_MNIST_DIRS = ('/usr/share/datasets/fashion-mnist',)
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                          'Sneaker', 'Bag', 'Ankle boot')
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -96,32 +98,6 @@ def _scan_folder(root: Path) -> Tuple[List[str], List[str], List[int]]:
     return classes, files, labels
 
 
-def _decode(files: List[str], size: Optional[Tuple[int, int]], mode: str, desc: str) -> torch.Tensor:
-    from PIL import Image
-    from tqdm import tqdm
-    if size is None:
-        try:
-            with Image.open(files[0]) as first:
-                size = (first.height, first.width)
-        except Exception as e:
-            raise ValueError(f'cannot read image {files[0]}: {e}') from e
-    h, w = size
-    c = 1 if mode == 'L' else 3
-    out = np.empty((len(files), h, w, c), dtype=np.uint8)
-    for i, f in enumerate(tqdm(files, desc=desc, unit='img', leave=False, mininterval=2,
-                               disable=len(files) < 2000)):
-        try:
-            with Image.open(f) as img:
-                img = img.convert(mode)
-                if img.size != (w, h):
-                    img = img.resize((w, h), Image.BILINEAR)
-                arr = np.asarray(img)
-        except Exception as e:
-            raise ValueError(f'cannot read image {f}: {e}') from e
-        out[i] = arr.reshape(h, w, c)
-    return torch.from_numpy(out)
-
-
 def _folder_split(root: Path, size: Optional[Tuple[int, int]], mode: str, in_memory: bool,
                   classes: Optional[List[str]] = None) -> Tuple[List[str], Split]:
     found, files, labels = _scan_folder(root)
@@ -139,23 +115,24 @@ def _folder_split(root: Path, size: Optional[Tuple[int, int]], mode: str, in_mem
                 return found, Split(labels=torch.from_numpy(z['labels']), images=torch.from_numpy(z['images']))
         except Exception:
             cache.unlink(missing_ok=True)
-    images = _decode(files, size, mode, desc=f'decoding {root}')
+    images = torch.from_numpy(decode_images(files, size, mode, desc=f'decoding {root}'))
     _write_cache(cache, images=images.numpy(), labels=labels_t.numpy())
     return found, Split(labels=labels_t, images=images)
+
+
+def _gunzip(src: Path, dst: str) -> None:
+    with gzip.open(src, 'rb') as fi, open(dst, 'wb') as fo:
+        shutil.copyfileobj(fi, fo)
 
 
 def _write_cache(cache: Path, **arrays: np.ndarray) -> None:
     """Write an .npz cache atomically under a temp name of its own: DDP ranks decode the same folder at
     the same time (a shared temp name let one rank rename the other's file away, and the second rename failed)."""
-    import tempfile
-    fd, tmp = tempfile.mkstemp(prefix=f'.{cache.stem}.', suffix='.tmp.npz', dir=cache.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'wb') as f:  # a file object: np.savez would append .npz to a path
             np.savez(f, **arrays)
-        os.replace(tmp, cache)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(cache, write)
 
 
 def _stratified_holdout(labels: torch.Tensor, n_val: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -206,15 +183,12 @@ def _fashion_mnist(path: Optional[str], size: Tuple[int, int]) -> Tuple[Split, S
         dst = raw / stem
         if dst.exists():
             continue
-        tmp = raw / (stem + '.tmp')
         if (src / stem).exists():
-            shutil.copyfile(src / stem, tmp)
+            land_file(src / stem, dst)
         elif (src / (stem + '.gz')).exists():
-            with gzip.open(src / (stem + '.gz'), 'rb') as fi, open(tmp, 'wb') as fo:
-                shutil.copyfileobj(fi, fo)
+            atomic_write(dst, lambda tmp: _gunzip(src / (stem + '.gz'), tmp))
         else:
             raise FileNotFoundError(f'Fashion-MNIST file {stem}[.gz] missing in {src}')
-        os.replace(tmp, dst)
     splits = []
     for train in (True, False):
         ds = FashionMNIST(str(root), train=train, download=False)

@@ -1,4 +1,4 @@
-"""``sdzoo export`` (validated ONNX files and Triton model repositories) and ``sdzoo predict``."""
+"""``sdzoo export``: validated ONNX files and Triton model repositories."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..cli import add_checkpoint_args, checkpoint_kwargs
+from ..cli_args import add_checkpoint_args, checkpoint_kwargs
 
 __all__ = ['add_parser', 'shipped_weights', 'repository_name']
 
@@ -65,7 +65,8 @@ def _print_report(report: Dict, as_json: bool) -> None:
 
 def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool, checkpoint: Optional[str],
                 tag: Optional[str]) -> Dict:
-    from .onnx import create_model, export_onnx
+    from ..models.load import create_model
+    from .onnx import export_onnx
     model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, **checkpoint_kwargs(args))
     cfg = model.pretrained_cfg or {}
     if tag is None:
@@ -103,9 +104,10 @@ def _export_int8(args: argparse.Namespace, name: str, fp32_out: Optional[Path], 
 
     ``fp32_out`` None keeps only the INT8 file. Nothing is written when either step fails."""
     import tempfile
-    from ..train.checkpoint import atomic_write_json
+    from ..files import atomic_write_json
     from .onnx import report_path_for
-    from .quantize import land_file, quantize_onnx
+    from ..files import land_file
+    from .quantize import quantize_onnx
     with tempfile.TemporaryDirectory(prefix='sdzoo-export-') as tmp:
         staged = Path(tmp) / 'model.onnx'
         report = _export_one(args, name, staged, pretrained, checkpoint, tag)
@@ -126,7 +128,7 @@ def _triton_kwargs(args: argparse.Namespace) -> Dict:
 def _image_folder(data: str) -> str:
     """--data as a folder of class sub-folders: a path, or a data set name under $SDZOO_DATA (as for
     train/validate); a data set root with train/ and test/ splits gives its test split (held-out images)."""
-    from ..cli import CLIError
+    from ..cli_args import CLIError
     from ..data.sources import default_data_root
     path = Path(data)
     if not path.is_dir():
@@ -147,7 +149,7 @@ def folder_entry_name(folder: Path) -> str:
 
 def _model_folder(args: argparse.Namespace) -> Optional[Path]:
     """MODEL given as a model folder or finished run directory: its model folder (default --out beside it)."""
-    from ..cli import CLIError
+    from ..cli_args import CLIError
     from ..hub.model_folder import find_model_folder
     if args.model is None or not Path(args.model).is_dir():
         return None
@@ -163,7 +165,7 @@ def _model_folder(args: argparse.Namespace) -> Optional[Path]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
+    from ..cli_args import CLIError
     from .triton import MODEL_FILE, check_model_name, model_dir, write_triton_model
     if args.val_images < 0:
         raise CLIError(f'--val-images must be >= 0, got {args.val_images}')
@@ -280,9 +282,9 @@ def _land_int8(args: argparse.Namespace, name: str, out: Path, entry: Optional[s
 def _record_int8(args: argparse.Namespace, fp32_file: Optional[Path], int8_file: Path, int8_report: Dict,
                  data: str) -> None:
     """``--int8-record``: top-1 of fp32 and INT8 on the full test split into ``weights/<model>.<tag>/int8.json``."""
-    from ..cli import CLIError
+    from ..cli_args import CLIError
     from ..hub.weights import find_weights_folder
-    from ..train.checkpoint import atomic_write_json
+    from ..files import atomic_write_json
     from .quantize import measure_pair
     name = f"{int8_report['model']}.{int8_report['tag']}" if int8_report.get('tag') else int8_report['model']
     folder = find_weights_folder(name)
@@ -296,47 +298,6 @@ def _record_int8(args: argparse.Namespace, fp32_file: Optional[Path], int8_file:
     atomic_write_json(Path(folder) / 'int8.json', record)
     print(f"{name}: test top-1 fp32 {test['top1_fp32']:.2f}% int8 {test['top1_int8']:.2f}% on {test['data']} "
           f"-> {Path(folder) / 'int8.json'}")
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-    from ..runtime import OrtModel
-    from ..cli import CLIError
-    if args.top_k < 1:
-        raise CLIError(f'--top-k must be >= 1, got {args.top_k}')
-    for p in args.images:
-        if not Path(p).is_file():
-            raise CLIError(f'image {p}: no such file')
-    if Path(args.model).is_dir():  # a model folder or finished run: the ONNX `sdzoo export RUN_DIR` put there
-        from ..hub.model_folder import find_model_folder
-        folder = find_model_folder(args.model)
-        if folder is None or not (folder / 'model.onnx').is_file():
-            raise CLIError(f'{args.model} has no exported model.onnx yet: run `sdzoo export {args.model}` first')
-        args.model = str(folder / 'model.onnx')
-    model = OrtModel(args.model, require_gpu=args.require_gpu, allow_fallback=not args.require_gpu,
-                     intra_op_num_threads=args.threads)
-    images = []
-    for p in args.images:
-        try:
-            with Image.open(p) as img:
-                images.append(img.convert('RGB'))
-        except (UnidentifiedImageError, OSError) as e:
-            raise CLIError(f'image {p} cannot be read: {e}') from e
-    results = []
-    for i in range(0, len(images), args.batch_size):
-        results += model.predict(model.preprocess(images[i:i + args.batch_size]), top_k=args.top_k)
-    if args.json:
-        print(json.dumps({'model': str(args.model), 'provider': model.provider,
-                          'precision': model.metadata.get('sdzoo.precision', 'fp32'),
-                          'predictions': [{'image': str(p), 'top_k': [{'label': lab, 'prob': prob} for lab, prob in r]}
-                                          for p, r in zip(args.images, results)]}, indent=2))
-        return 0
-    width = max([len(lab) for r in results for lab, _ in r] + [5])
-    for p, r in zip(args.images, results):
-        print(p)
-        for rank, (lab, prob) in enumerate(r, 1):
-            print(f'  {rank:>2}. {lab:<{width}}  {prob:.4f}')
-    return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -404,15 +365,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--json', action='store_true', help='print the report as JSON')
     p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')
     p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser('predict', help='top-k classes of images with an exported ONNX model (onnxruntime)')
-    p.add_argument('model', metavar='MODEL', help='ONNX file written by sdzoo export, or a model folder / finished '
-                                                  'run directory exported with `sdzoo export RUN_DIR`')
-    p.add_argument('images', metavar='IMAGE', nargs='+', help='image files (any format PIL reads)')
-    p.add_argument('--top-k', type=int, default=5, help='classes per image, at most the model\'s classes')
-    p.add_argument('--batch-size', type=int, default=32, help='images per onnxruntime call')
-    p.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads (default: onnxruntime\'s choice)')
-    p.add_argument('--require-gpu', action='store_true', help='fail unless a GPU execution provider is used')
-    p.add_argument('--json', action='store_true', help='print JSON')
-    p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')
-    p.set_defaults(func=_cmd_predict)

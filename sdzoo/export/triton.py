@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from ..files import atomic_write_text
+
 __all__ = ['MODEL_FILE', 'CONFIG_FILE', 'LABELS_FILE', 'triton_config', 'write_triton_model', 'model_dir',
            'check_model_name']
 
@@ -147,12 +149,6 @@ def _tensorrt_int8_check(onnx_path: Union[str, os.PathLike], meta: Dict[str, str
     return 'INT8'
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_triton_model(
         repository: Union[str, os.PathLike],
         name: str,
@@ -176,6 +172,6 @@ def write_triton_model(
         labels = [str(i) for i in range(n)]
     if any('\n' in str(label) for label in labels):
         raise ValueError('class labels must not contain newlines')
-    _write_text(folder / LABELS_FILE, ''.join(f'{label}\n' for label in labels))
-    _write_text(folder / CONFIG_FILE, triton_config(name, onnx_path, label_file=LABELS_FILE, **config_kwargs))
+    atomic_write_text(folder / LABELS_FILE, ''.join(f'{label}\n' for label in labels))
+    atomic_write_text(folder / CONFIG_FILE, triton_config(name, onnx_path, label_file=LABELS_FILE, **config_kwargs))
     return folder

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ['TOLERANCES', 'IMAGE_EXTENSIONS', 'ParityError', 'compare_logits', 'list_images', 'validate_onnx',
+from ..data.images import IMG_EXTENSIONS
+
+__all__ = ['TOLERANCES', 'ParityError', 'compare_logits', 'list_images', 'validate_onnx',
            'format_report']
 
 TOLERANCES = {'fp32': 1e-4, 'fp16': 1e-2}
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.ppm', '.tif', '.tiff')
 
 
 class ParityError(RuntimeError):
@@ -65,7 +66,7 @@ def list_images(data_dir: Union[str, os.PathLike], limit: int) -> List[Tuple[Pat
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f'data folder {root} does not exist')
-    is_img = lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS  # noqa: E731
+    is_img = lambda p: p.is_file() and p.suffix.lower() in IMG_EXTENSIONS  # noqa: E731
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     if not classes:
         return [(p, None) for p in sorted(filter(is_img, root.iterdir()))[:limit]]
@@ -155,7 +156,7 @@ def validate_onnx(
     if data_dir is not None and val_images > 0:
         picked = list_images(data_dir, val_images)
         if not picked:
-            raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) found in {data_dir}')
+            raise FileNotFoundError(f'no images ({", ".join(IMG_EXTENSIONS)}) found in {data_dir}')
         images = []
         for p, _ in picked:
             with Image.open(p) as img:

@@ -2,8 +2,12 @@
 
 - ``weights``: find (``$SDZOO_WEIGHTS``, the package, the repository, the Hub) and verify files.
 - ``publish``: ``save_weights_folder`` writes ``weights/<model>.<tag>/`` and records its sha256.
+- ``model_folder``: where a finished run or a user's folder keeps its loadable model.
+- ``offline``: ``hf-hub:`` names fail fast, naming the shipped copy, when the Hub is unreachable.
 - ``cli``: ``sdzoo push`` (upload with huggingface_hub, ``--dry-run`` checks a folder).
-- ``mirror``: a small Hub-compatible server (``python -m sdzoo.hub.mirror weights/``).
+
+The Hub-compatible server is :mod:`sdzoo.mirror`; the reports (MODEL_CARDS.md, ``sdzoo publish``) are
+:mod:`sdzoo.reports`.
 """
 from .weights import (
     WeightsError, WeightsIntegrityError, WeightsNotFoundError, find_weights_folder, hub_repo_id, manifest,

@@ -1,7 +1,4 @@
-"""``sdzoo push``: publish a weights folder to the Hugging Face Hub (``--dry-run`` only checks it).
-
-Also ``sdzoo mirror``: serve weight folders as a local Hub (see :mod:`sdzoo.hub.mirror`).
-"""
+"""``sdzoo push``: publish a weights folder to the Hugging Face Hub (``--dry-run`` only checks it)."""
 from __future__ import annotations
 
 import argparse
@@ -27,13 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--manifest', type=Path, default=None,
                    help='manifest to check the sha256 against (default: $SDZOO_MANIFEST or the package manifest)')
     p.set_defaults(func=push)
-
-    from .mirror import add_mirror_arguments, run_mirror
-    m = sub.add_parser('mirror', help='serve weight folders as a local Hugging Face Hub (offline mirror)',
-                       description='Serve ROOT/<model>.<tag>/ folders with the Hub endpoints huggingface_hub uses; '
-                                   'point HF_ENDPOINT at it.')
-    add_mirror_arguments(m)
-    m.set_defaults(func=run_mirror)
 
 
 def push(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..files import atomic_write_json
 from .weights import WEIGHTS_FILE, manifest, manifest_path as default_manifest_path, sha256_file
 
 __all__ = [
@@ -289,16 +290,7 @@ def record_weights(
     entry = dict(sha256=sha256_file(weights_file), bytes=Path(weights_file).stat().st_size)
     data = manifest(path)
     data[name] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write('\n')
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, data, sort_keys=True)
     return entry
 
 

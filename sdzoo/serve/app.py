@@ -32,7 +32,7 @@ from .. import __version__
 from .batching import DynamicBatcher, QueueFullError, ShuttingDownError
 from .metrics import UNKNOWN_MODEL, ServeMetrics
 # the wire format and the endpoints have modules of their own; their names stay importable from here
-from .protocol import EXTENSIONS, SERVER_NAME, ApiError, _short  # noqa: F401
+from .protocol import EXTENSIONS, SERVER_NAME, ApiError, short  # noqa: F401
 from .repository import ModelEntry, load_repository
 from .routes import router
 
@@ -110,9 +110,9 @@ class ServerState:
     def entry(self, name: str, version: Optional[str] = None) -> ModelEntry:
         entry = self.entries.get(name)
         if entry is None:
-            raise ApiError(404, f'unknown model {_short(name)!r}; this server serves {sorted(self.entries)}')
+            raise ApiError(404, f'unknown model {short(name)!r}; this server serves {sorted(self.entries)}')
         if version is not None and entry.version is not None and version != entry.version:
-            raise ApiError(404, f'model {name!r} has no version {_short(version)!r}; available: {entry.versions}')
+            raise ApiError(404, f'model {name!r} has no version {short(version)!r}; available: {entry.versions}')
         return entry
 
     def ready_entry(self, name: str, version: Optional[str] = None) -> ModelEntry:
@@ -179,7 +179,7 @@ class _BodyLimitMiddleware:
                 try:
                     length = int(value)
                 except ValueError:
-                    return await _send_error(send, 400, f'invalid Content-Length {_short(value.decode("latin-1"))!r}')
+                    return await _send_error(send, 400, f'invalid Content-Length {short(value.decode("latin-1"))!r}')
                 if length > limit:
                     return await _send_error(
                         send, 413, f'request body of {length} bytes exceeds the limit of {limit} bytes')

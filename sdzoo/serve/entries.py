@@ -27,7 +27,7 @@ def missing_onnx(repository: Path, models: Optional[Sequence[str]] = None) -> Li
 
 def check_exported(repository: str, models: Optional[Sequence[str]] = None, shown: Optional[str] = None) -> None:
     """Raise a one-line error naming the export command when entries have no ONNX file yet."""
-    from ..cli import CLIError
+    from ..cli_args import CLIError
     root = Path(repository)
     if not root.is_dir():
         raise CLIError(f'model repository {shown or repository!r} is not a directory')
@@ -43,7 +43,7 @@ def check_exported(repository: str, models: Optional[Sequence[str]] = None, show
 def single_model_repository(path: str) -> Iterator[str]:
     """``path`` itself when it is a repository; for an exported model folder or run directory, a temporary
     one-entry repository (``<architecture>_<tag>``) that links its ``model.onnx``, removed afterwards."""
-    from ..cli import CLIError
+    from ..cli_args import CLIError
     from ..export.cli import folder_entry_name
     from ..export.triton import write_triton_model
     from ..hub.model_folder import find_model_folder

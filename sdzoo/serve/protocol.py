@@ -17,11 +17,12 @@ from starlette.responses import Response
 
 from .repository import ModelEntry, numpy_dtype
 
-__all__ = ['ApiError', 'SERVER_NAME', 'EXTENSIONS']
+__all__ = ['ApiError', 'SERVER_NAME', 'EXTENSIONS', 'OFFLOAD_BYTES', 'short', 'read_body', 'parse_infer_request',
+           'infer_response', 'decode_images', 'json_response', 'tensor_meta']
 
 SERVER_NAME = 'sdzoo'
 EXTENSIONS = ['binary_tensor_data', 'classification', 'model_configuration', 'model_repository']
-_OFFLOAD_BYTES = 1 << 20  # parse request bodies larger than this off the event loop
+OFFLOAD_BYTES = 1 << 20  # parse request bodies larger than this off the event loop
 
 
 class ApiError(HTTPException):
@@ -31,14 +32,14 @@ class ApiError(HTTPException):
         super().__init__(status_code=status, detail=message, headers=headers)
 
 
-def _short(s: Any, n: int = 80) -> str:
+def short(s: Any, n: int = 80) -> str:
     s = str(s)
     return s if len(s) <= n else s[:n] + '...'
 
 
 # --- request bodies ------------------------------------------------------------------------------------------
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The body, decompressed per Content-Encoding (gzip/deflate), at most ``limit`` bytes either way."""
     body = await request.body()
     encoding = request.headers.get('content-encoding', '').strip().lower()
@@ -49,7 +50,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     elif encoding == 'deflate':
         d = zlib.decompressobj()
     else:
-        raise ApiError(415, f'unsupported Content-Encoding {_short(encoding)!r}; use gzip, deflate or none')
+        raise ApiError(415, f'unsupported Content-Encoding {short(encoding)!r}; use gzip, deflate or none')
     try:
         out = d.decompress(body, limit + 1)
     except zlib.error as e:
@@ -73,11 +74,11 @@ def _as_shape(value: Any, name: str) -> List[int]:
     if (not isinstance(value, list) or not value
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)):
         raise ApiError(400, f'input {name!r} shape must be a non-empty list of non-negative integers, '
-                            f'got {_short(json.dumps(value))}')
+                            f'got {short(json.dumps(value))}')
     return value
 
 
-def _parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional[str],
+def parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional[str],
                          max_batch_size: int) -> _InferRequest:
     """An Open Inference Protocol request (JSON, or JSON header + binary tensor) checked against the model."""
     model = entry.model
@@ -89,7 +90,7 @@ def _parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional
     names = [i.get('name') for i in inputs]
     if names != [model.input_name]:
         raise ApiError(400, f'model {entry.name!r} takes exactly one input {model.input_name!r}, '
-                            f'got {_short(names, 200)}')
+                            f'got {short(names, 200)}')
     inp = inputs[0]
     shape = _input_shape(entry, inp, max_batch_size)
     x = _input_tensor(entry, inp, shape, binary, has_header_length=header_length is not None)
@@ -107,7 +108,7 @@ def _split_body(body: bytes, header_length: Optional[str]) -> Tuple[bytes, memor
     try:
         n = int(header_length)
     except ValueError:
-        raise ApiError(400, f'Inference-Header-Content-Length must be an integer, got {_short(header_length)!r}')
+        raise ApiError(400, f'Inference-Header-Content-Length must be an integer, got {short(header_length)!r}')
     if not 0 < n <= len(body):
         raise ApiError(400, f'Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body')
     return body[:n], memoryview(body)[n:]
@@ -135,7 +136,7 @@ def _input_shape(entry: ModelEntry, inp: Dict[str, Any], max_batch_size: int) ->
     if datatype is None:
         raise ApiError(400, f'input {iname!r} has no "datatype"; the model takes {entry.input_datatype!r}')
     if datatype != entry.input_datatype:
-        raise ApiError(400, f'input {iname!r} datatype {_short(datatype)!r} does not match the model\'s '
+        raise ApiError(400, f'input {iname!r} datatype {short(datatype)!r} does not match the model\'s '
                             f'{entry.input_datatype!r}')
     shape = _as_shape(inp.get('shape'), iname)
     expected = entry.input_shape
@@ -188,7 +189,7 @@ def _input_tensor(entry: ModelEntry, inp: Dict[str, Any], shape: List[int], bina
         with np.errstate(over='ignore'):  # an out-of-range number becomes inf, refused by the caller
             arr = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as e:
-        raise ApiError(400, f'input {iname!r} data cannot be read as {datatype}: {_short(e, 200)}')
+        raise ApiError(400, f'input {iname!r} data cannot be read as {datatype}: {short(e, 200)}')
     if arr.size != count:
         raise ApiError(400, f'input {iname!r} has {arr.size} elements but shape {shape} needs {count}')
     return arr.reshape(shape)
@@ -205,7 +206,7 @@ def _requested_outputs(entry: ModelEntry, requested: Any) -> List[Tuple[str, Dic
     for o in requested:
         oname = o.get('name')
         if oname != model.output_name:
-            raise ApiError(400, f'unknown output {_short(oname)!r}; model {entry.name!r} has outputs '
+            raise ApiError(400, f'unknown output {short(oname)!r}; model {entry.name!r} has outputs '
                                 f'[{model.output_name!r}]')
         oparams = o.get('parameters', {})
         if not isinstance(oparams, dict):
@@ -215,7 +216,7 @@ def _requested_outputs(entry: ModelEntry, requested: Any) -> List[Tuple[str, Dic
         k = oparams.get('classification', 0)
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= model.num_classes:
             raise ApiError(400, f'output {oname!r} classification must be an integer in '
-                                f'[0, {model.num_classes}], got {_short(k)}')
+                                f'[0, {model.num_classes}], got {short(k)}')
         outputs.append((oname, oparams))
     return outputs or [(model.output_name, {})]
 
@@ -230,7 +231,7 @@ def _classification_strings(y: np.ndarray, k: int, labels: Sequence[str]) -> np.
     return out
 
 
-def _infer_response(entry: ModelEntry, req: _InferRequest, y: np.ndarray) -> Response:
+def infer_response(entry: ModelEntry, req: _InferRequest, y: np.ndarray) -> Response:
     if not np.isfinite(y).all():  # JSON has no NaN/Infinity: refuse instead of emitting invalid JSON
         raise ApiError(400, f'the input drives model {entry.name!r} to NaN or infinite logits (values far outside '
                             'what it was trained on?); send inputs preprocessed as the model expects')
@@ -266,7 +267,7 @@ def _infer_response(entry: ModelEntry, req: _InferRequest, y: np.ndarray) -> Res
 
 # --- images --------------------------------------------------------------------------------------------------
 
-def _decode_images(files: Sequence[Tuple[Optional[str], bytes]], max_pixels: int) -> list:
+def decode_images(files: Sequence[Tuple[Optional[str], bytes]], max_pixels: int) -> list:
     from PIL import Image, UnidentifiedImageError
     images = []
     for filename, data in files:
@@ -285,23 +286,17 @@ def _decode_images(files: Sequence[Tuple[Optional[str], bytes]], max_pixels: int
         except UnidentifiedImageError:
             raise ApiError(400, f'{what} is not a decodable image (unknown or unsupported image format)')
         except Exception as e:  # noqa: BLE001 - PIL raises many types for undecodable data
-            raise ApiError(400, f'{what} is not a decodable image ({type(e).__name__}: {_short(e, 160)})')
+            raise ApiError(400, f'{what} is not a decodable image ({type(e).__name__}: {short(e, 160)})')
     return images
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 # --- logging / middleware ------------------------------------------------------------------------------------
 
 
-def _json(obj: Any, status: int = 200) -> Response:
+def json_response(obj: Any, status: int = 200) -> Response:
     return Response(json.dumps(obj, separators=(',', ':'), allow_nan=False), status_code=status,
                     media_type='application/json')
 
 
-def _tensor_meta(name: str, datatype: str, shape: List[int]) -> Dict[str, Any]:
+def tensor_meta(name: str, datatype: str, shape: List[int]) -> Dict[str, Any]:
     return {'name': name, 'datatype': datatype, 'shape': shape}

@@ -14,10 +14,11 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from .. import __version__
+from ..runtime import softmax
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import (
-    _OFFLOAD_BYTES, EXTENSIONS, SERVER_NAME, ApiError, _decode_images, _infer_response, _json, _parse_infer_request,
-    _read_body, _short, _softmax, _tensor_meta,
+    EXTENSIONS, OFFLOAD_BYTES, SERVER_NAME, ApiError, decode_images, infer_response, json_response,
+    parse_infer_request, read_body, short, tensor_meta,
 )
 
 __all__ = ['router']
@@ -49,7 +50,7 @@ async def ready(request: Request):
 
 @router.get('/v2')
 async def server_metadata():
-    return _json({'name': SERVER_NAME, 'version': __version__, 'extensions': EXTENSIONS})
+    return json_response({'name': SERVER_NAME, 'version': __version__, 'extensions': EXTENSIONS})
 
 
 def _entry(request: Request, name: str):
@@ -62,10 +63,10 @@ def _entry(request: Request, name: str):
 async def model_metadata(request: Request, name: str) -> Response:
     entry = _entry(request, name)
     m = entry.model
-    return _json({
+    return json_response({
         'name': entry.name, 'versions': entry.versions, 'platform': 'onnxruntime_onnx',
-        'inputs': [_tensor_meta(m.input_name, entry.input_datatype, entry.input_shape)],
-        'outputs': [_tensor_meta(m.output_name, 'FP32', entry.output_shape)],
+        'inputs': [tensor_meta(m.input_name, entry.input_datatype, entry.input_shape)],
+        'outputs': [tensor_meta(m.output_name, 'FP32', entry.output_shape)],
     })
 
 
@@ -96,13 +97,13 @@ async def model_config(request: Request, name: str) -> Response:
     }
     if enabled:
         cfg['dynamic_batching'] = {'max_queue_delay_microseconds': int(round(delay * 1e6))}
-    return _json(cfg)
+    return json_response(cfg)
 
 
 @router.post('/v2/repository/index')
 async def repository_index(request: Request):
     state = _state(request)
-    return _json([{'name': n, **({'version': e.version} if e.version else {}),
+    return json_response([{'name': n, **({'version': e.version} if e.version else {}),
                    'state': 'READY' if e.ready else 'UNAVAILABLE', **({} if e.ready else {'reason': e.error})}
                   for n, e in sorted(state.entries.items())])
 
@@ -112,19 +113,19 @@ async def repository_index(request: Request):
 @router.post('/v2/models/{name}/versions/{version}/infer')
 async def infer(request: Request, name: str) -> Response:
     state, entry = _state(request), _entry(request, name)
-    body = await _read_body(request, state.settings.max_body_bytes)
+    body = await read_body(request, state.settings.max_body_bytes)
     mbs = state.batchers[entry.name].max_batch_size
     header_length = request.headers.get('inference-header-content-length')
-    if len(body) > _OFFLOAD_BYTES:
-        req = await run_in_threadpool(_parse_infer_request, entry, body, header_length, mbs)
+    if len(body) > OFFLOAD_BYTES:
+        req = await run_in_threadpool(parse_infer_request, entry, body, header_length, mbs)
     else:
-        req = _parse_infer_request(entry, body, header_length, mbs)
+        req = parse_infer_request(entry, body, header_length, mbs)
     try:
         x = entry.model.check_input(req.x)
     except ValueError as e:
         raise ApiError(400, f'input {entry.model.input_name!r}: {e}')
     y = await state.infer(entry, x)
-    return _infer_response(entry, req, y)
+    return infer_response(entry, req, y)
 
 
 @router.post('/v2/models/{name}/classify')
@@ -137,10 +138,10 @@ async def classify(request: Request, name: str) -> Response:
     try:
         top_k = int(raw_k)
     except ValueError:
-        raise ApiError(400, f'top_k must be an integer, got {_short(raw_k)!r}')
+        raise ApiError(400, f'top_k must be an integer, got {short(raw_k)!r}')
     if not 1 <= top_k <= num_classes:
         raise ApiError(400, f'top_k must be between 1 and {num_classes} (the number of classes), got {top_k}')
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)
     if request.headers.get('content-type', '').lower().startswith('multipart/form-data'):
         files = []
         async with request.form(max_files=settings.default_max_batch_size) as form:
@@ -154,16 +155,16 @@ async def classify(request: Request, name: str) -> Response:
     mbs = state.batchers[entry.name].max_batch_size
     if len(files) > mbs:
         raise ApiError(400, f'{len(files)} images exceed max_batch_size {mbs} of model {entry.name!r}')
-    images = await run_in_threadpool(_decode_images, files, settings.max_image_pixels)
+    images = await run_in_threadpool(decode_images, files, settings.max_image_pixels)
     x = await run_in_threadpool(entry.model.preprocess, images)
-    probs = _softmax(await state.infer(entry, x))
+    probs = softmax(await state.infer(entry, x))
     results = []
     for (filename, _), p in zip(files, probs):
         top = np.argsort(-p, kind='stable')[:top_k]
         results.append({'filename': filename, 'predictions': [
             {'index': int(i), 'label': entry.labels[i] if entry.labels else str(int(i)),
              'probability': float(p[i])} for i in top]})
-    return _json({'model_name': entry.name, 'model_version': entry.version, 'top_k': top_k,
+    return json_response({'model_name': entry.name, 'model_version': entry.version, 'top_k': top_k,
                   'results': results})
 
 

@@ -2,56 +2,22 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import torch
 
-__all__ = ['atomic_save', 'atomic_write_json', 'load_checkpoint', 'save_safetensors', 'load_state_dict_file',
-           'remove_orphaned_temp_files']
+from ..compat import moved_names
+from ..files import atomic_write
 
+__all__ = ['atomic_save', 'load_checkpoint', 'save_safetensors', 'load_state_dict_file']
 
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def remove_orphaned_temp_files(path: os.PathLike | str) -> List[Path]:
-    """Delete the temp files a killed writer of ``path`` left behind (SIGKILL skips the cleanup).
-    Call it only while no other process writes ``path``."""
-    path = Path(path)
-    orphans = list(path.parent.glob(f'.{path.name}.*.tmp')) if path.parent.is_dir() else []
-    for p in orphans:
-        p.unlink(missing_ok=True)
-    return orphans
+__getattr__ = moved_names(__name__, {'atomic_write_json': 'sdzoo.files', 'remove_orphaned_temp_files': 'sdzoo.files'})
 
 
 def atomic_save(obj: Dict[str, Any], path: os.PathLike | str) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync, rename: a crash leaves the old file."""
-    return _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_write_json(path: os.PathLike | str, obj: Any) -> Path:
-    """JSON (indented, trailing newline) written to a temp file in the same folder, then renamed."""
-    import json
-
-    def write(tmp: str) -> None:
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=2)
-            f.write('\n')
-    return _atomic(Path(path), write)
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
@@ -69,7 +35,7 @@ def save_safetensors(state_dict: Dict[str, torch.Tensor], path: os.PathLike | st
                      metadata: Dict[str, str] | None = None) -> Path:
     from safetensors.torch import save_file
     sd = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    return _atomic(Path(path), lambda tmp: save_file(sd, tmp, metadata=metadata or {'format': 'pt'}))
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=metadata or {'format': 'pt'}))
 
 
 def load_state_dict_file(path: os.PathLike | str) -> Dict[str, torch.Tensor]:

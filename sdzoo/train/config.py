@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..models import sd_model_class
 
-__all__ = ['TrainConfig', 'recipe', 'lr_at', 'check_schedule_change']
+__all__ = ['TrainConfig', 'recipe', 'lr_at', 'check_schedule_change', 'jsonable']
 
 
 @dataclass
@@ -130,9 +130,10 @@ def check_schedule_change(old: TrainConfig, new: TrainConfig, done_steps: int, s
                 f'length only before its schedule diverges')
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """Tuples as lists, recursively: what json writes, so a config compares equal after a round trip."""
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     return obj

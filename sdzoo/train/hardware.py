@@ -13,7 +13,7 @@ from typing import Dict
 
 import torch
 
-__all__ = ['cpu_info', 'cpu_has_bf16', 'hardware_string']
+__all__ = ['cpu_info', 'cpu_has_bf16', 'cpu_has_vnni', 'hardware_string']
 
 
 def cpu_info() -> Dict[str, str]:
@@ -29,6 +29,16 @@ def cpu_info() -> Dict[str, str]:
     except OSError:
         pass
     return info
+
+
+def cpu_has_vnni() -> bool:
+    """x86 8-bit dot products without intermediate saturation (AVX512-VNNI or AVX-VNNI); True off x86, where the
+    question does not arise. AVX2-only x86 CPUs saturate u8 x s8 products in 16 bits (onnxruntime's and OpenVINO's
+    documentation): INT8 weights must then use 7 bits (``reduce_range``)."""
+    flags = set(cpu_info().get('flags', '').split())
+    if not flags or not ({'avx2', 'sse4_2'} & flags):
+        return True
+    return bool({'avx512_vnni', 'avx_vnni', 'amx_int8'} & flags)
 
 
 def cpu_has_bf16() -> bool:

@@ -1,14 +1,19 @@
-"""Run records: per-epoch metrics.csv, the training-curve plot, and a run's test result."""
+"""Run records: per-epoch metrics.csv, the training-curve plot, a run's test result, and the per-image hits of an
+evaluation (compact enough to commit beside it, so two networks can be compared image by image later)."""
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from ..files import atomic_write
 
 __all__ = ['METRIC_FIELDS', 'append_metrics', 'write_metrics', 'read_metrics', 'plot_curves', 'hardware_summary',
-           'session_label', 'clean_epoch_labels', 'read_test_result']
+           'session_label', 'clean_epoch_labels', 'read_test_result', 'encode_per_image', 'decode_correct']
 
 METRIC_FIELDS = ['epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5',
                  'epoch_seconds', 'images_per_sec', 'wall_clock_hours', 'blocks_run_fraction']
@@ -47,17 +52,18 @@ def append_metrics(path: os.PathLike | str, row: Dict[str, float]) -> None:
 def write_metrics(path: os.PathLike | str, rows: List[Dict[str, float]]) -> None:
     """Write ``rows`` as metrics.csv, atomically."""
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    with open(tmp, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction='ignore')
-        w.writeheader()
-        for r in rows:
-            out = {}
-            for k in METRIC_FIELDS:
-                v = r.get(k, '')
-                out[k] = int(v) if k == 'epoch' else (f'{v:.6g}' if isinstance(v, float) else v)
-            w.writerow(out)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction='ignore')
+            w.writeheader()
+            for r in rows:
+                out = {}
+                for k in METRIC_FIELDS:
+                    v = r.get(k, '')
+                    out[k] = int(v) if k == 'epoch' else (f'{v:.6g}' if isinstance(v, float) else v)
+                w.writerow(out)
+    atomic_write(path, write)
 
 
 def plot_curves(metrics_csv: os.PathLike | str, out_png: os.PathLike | str, title: str = '') -> None:
@@ -87,11 +93,10 @@ def plot_curves(metrics_csv: os.PathLike | str, out_png: os.PathLike | str, titl
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out_png = Path(out_png)
-    tmp = out_png.with_name(f'.{out_png.stem}.tmp.png')
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:
+        atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=90, format='png'))
+    finally:
+        plt.close(fig)
 
 
 def session_label(session: Dict[str, Any]) -> str:
@@ -126,3 +131,35 @@ def hardware_summary(sessions: List[Dict[str, Any]], epochs: int) -> str:
     if len(groups) == 1:
         return groups[0][0]
     return '; '.join(f'{g[0]} (epochs {g[1]}-{g[2]})' for g in groups)
+
+
+PER_IMAGE_ENCODING = 'top1_correct: base64 of numpy.packbits (big-endian bits) of each image\'s top-1 hit, in the split\'s order'
+
+
+def _labels_digest(labels: Any) -> str:
+    import numpy as np
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype='<i8').tobytes()).hexdigest()
+
+
+def encode_per_image(correct: Any, labels: Any) -> Dict[str, Any]:
+    """The JSON record of one evaluation's per-image hits; the labels' digest identifies the image order."""
+    import numpy as np
+    hits = np.asarray(correct, dtype=bool).ravel()
+    labels = np.asarray(labels).ravel()
+    if hits.shape != labels.shape:
+        raise ValueError(f'{hits.size} per-image results for {labels.size} labels')
+    return dict(images=int(hits.size), encoding=PER_IMAGE_ENCODING, labels_sha256=_labels_digest(labels),
+                top1_correct=base64.b64encode(np.packbits(hits).tobytes()).decode('ascii'))
+
+
+def decode_correct(record: Mapping[str, Any]) -> Any:
+    """Each image's top-1 hit (a numpy bool array) from :func:`encode_per_image`'s record."""
+    import numpy as np
+    try:
+        n = int(record['images'])
+        bits = np.frombuffer(base64.b64decode(record['top1_correct'], validate=True), dtype=np.uint8)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f'not a per-image record ({e})') from None
+    if bits.size != (n + 7) // 8:
+        raise ValueError(f'per-image record says {n} images but holds {bits.size * 8} bits')
+    return np.unpackbits(bits)[:n].astype(bool)

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 import torch
 
 from .checkpoint import atomic_save, load_checkpoint
-from .config import TrainConfig, _jsonable, check_schedule_change
+from .config import TrainConfig, jsonable, check_schedule_change
 from .distributed import barrier, restore_rng_state, rng_states
 
 __all__ = ['CHECKPOINT_NAME', 'CheckpointMixin']
@@ -27,7 +27,7 @@ class CheckpointMixin:
             epoch=self.epoch, batch=self.batch, global_step=self.global_step, wall_clock=self.wall_clock,
             partial=dict(self.partial), sd_sampler=self.model.sd_sampler.state_dict(),
             torch_rng=torch_rngs[0], torch_rng_ranks=torch_rngs if self.world > 1 else None,
-            config=_jsonable(asdict(self.cfg)), sessions=list(self.sessions),
+            config=jsonable(asdict(self.cfg)), sessions=list(self.sessions),
         )
 
     def save_checkpoint(self) -> Path:

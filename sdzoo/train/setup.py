@@ -11,7 +11,7 @@ from ..data import create_loader, load_splits
 from ..layers import sd_modules, sd_settings
 from .config import TrainConfig
 from .distributed import init_distributed, wrap_ddp
-from .hardware import cpu_has_bf16 as _cpu_has_bf16
+from .hardware import cpu_has_bf16
 
 __all__ = ['autocast_for', 'create_train_model', 'SetupMixin']
 
@@ -24,7 +24,7 @@ def autocast_for(device: torch.device, amp: str):
     if device.type == 'cpu':
         if amp == 'fp16':
             raise ValueError('fp16 autocast is for CUDA; use --amp bf16 or none on CPU')
-        if amp == 'auto' and not _cpu_has_bf16():
+        if amp == 'auto' and not cpu_has_bf16():
             return contextlib.nullcontext(), None
         return torch.autocast('cpu', dtype=torch.bfloat16), torch.bfloat16
     if device.type == 'cuda':

@@ -22,14 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .allocator import malloc_setting
-from .checkpoint import atomic_write_json as _write_json, remove_orphaned_temp_files, save_safetensors
+from ..files import atomic_write_json as _write_json, remove_orphaned_temp_files
+from .checkpoint import save_safetensors
 # the trainer's parts, one unit each; re-exported here, where they used to live
-from .config import TrainConfig, _jsonable, check_schedule_change, lr_at, recipe  # noqa: F401
+from .config import TrainConfig, jsonable, check_schedule_change, lr_at, recipe  # noqa: F401
 from .distributed import dist_env
 from .records import append_metrics, hardware_summary, plot_curves
 from .resume import CHECKPOINT_NAME, CheckpointMixin
 from .hardware import hardware_string  # noqa: F401  (re-exported: tests and benchmarks read the label)
-from .setup import SetupMixin, _cpu_has_bf16, autocast_for, create_train_model  # noqa: F401
+from .setup import SetupMixin, autocast_for, create_train_model  # noqa: F401
 from .stopping import StopMixin, TrainingInterrupted, threading_main  # noqa: F401
 
 __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'recipe', 'lr_at', 'create_train_model', 'autocast_for',
@@ -121,8 +122,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
                     and (src_dir / 'metrics.csv').is_file() and not (self.out / 'metrics.csv').exists():
                 # a branch (e.g. a longer schedule forked from a shared prefix): its history comes along
                 shutil.copyfile(src_dir / 'metrics.csv', self.out / 'metrics.csv')
-            _write_json(self.out / 'sessions.json', _jsonable(self.sessions))
-            _write_json(self.out / 'config.json', _jsonable(asdict(cfg)))
+            _write_json(self.out / 'sessions.json', jsonable(self.sessions))
+            _write_json(self.out / 'config.json', jsonable(asdict(cfg)))
             _write_json(self.out / 'data.json', dict(
                 name=self.data.name, source=self.data.source, classes=self.data.classes,
                 train=len(self.train_loader.split) if hasattr(self.train_loader, 'split') else None,
@@ -273,7 +274,7 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
             if self.ema is not None:
                 save_safetensors(self.ema.module.state_dict(), self.out / 'model_ema.safetensors', meta)
             if cfg.eval_test and self.test_loader is not None:
-                from .paired import encode_per_image
+                from .records import encode_per_image
                 ev = evaluate(self.model, self.test_loader, self.device, amp='none', per_image=True)
                 # each test image's hit, as sdzoo validate records it: sdzoo cards / compare pair runs on it
                 per_image = encode_per_image(ev.pop('correct'), ev.pop('labels'))
@@ -281,13 +282,13 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
                 if self.ema is not None:
                     summary['test_ema'] = evaluate(self.ema.module, self.test_loader, self.device, amp='none')
             # the run's model folder (RUN_DIR/model/, timm's Hub layout): what users load, export and serve
-            from ..hub.run_model import write_run_model
+            from .run_model import write_run_model
             from .records import read_metrics
             folder = write_run_model(self.out, self.model, cfg=asdict(cfg), classes=self.data.classes,
                                      summary=summary, last_row=(read_metrics(self.out / 'metrics.csv') or [None])[-1])
             if folder is not None:
                 summary['model_folder'] = str(folder)
-            _write_json(self.out / 'summary.json', _jsonable(summary))
+            _write_json(self.out / 'summary.json', jsonable(summary))
             if 'test' in summary:
                 t = summary['test']
                 top5 = f"  top-5 {t['top5']:.2f}%" if self.model.num_classes > 5 else ''

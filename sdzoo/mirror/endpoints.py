@@ -1,7 +1,7 @@
 """The Hub mirror's HTTP endpoints: the reads huggingface_hub downloads with (resolve, model info, tree)
 and the writes it uploads with (create repo, preupload, commit), behind one request handler.
 
-The server, its repo storage and its command line are :mod:`sdzoo.hub.mirror`.
+The server, its repo storage and its command line are :mod:`sdzoo.mirror.server`.
 """
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$')
-_META_FILE = '.mirror.json'  # repo settings (private flag); dotfiles are never served
-_CHUNK = 1 << 20
+NAME_PATTERN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$')
+META_FILE = '.mirror.json'  # repo settings (private flag); dotfiles are never served
+CHUNK_BYTES = 1 << 20
 _SMALL_BODY = 1 << 20  # validate-yaml, create, preupload: a few KiB of JSON
 
 
-class _HubError(Exception):
+class HubError(Exception):
     def __init__(self, status: int, message: str, code: Optional[str] = None, headers: Optional[dict] = None):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
@@ -34,7 +34,7 @@ class _HubError(Exception):
 def _safe_relpath(path: str) -> str:
     p = PurePosixPath(path)
     if not path or p.is_absolute() or any(part in ('', '.', '..') or part.startswith('.') for part in p.parts):
-        raise _HubError(400, f'invalid path in repo: {path!r}')
+        raise HubError(400, f'invalid path in repo: {path!r}')
     return p.as_posix()
 
 
@@ -64,7 +64,7 @@ class _ReadEndpoints:
                 return self._model_info(repo_id, rest[1], head)
             if len(rest) >= 2 and rest[0] == 'tree':
                 return self._tree(repo_id, rest[1], '/'.join(rest[2:]), head)
-        raise _HubError(404, f'{"/".join(parts)}: not an endpoint of this mirror')
+        raise HubError(404, f'{"/".join(parts)}: not an endpoint of this mirror')
 
     def _resolve(self, repo_id: str, revision: str, filename: str, head: bool) -> None:
         hub = self.hub
@@ -73,7 +73,7 @@ class _ReadEndpoints:
         rel = _safe_relpath(filename)
         path = repo / rel
         if not path.is_file():
-            raise _HubError(404, f'Entry {rel} not found in {repo_id}', 'EntryNotFound',
+            raise HubError(404, f'Entry {rel} not found in {repo_id}', 'EntryNotFound',
                             {'X-Repo-Commit': commit})
         sha256, _ = hub.hashes(path)
         size = path.stat().st_size
@@ -84,7 +84,7 @@ class _ReadEndpoints:
         if partial:
             start, end = int(m.group(1)), min(int(m.group(2) or size - 1), size - 1)
             if start > end:
-                raise _HubError(416, f'range {rng} outside {size} bytes', headers={'Content-Range': f'bytes */{size}'})
+                raise HubError(416, f'range {rng} outside {size} bytes', headers={'Content-Range': f'bytes */{size}'})
         self.send_response(206 if partial else 200)
         self.send_header('Content-Type', 'application/octet-stream')
         self.send_header('Content-Length', str(end - start + 1 if size else 0))
@@ -103,7 +103,7 @@ class _ReadEndpoints:
             f.seek(start)
             remaining = end - start + 1
             while remaining > 0:
-                block = f.read(min(_CHUNK, remaining))
+                block = f.read(min(CHUNK_BYTES, remaining))
                 if not block:
                     break
                 self.wfile.write(block)
@@ -177,18 +177,18 @@ class _WriteEndpoints:
         if len(parts) == 6 and parts[:2] == ['api', 'models'] and parts[4] in ('preupload', 'commit'):
             repo_id = f'{parts[2]}/{parts[3]}'
             if query.get('create_pr'):
-                raise _HubError(400, 'this mirror does not support pull requests')
+                raise HubError(400, 'this mirror does not support pull requests')
             self._require_write()
             if parts[4] == 'preupload':
                 return (lambda body: self._preupload(repo_id, parts[5], body)), _SMALL_BODY
             return (lambda body: self._commit(repo_id, parts[5], body)), self.hub.max_upload_bytes
-        raise _HubError(404, f'{"/".join(parts)}: not an endpoint of this mirror')
+        raise HubError(404, f'{"/".join(parts)}: not an endpoint of this mirror')
 
     def _json_body(self, body: bytes) -> Any:
         try:
             return json.loads(body or b'{}')
         except ValueError as e:
-            raise _HubError(400, f'request body is not JSON: {e}')
+            raise HubError(400, f'request body is not JSON: {e}')
 
     def _validate_yaml(self, body: bytes) -> None:
         content = self._json_body(body).get('content', '')
@@ -202,19 +202,19 @@ class _WriteEndpoints:
         self._require_write()
         payload = self._json_body(body)
         if payload.get('type') not in (None, 'model'):
-            raise _HubError(400, f'this mirror only holds model repos, not {payload.get("type")!r}')
+            raise HubError(400, f'this mirror only holds model repos, not {payload.get("type")!r}')
         name, org = payload.get('name'), payload.get('organization')
         repo_id = f'{org or self.hub.owner}/{name}'
         repo = self.hub.repo_dir(repo_id)
         url = f'{self._base()}/{repo_id}'
         private = payload.get('visibility') == 'private' or bool(payload.get('private'))
         if private and self.hub.token is None:
-            raise _HubError(400, 'a private repo needs a mirror started with --token (only the token may read it)')
-        with self.hub._lock:
+            raise HubError(400, 'a private repo needs a mirror started with --token (only the token may read it)')
+        with self.hub.write_lock:
             if repo.exists():
-                raise _HubError(409, 'You already created this model repo', headers={})
+                raise HubError(409, 'You already created this model repo', headers={})
             repo.mkdir(parents=True)
-            (repo / _META_FILE).write_text(json.dumps({'private': private}), encoding='utf-8')
+            (repo / META_FILE).write_text(json.dumps({'private': private}), encoding='utf-8')
         self._send_json({'url': url, 'name': repo_id, 'id': repo_id})
 
     def _preupload(self, repo_id: str, revision: str, body: bytes) -> None:
@@ -229,7 +229,7 @@ class _WriteEndpoints:
     def _commit(self, repo_id: str, revision: str, body: bytes) -> None:
         self._require_write()
         hub = self.hub
-        with hub._lock:
+        with hub.write_lock:
             repo = hub.existing_repo(repo_id)
             hub.check_revision(repo, repo_id, unquote(revision))
             ops = []
@@ -238,7 +238,7 @@ class _WriteEndpoints:
                     try:
                         ops.append(json.loads(line))
                     except ValueError as e:
-                        raise _HubError(400, f'commit payload is not ndjson: {e}')
+                        raise HubError(400, f'commit payload is not ndjson: {e}')
             staging = Path(tempfile.mkdtemp(prefix=f'.{repo.name}.', suffix='.commit.tmp', dir=repo.parent))
             try:
                 new = staging / repo.name
@@ -262,36 +262,36 @@ class _WriteEndpoints:
         if key == 'file':
             rel = _safe_relpath(value.get('path', ''))
             if value.get('encoding') != 'base64':
-                raise _HubError(400, f'{rel}: only base64 file content is supported')
+                raise HubError(400, f'{rel}: only base64 file content is supported')
             try:
                 data = base64.b64decode(value.get('content', ''), validate=True)
             except ValueError as e:
-                raise _HubError(400, f'{rel}: content is not valid base64: {e}')
+                raise HubError(400, f'{rel}: content is not valid base64: {e}')
             target = repo / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         elif key == 'deletedFile':
             target = repo / _safe_relpath(value.get('path', ''))
             if not target.is_file():
-                raise _HubError(404, f'A file with this name doesn\'t exist: {value.get("path")}', 'EntryNotFound')
+                raise HubError(404, f'A file with this name doesn\'t exist: {value.get("path")}', 'EntryNotFound')
             target.unlink()
         elif key == 'deletedFolder':
             target = repo / _safe_relpath(value.get('path', '').rstrip('/'))
             shutil.rmtree(target, ignore_errors=True)
         elif key == 'lfsFile':
-            raise _HubError(400, 'this mirror takes no LFS uploads (preupload answers "regular" for every file)')
+            raise HubError(400, 'this mirror takes no LFS uploads (preupload answers "regular" for every file)')
         else:
-            raise _HubError(400, f'unsupported commit operation {key!r}')
+            raise HubError(400, f'unsupported commit operation {key!r}')
 
 
-class _Handler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
+class MirrorHandler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
     """One HTTP request: routing, bodies, authorization and JSON answers; the endpoints are the mixins."""
 
     protocol_version = 'HTTP/1.1'
     server_version = 'sdzoo-hub-mirror'
 
     @property
-    def hub(self) -> 'HubMirror':  # noqa: F821  (sdzoo.hub.mirror, which imports this module)
+    def hub(self) -> 'HubMirror':  # noqa: F821  (sdzoo.mirror.server, which imports this module)
         return self.server.mirror  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args) -> None:
@@ -314,7 +314,7 @@ class _Handler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
                 handler(body)
             else:
                 self._get(parts, head=method == 'HEAD')
-        except _HubError as e:
+        except HubError as e:
             extra = dict(e.headers)
             if body_pending:  # an unread body would be taken for the next request: close instead
                 self.close_connection = True
@@ -336,15 +336,15 @@ class _Handler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
     def _read_body(self, limit: int) -> bytes:
         length = self.headers.get('Content-Length')
         if length is None:
-            raise _HubError(411, 'Content-Length required')
+            raise HubError(411, 'Content-Length required')
         try:
             n = int(length)
         except ValueError:
-            raise _HubError(400, f'invalid Content-Length {length!r}')
+            raise HubError(400, f'invalid Content-Length {length!r}')
         if n < 0:
-            raise _HubError(400, f'invalid Content-Length {length!r}')
+            raise HubError(400, f'invalid Content-Length {length!r}')
         if n > limit:
-            raise _HubError(413, f'request body of {n} bytes is over the limit of {limit} bytes for this endpoint'
+            raise HubError(413, f'request body of {n} bytes is over the limit of {limit} bytes for this endpoint'
                                  + (' (raise it with --max-upload-mb)' if limit == self.hub.max_upload_bytes else ''))
         return self.rfile.read(n)
 
@@ -372,15 +372,15 @@ class _Handler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
 
     def _require_write(self) -> None:
         if not self.hub.allow_upload:
-            raise _HubError(403, 'this mirror is read-only (start it with --allow-upload to accept uploads)')
+            raise HubError(403, 'this mirror is read-only (start it with --allow-upload to accept uploads)')
         if self.hub.token is not None and not self._authorized():
-            raise _HubError(401, 'Invalid credentials in Authorization header')
+            raise HubError(401, 'Invalid credentials in Authorization header')
 
     def _readable_repo(self, repo_id: str) -> Path:
         """An existing repo this request may read: a private one only with the mirror's token (the Hub
         answers 401 RepoNotFound, which huggingface_hub reports as RepositoryNotFoundError)."""
         repo = self.hub.existing_repo(repo_id)
         if self.hub.meta(repo).get('private') and not self._authorized():
-            raise _HubError(401, f'Repository {repo_id} not found (a private repo: it needs the mirror\'s token)',
+            raise HubError(401, f'Repository {repo_id} not found (a private repo: it needs the mirror\'s token)',
                             'RepoNotFound')
         return repo
