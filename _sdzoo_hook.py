@@ -47,7 +47,10 @@ class _RegisterAfterExec:
         self._inner.exec_module(module)
         try:
             import importlib
-            importlib.import_module('sdzoo')
+            sdzoo = importlib.import_module('sdzoo')
+            register = getattr(sdzoo, 'register_models', None)
+            if register is not None:  # sdzoo imported before timm registers only now (its import loads no torch)
+                register()
         except Exception as e:  # never break `import timm` because of sdzoo
             _report(e)
 

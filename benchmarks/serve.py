@@ -103,8 +103,33 @@ class ServerProcess:
         self.log_path = log_path
         self.log = open(log_path, 'w')
         cmd = [sys.executable, '-m', 'sdzoo.cli', 'serve', str(repo), '--port', '0', '--models', model, *extra]
+        t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.port = self._wait_port()
+        self.ready_s = self._wait_ready() - t0
+        time.sleep(1.0)
+        self.idle_rss_mib = self.memory_mib('VmRSS')
+        self.peak_rss_mib = float('nan')  # VmHWM, read when the server stops (after the load)
+        self.maps_libtorch = 'libtorch' in Path(f'/proc/{self.proc.pid}/maps').read_text()
+
+    def memory_mib(self, field: str) -> float:
+        for line in Path(f'/proc/{self.proc.pid}/status').read_text().splitlines():
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+        return float('nan')
+
+    def _wait_ready(self, timeout: float = 180.0) -> float:
+        import urllib.request
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f'http://127.0.0.1:{self.port}/v2/health/ready', timeout=5) as r:
+                    if r.status == 200:
+                        return time.perf_counter()
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError('server never became ready')
 
     def _wait_port(self, timeout: float = 180.0) -> int:
         deadline = time.monotonic() + timeout
@@ -120,6 +145,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            self.peak_rss_mib = self.memory_mib('VmHWM')
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(60)
@@ -263,7 +289,11 @@ def measure(args, repo: Path, names: List[str], sessions: Dict[str, object], x: 
         for (mode, flags), name in ((m, n) for m in modes for n in names):
             server = ServerProcess(repo, name, common + flags, log_dir / f'{name}_{mode.replace(" ", "_")}.log')
             try:
-                for clients, r in asyncio.run(_drive(args, server, name, requests[name], expected[name])):
+                driven = asyncio.run(_drive(args, server, name, requests[name], expected[name]))
+                server.stop()
+                for clients, r in driven:
+                    r.update(ready_s=server.ready_s, idle_rss=server.idle_rss_mib, peak_rss=server.peak_rss_mib,
+                             libtorch=server.maps_libtorch)
                     runs.setdefault((name, mode, clients), []).append(r)
                     print(f'[{rep + 1}/{args.repeats}] {name} {mode:16s} {clients:3d} clients: {r["throughput"]:7.1f} img/s  '
                           f'p50 {r["p50"]:7.1f} ms  p99 {r["p99"]:7.1f} ms  mean batch {r["mean_batch"]:5.1f}'
@@ -285,8 +315,9 @@ def table_rows(args, names: List[str], runs, raws) -> Tuple[List[str], Dict[str,
         raw_1 = statistics.median(raws[name]['batch1'])
         label = f'{name}: ' if args.int8 else ''
         rows += [
-            f'| {label}raw onnxruntime, batch {args.max_batch_size} | - | {raw_b:.1f} | - | - | {args.max_batch_size} | 100% |',
-            f'| {label}raw onnxruntime, batch 1 | - | {raw_1:.1f} | {1e3 / raw_1:.1f} | - | 1 | {raw_1 / raw_b:.0%} |',
+            f'| {label}raw onnxruntime, batch {args.max_batch_size} | - | {raw_b:.1f} | - | - | {args.max_batch_size} | 100% '
+            '| - | - | - |',
+            f'| {label}raw onnxruntime, batch 1 | - | {raw_1:.1f} | {1e3 / raw_1:.1f} | - | 1 | {raw_1 / raw_b:.0%} | - | - | - |',
         ]
         for (n, mode, clients), rs in runs.items():
             if n != name:
@@ -294,7 +325,9 @@ def table_rows(args, names: List[str], runs, raws) -> Tuple[List[str], Dict[str,
             errors = sum(r['errors'] for r in rs)
             rows.append(f'| {label}server, {mode} | {clients} | {_med(rs, "throughput"):.1f} | {_med(rs, "p50"):.1f} | '
                         f'{_med(rs, "p99"):.1f} | {_med(rs, "mean_batch"):.1f} | {_med(rs, "throughput") / raw_b:.0%}'
-                        + (f' ({errors} errors)' if errors else '') + ' |')
+                        + (f' ({errors} errors)' if errors else '')
+                        + f' | {_med(rs, "ready_s"):.2f} | {_med(rs, "idle_rss"):.0f} | {_med(rs, "peak_rss"):.0f}'
+                        + (' (libtorch mapped)' if any(r['libtorch'] for r in rs) else '') + ' |')
     return rows, raw_bs
 
 
@@ -338,8 +371,8 @@ def main(argv=None) -> int:
         f'{args.max_queue_delay_us if args.max_queue_delay_us is not None else "from config.pbtxt"} us; '
         f'load generator and server share the machine\n\n'
         '| configuration | clients | throughput (img/s) | p50 latency (ms) | p99 latency (ms) | mean batch | '
-        'vs raw batched |\n'
-        '|---|---|---|---|---|---|---|\n' + '\n'.join(rows) + '\n' + verdicts(args, names, runs, raw_bs))
+        'vs raw batched | ready (s) | server RSS idle (MiB) | server peak RSS (MiB) |\n'
+        '|---|---|---|---|---|---|---|---|---|---|\n' + '\n'.join(rows) + '\n' + verdicts(args, names, runs, raw_bs))
     print('\n' + text)
     print(f'written to {write_atomic(args.out, text)}')
     return 0

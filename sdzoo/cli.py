@@ -49,15 +49,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that build or load PyTorch models: they register the sd_* models with timm first. The others (serve,
+# predict, mirror, compare) run without torch, in an install of sdzoo[cpu,serve] alone.
+NEEDS_MODELS = frozenset({'list', 'info', 'train', 'finetune', 'validate', 'export', 'push', 'publish', 'cards',
+                          'demo'})
+# a missing module -> the extra that installs it
+_EXTRAS = {'torch': 'torch', 'torchvision': 'torch', 'timm': 'torch', 'safetensors': 'torch', 'onnx': 'torch',
+           'onnxscript': 'torch', 'huggingface_hub': 'torch', 'matplotlib': 'torch', 'onnxruntime': 'cpu',
+           'fastapi': 'serve', 'uvicorn': 'serve', 'starlette': 'serve', 'prometheus_client': 'serve',
+           'multipart': 'serve', 'python_multipart': 'serve'}
+
+
+def missing_extra(error: ModuleNotFoundError) -> Optional[str]:
+    """The one line that says what to install for a module an optional extra brings (None: not one of ours)."""
+    top = (error.name or '').split('.')[0]
+    extra = _EXTRAS.get(top)
+    if extra is None:
+        return None
+    what = {'torch': 'PyTorch and timm', 'cpu': 'onnxruntime', 'serve': 'the HTTP server stack'}[extra]
+    alt = " (or 'sdzoo[gpu]' for onnxruntime-gpu)" if extra == 'cpu' else ''
+    return f"needs {what} (module {top!r} is not installed): pip install 'sdzoo[{extra}]'{alt}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import sdzoo
-    sdzoo._register()  # the console script defers it until here: help and usage errors need no torch
     try:
+        if args.command in NEEDS_MODELS:
+            import sdzoo
+            sdzoo.register_models()  # after parsing: help and usage errors need no torch
         return int(args.func(args) or 0)
     except CLIError as e:
         parser.exit(2, f'sdzoo {args.command}: error: {e}\n')
+    except ModuleNotFoundError as e:
+        message = missing_extra(e)
+        if message is None or getattr(args, 'debug', False):
+            raise
+        parser.exit(2, f'sdzoo {args.command}: error: {message}\n')
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         if getattr(args, 'debug', False):
             raise

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..cli_args import add_checkpoint_args, checkpoint_kwargs
+from ..hub.model_folder import folder_entry_name
 
 __all__ = ['add_parser', 'shipped_weights', 'repository_name']
 
@@ -138,13 +139,6 @@ def _image_folder(data: str) -> str:
     if (path / 'test').is_dir() and (path / 'train').is_dir():
         path = path / 'test'
     return str(path)
-
-
-def folder_entry_name(folder: Path) -> str:
-    """Repository entry of a model folder: ``<architecture>_<tag>`` from its config.json."""
-    cfg = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
-    tag = (cfg.get('pretrained_cfg') or {}).get('tag')
-    return f"{cfg['architecture']}_{tag}" if tag else cfg['architecture']
 
 
 def _model_folder(args: argparse.Namespace) -> Optional[Path]:

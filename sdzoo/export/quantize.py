@@ -206,6 +206,13 @@ def _check_args(method: str, mode: str, activation_type: str, calibration_images
         raise ValueError(f'eval_images must be >= 1, got {eval_images!r}')
 
 
+def default_reduce_range() -> bool:
+    """7-bit weights where this x86 CPU lacks VNNI: AVX2's 8-bit dot products saturate in 16 bits, which cost
+    sd_resnet20 1.0-1.2 top-1 points on an AVX2-only AMD EPYC (Zen 3) and failed the accuracy gate."""
+    from ..train.hardware import cpu_has_vnni
+    return not cpu_has_vnni()
+
+
 def quantize_onnx(
         fp32_path: Union[str, os.PathLike],
         out: Union[str, os.PathLike],
@@ -233,8 +240,7 @@ def quantize_onnx(
     is raised and ``out`` is not touched. The ONNX metadata records precision, calibration and the
     accuracies; the report also goes to ``<out stem>.report.json`` unless ``write_report=False``.
 
-    ``reduce_range`` (7-bit weights; default: when this CPU has no VNNI) avoids the 16-bit saturation of AVX2's
-    8-bit dot products, which cost sd_resnet20 1.0-1.2 top-1 points on an AVX2-only AMD EPYC (Zen 3).
+    ``reduce_range``: 7-bit weights, by default where this CPU has no VNNI (see :func:`default_reduce_range`).
     """
     import onnx
     import onnxruntime
@@ -262,9 +268,7 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix='sdzoo-int8-') as tmp:
         pre, q = Path(tmp) / 'pre.onnx', Path(tmp) / 'int8.onnx'
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        if reduce_range is None:
-            from ..train.hardware import cpu_has_vnni
-            reduce_range = not cpu_has_vnni()
+        reduce_range = default_reduce_range() if reduce_range is None else reduce_range
         per_tensor = _quantize(pre, q, mode, method, x_cal if mode == 'static' else None, fp32.input_name,
                                per_channel, activation_type, op_types, reduce_range=reduce_range)
         quant_seconds = time.perf_counter() - t0

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-__all__ = ['MODEL_DIR', 'find_model_folder', 'local_dir_name']
+__all__ = ['MODEL_DIR', 'find_model_folder', 'local_dir_name', 'folder_entry_name']
 
 MODEL_DIR = 'model'
 
@@ -29,3 +29,10 @@ def local_dir_name(path: str | Path) -> Optional[str]:
     """``local-dir:<folder>`` for a model folder or run directory (else ``None``): timm's own way to load it."""
     folder = find_model_folder(path)
     return f'local-dir:{folder.resolve()}' if folder is not None else None
+
+
+def folder_entry_name(folder: Path) -> str:
+    """Repository entry of a model folder: ``<architecture>_<tag>`` from its config.json."""
+    cfg = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+    tag = (cfg.get('pretrained_cfg') or {}).get('tag')
+    return f"{cfg['architecture']}_{tag}" if tag else cfg['architecture']

@@ -53,6 +53,9 @@ def configure_logging(level: str = 'info', stream=None) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    import importlib.util
+    if importlib.util.find_spec('onnxruntime') is None:  # before anything starts: the models could not load
+        raise ModuleNotFoundError("No module named 'onnxruntime'", name='onnxruntime')
     from .app import ServeSettings
     configure_logging(args.log_level)
     for flag, value in (('--max-batch-size', args.max_batch_size), ('--max-queue-size', args.max_queue_size),

@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
-__all__ = ['missing_onnx', 'check_exported', 'single_model_repository']
+__all__ = ['TORCH_SUFFIXES', 'missing_onnx', 'check_exported', 'single_model_repository']
+
+TORCH_SUFFIXES = ('.pt', '.pth', '.bin', '.safetensors', '.ckpt')  # weights sdzoo serve cannot run
 
 
 def missing_onnx(repository: Path, models: Optional[Sequence[str]] = None) -> List[str]:
@@ -32,6 +34,13 @@ def check_exported(repository: str, models: Optional[Sequence[str]] = None, show
     if not root.is_dir():
         raise CLIError(f'model repository {shown or repository!r} is not a directory')
     missing = missing_onnx(root, models)
+    torch_files = sorted(str(f.relative_to(root)) for name in missing for f in (root / name).rglob('*')
+                         if f.suffix in TORCH_SUFFIXES)
+    if torch_files:
+        raise CLIError(
+            f"{shown or repository}: {', '.join(torch_files)} is a PyTorch file; sdzoo serve runs ONNX with "
+            f'onnxruntime (no torch). Export it first, where sdzoo[torch] is installed: sdzoo export MODEL '
+            f'--checkpoint {torch_files[0]} --repository {shown or repository}')
     if missing:
         raise CLIError(
             f"{shown or repository} has no exported ONNX for {', '.join(missing)} (a fresh clone holds only their "
@@ -44,9 +53,7 @@ def single_model_repository(path: str) -> Iterator[str]:
     """``path`` itself when it is a repository; for an exported model folder or run directory, a temporary
     one-entry repository (``<architecture>_<tag>``) that links its ``model.onnx``, removed afterwards."""
     from ..cli_args import CLIError
-    from ..export.cli import folder_entry_name
-    from ..export.triton import write_triton_model
-    from ..hub.model_folder import find_model_folder
+    from ..hub.model_folder import find_model_folder, folder_entry_name
     folder = find_model_folder(path) if Path(path).is_dir() else None
     if folder is None:
         yield path
@@ -59,7 +66,8 @@ def single_model_repository(path: str) -> Iterator[str]:
         entry = folder_entry_name(folder)
         (root / entry / '1').mkdir(parents=True)
         os.symlink(onnx_file.resolve(), root / entry / '1' / 'model.onnx')
-        write_triton_model(root, entry, instance_kind='cpu')
+        # no config.pbtxt: the server takes inputs, outputs and labels from the ONNX file itself, as Triton's
+        # auto-complete does (writing one would need the onnx package, which a serving install leaves out)
         yield str(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
