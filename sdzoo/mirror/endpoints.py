@@ -1,5 +1,7 @@
-"""The Hub mirror's HTTP endpoints: the reads huggingface_hub downloads with (resolve, model info, tree)
-and the writes it uploads with (create repo, preupload, commit), behind one request handler.
+"""The Hub mirror's HTTP endpoints: the reads huggingface_hub downloads with (resolve, model info, tree,
+paths-info, list models) and the writes it uploads with (create repo, preupload, commit), behind one
+request handler. Every read checks the repo's visibility (:meth:`MirrorHandler._readable_repo`) and
+every header value sent is ASCII without control characters (:meth:`MirrorHandler.send_header`).
 
 The server, its repo storage and its command line are :mod:`sdzoo.mirror.server`.
 """
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -31,11 +34,26 @@ class HubError(Exception):
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
 
 
+_UNSAFE_PATH_CHARS = re.compile(r'[\\\x00-\x1f\x7f]')  # a backslash is a separator elsewhere; controls: no names
+_HEADER_UNSAFE = re.compile(r'[\x00-\x1f\x7f]')
+_QUOTED_UNSAFE = re.compile(r'[^ -~]|["\\]')  # in a quoted header parameter: printable ASCII but " and \
+
+
 def _safe_relpath(path: str) -> str:
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or any(part in ('', '.', '..') or part.startswith('.') for part in p.parts):
+    """A file path inside a repo, as uploaded or asked for: refused (400), never cleaned up, unless it is
+    relative, without ``..``, ``.`` or empty parts, dotfiles (META_FILE), backslashes or control characters.
+    Nothing is percent-decoded here: ``%2e%2e`` is a literal name inside the repo."""
+    if (not isinstance(path, str) or not path or path.startswith('/') or _UNSAFE_PATH_CHARS.search(path)
+            or any(part in ('', '.', '..') or part.startswith('.') for part in path.split('/'))):
         raise HubError(400, f'invalid path in repo: {path!r}')
-    return p.as_posix()
+    return path
+
+
+def _header_value(text: str) -> str:
+    """ASCII without control characters: send_header encodes latin-1 (a '€' raised, so no answer at all)
+    and a CR or LF would end the header early."""
+    text = text.encode('ascii', 'backslashreplace').decode('ascii')
+    return _HEADER_UNSAFE.sub(lambda m: f'\\x{ord(m.group()):02x}', text)
 
 
 def _front_matter(text: str) -> Dict[str, Any]:
@@ -55,6 +73,8 @@ class _ReadEndpoints:
     def _get(self, parts: List[str], head: bool) -> None:
         if len(parts) >= 5 and parts[2] == 'resolve':
             return self._resolve(f'{parts[0]}/{parts[1]}', parts[3], '/'.join(parts[4:]), head)
+        if parts == ['api', 'models']:
+            return self._list_models(head)
         if len(parts) >= 4 and parts[:2] == ['api', 'models']:
             repo_id = f'{parts[2]}/{parts[3]}'
             rest = parts[4:]
@@ -63,7 +83,7 @@ class _ReadEndpoints:
             if len(rest) == 2 and rest[0] == 'revision':
                 return self._model_info(repo_id, rest[1], head)
             if len(rest) >= 2 and rest[0] == 'tree':
-                return self._tree(repo_id, rest[1], '/'.join(rest[2:]), head)
+                return self._tree(repo_id, rest[1], '/'.join(rest[2:]).rstrip('/'), head)
         raise HubError(404, f'{"/".join(parts)}: not an endpoint of this mirror')
 
     def _resolve(self, repo_id: str, revision: str, filename: str, head: bool) -> None:
@@ -72,7 +92,7 @@ class _ReadEndpoints:
         commit = hub.check_revision(repo, repo_id, revision)
         rel = _safe_relpath(filename)
         path = repo / rel
-        if not path.is_file():
+        if rel not in hub.files(repo):  # the repo's files only: not a nested repo's, not a folder
             raise HubError(404, f'Entry {rel} not found in {repo_id}', 'EntryNotFound',
                             {'X-Repo-Commit': commit})
         sha256, _ = hub.hashes(path)
@@ -93,7 +113,8 @@ class _ReadEndpoints:
         self.send_header('X-Linked-Etag', f'"{sha256}"')
         self.send_header('X-Linked-Size', str(size))
         self.send_header('X-Repo-Commit', commit)
-        self.send_header('Content-Disposition', f'inline; filename="{PurePosixPath(rel).name}"')
+        shown = _QUOTED_UNSAFE.sub('_', PurePosixPath(rel).name)
+        self.send_header('Content-Disposition', f'inline; filename="{shown}"')
         if partial:
             self.send_header('Content-Range', f'bytes {start}-{end}/{size}')
         self.end_headers()
@@ -155,13 +176,57 @@ class _ReadEndpoints:
             if recursive:
                 parents = PurePosixPath(rest).parents
                 folders.update(prefix + p.as_posix() for p in parents if p.as_posix() != '.')
-            sha256, sha1 = hub.hashes(repo / f)
-            size = (repo / f).stat().st_size
-            entries.append(dict(type='file', path=f, size=size, oid=sha1,
-                                lfs=dict(oid=sha256, size=size, pointerSize=0)))
-        entries += [dict(type='directory', path=d, oid=hashlib.sha1(d.encode()).hexdigest(), size=0)
-                    for d in sorted(folders)]
+            entries.append(self._file_entry(repo, f))
+        entries += [self._folder_entry(d) for d in sorted(folders)]
         self._send_json(entries, head=head)
+
+    def _paths_info(self, repo_id: str, revision: str, body: bytes) -> None:
+        """POST paths-info: the entries of the asked paths that exist (form or JSON ``paths``)."""
+        hub = self.hub
+        repo = self._readable_repo(repo_id)
+        hub.check_revision(repo, repo_id, revision)
+        try:
+            paths = json.loads(body).get('paths', []) if body.lstrip().startswith(b'{') else \
+                parse_qs(body.decode('utf-8')).get('paths', [])
+        except (ValueError, AttributeError) as e:
+            raise HubError(400, f'paths-info body is neither a form nor JSON with "paths": {e}')
+        files, entries = hub.files(repo), []
+        for path in paths if isinstance(paths, list) else []:
+            try:
+                rel = _safe_relpath(str(path).rstrip('/'))
+            except HubError:
+                continue  # a dotfile or a path outside the repo: not there
+            if rel in files:
+                entries.append(self._file_entry(repo, rel))
+            elif any(f.startswith(rel + '/') for f in files):
+                entries.append(self._folder_entry(rel))
+        self._send_json(entries)
+
+    def _list_models(self, head: bool) -> None:
+        """GET /api/models: the repos this request may see (``author``, ``search``, ``limit``); no private
+        repo without the token."""
+        query = parse_qs(urlsplit(self.path).query)
+        author, search = query.get('author', [''])[0], query.get('search', [''])[0].lower()
+        out = []
+        for repo_id, repo in self.hub.repos():
+            if not self._may_read(repo) or (author and repo_id.split('/')[0] != author) \
+                    or search not in repo_id.lower():
+                continue
+            private = bool(self.hub.meta(repo).get('private', False))
+            out.append({'_id': repo_id, 'id': repo_id, 'modelId': repo_id, 'author': repo_id.split('/')[0],
+                        'private': private, 'gated': False, 'disabled': False, 'downloads': 0, 'likes': 0,
+                        'tags': []})
+        limit = query.get('limit', [''])[0]
+        self._send_json(out[:int(limit)] if limit.isdigit() else out, head=head)
+
+    def _file_entry(self, repo: Path, f: str) -> Dict[str, Any]:
+        sha256, sha1 = self.hub.hashes(repo / f)
+        size = (repo / f).stat().st_size
+        return dict(type='file', path=f, size=size, oid=sha1, lfs=dict(oid=sha256, size=size, pointerSize=0))
+
+    @staticmethod
+    def _folder_entry(d: str) -> Dict[str, Any]:
+        return dict(type='directory', path=d, oid=hashlib.sha1(d.encode()).hexdigest(), size=0)
 
 
 class _WriteEndpoints:
@@ -174,6 +239,10 @@ class _WriteEndpoints:
         if parts == ['api', 'repos', 'create']:
             self._require_write()
             return self._create_repo, _SMALL_BODY
+        if len(parts) == 6 and parts[:2] == ['api', 'models'] and parts[4] == 'paths-info':  # a read
+            repo_id = f'{parts[2]}/{parts[3]}'
+            self._readable_repo(repo_id)
+            return (lambda body: self._paths_info(repo_id, parts[5], body)), _SMALL_BODY
         if len(parts) == 6 and parts[:2] == ['api', 'models'] and parts[4] in ('preupload', 'commit'):
             repo_id = f'{parts[2]}/{parts[3]}'
             if query.get('create_pr'):
@@ -205,17 +274,12 @@ class _WriteEndpoints:
             raise HubError(400, f'this mirror only holds model repos, not {payload.get("type")!r}')
         name, org = payload.get('name'), payload.get('organization')
         repo_id = f'{org or self.hub.owner}/{name}'
-        repo = self.hub.repo_dir(repo_id)
-        url = f'{self._base()}/{repo_id}'
+        self.hub.repo_dir(repo_id)  # a valid id, before anything else is said about it
         private = payload.get('visibility') == 'private' or bool(payload.get('private'))
         if private and self.hub.token is None:
             raise HubError(400, 'a private repo needs a mirror started with --token (only the token may read it)')
-        with self.hub.write_lock:
-            if repo.exists():
-                raise HubError(409, 'You already created this model repo', headers={})
-            repo.mkdir(parents=True)
-            (repo / META_FILE).write_text(json.dumps({'private': private}), encoding='utf-8')
-        self._send_json({'url': url, 'name': repo_id, 'id': repo_id})
+        self.hub.create_repo(repo_id, private)
+        self._send_json({'url': f'{self._base()}/{repo_id}', 'name': repo_id, 'id': repo_id})
 
     def _preupload(self, repo_id: str, revision: str, body: bytes) -> None:
         self._require_write()
@@ -268,8 +332,11 @@ class _WriteEndpoints:
             except ValueError as e:
                 raise HubError(400, f'{rel}: content is not valid base64: {e}')
             target = repo / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            except OSError as e:  # e.g. a part of the path is a file, or a name too long
+                raise HubError(400, f'{rel}: cannot be written in the repo: {e.strerror}')
         elif key == 'deletedFile':
             target = repo / _safe_relpath(value.get('path', ''))
             if not target.is_file():
@@ -294,9 +361,17 @@ class MirrorHandler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
     def hub(self) -> 'HubMirror':  # noqa: F821  (sdzoo.mirror.server, which imports this module)
         return self.server.mirror  # type: ignore[attr-defined]
 
+    def setup(self) -> None:
+        self.timeout = self.hub.timeout  # the socket's: an idle or stalled client cannot hold its thread
+        super().setup()
+
     def log_message(self, format: str, *args) -> None:
         if self.hub.verbose:
-            sys.stderr.write(f'{self.address_string()} - {format % args}\n')
+            sys.stderr.write(f'{self.address_string()} - {_header_value(format % args)}\n')
+
+    def send_header(self, keyword: str, value: str) -> None:
+        """Every header value goes out ASCII, without CR/LF: paths and messages come from the client."""
+        super().send_header(keyword, _header_value(str(value)))
 
     # ---------------------------------------------------------------------------------- plumbing
 
@@ -346,7 +421,10 @@ class MirrorHandler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
         if n > limit:
             raise HubError(413, f'request body of {n} bytes is over the limit of {limit} bytes for this endpoint'
                                  + (' (raise it with --max-upload-mb)' if limit == self.hub.max_upload_bytes else ''))
-        return self.rfile.read(n)
+        body = self.rfile.read(n)
+        if len(body) < n:  # the client closed mid-body: never act on a truncated commit
+            raise HubError(400, f'request body ended after {len(body)} of {n} bytes')
+        return body
 
     def _base(self) -> str:
         return f'http://{self.headers.get("Host") or self.hub.url.split("//", 1)[1]}'
@@ -360,7 +438,7 @@ class MirrorHandler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
         if code:
             self.send_header('X-Error-Code', code)
         if message:
-            self.send_header('X-Error-Message', message.replace('\n', ' '))
+            self.send_header('X-Error-Message', message.replace('\n', ' '))  # other controls: send_header
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -368,7 +446,10 @@ class MirrorHandler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _authorized(self) -> bool:
-        return self.hub.token is not None and self.headers.get('Authorization', '') == f'Bearer {self.hub.token}'
+        if self.hub.token is None:
+            return False
+        got, want = self.headers.get('Authorization', ''), f'Bearer {self.hub.token}'
+        return hmac.compare_digest(got.encode('utf-8', 'surrogatepass'), want.encode('utf-8', 'surrogatepass'))
 
     def _require_write(self) -> None:
         if not self.hub.allow_upload:
@@ -378,9 +459,14 @@ class MirrorHandler(_ReadEndpoints, _WriteEndpoints, BaseHTTPRequestHandler):
 
     def _readable_repo(self, repo_id: str) -> Path:
         """An existing repo this request may read: a private one only with the mirror's token (the Hub
-        answers 401 RepoNotFound, which huggingface_hub reports as RepositoryNotFoundError)."""
+        answers 401 RepoNotFound, which huggingface_hub reports as RepositoryNotFoundError). Every read
+        route comes here; the folder is the repo id's one folder (HubMirror.existing_repo)."""
         repo = self.hub.existing_repo(repo_id)
-        if self.hub.meta(repo).get('private') and not self._authorized():
+        if not self._may_read(repo):
             raise HubError(401, f'Repository {repo_id} not found (a private repo: it needs the mirror\'s token)',
                             'RepoNotFound')
         return repo
+
+    def _may_read(self, repo: Path) -> bool:
+        """The one visibility rule, for single repos and lists alike: public, or the mirror's token."""
+        return not self.hub.meta(repo).get('private') or self._authorized()
