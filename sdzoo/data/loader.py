@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .sources import Split
 
-__all__ = ['epoch_order', 'TensorLoader', 'StreamLoader', 'create_loader']
+__all__ = ['epoch_order', 'batch_bounds', 'TensorLoader', 'StreamLoader', 'create_loader']
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -30,6 +30,19 @@ def _rank_key(rank: int, world: int) -> tuple:
     """Augmentation keys of a DDP rank: without the rank every rank would crop and flip its j-th sample
     alike. Empty for a single process, so its streams (and resumed single-process runs) stay as they were."""
     return (rank,) if world > 1 else ()
+
+
+def batch_bounds(n: int, batch_size: int, drop_last: bool, even: bool) -> list:
+    """(start, stop) of each batch of an ``n``-sample epoch. ``drop_last``: full batches only; ``even``: every
+    sample in ``ceil(n / batch_size)`` batches of near-equal size (a 162-image epoch at 16 is 11 batches of
+    14-15, not 10 of 16 and a 2-image tail whose BatchNorm statistics and gradient are noise); else full
+    batches and a shorter last one (evaluation)."""
+    if drop_last:
+        return [(i * batch_size, (i + 1) * batch_size) for i in range(n // batch_size)]
+    nb = -(-n // batch_size)
+    if even:
+        return [(i * n // nb, (i + 1) * n // nb) for i in range(nb)]
+    return [(i * batch_size, min(n, (i + 1) * batch_size)) for i in range(nb)]
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -65,6 +78,8 @@ class TensorLoader:
             rank: int = 0,
             world: int = 1,
     ):
+        """``drop_last`` (default: ``train``): full batches only; a training loader without it makes
+        near-equal batches (:func:`batch_bounds`)."""
         if split.images is None:
             raise ValueError('TensorLoader needs a split decoded into memory')
         self.split, self.batch_size, self.train = split, batch_size, train
@@ -85,6 +100,9 @@ class TensorLoader:
         n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def bounds(self) -> list:
+        return batch_bounds(self.num_samples, self.batch_size, self.drop_last, even=self.train)
+
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, c, h, w = x.shape
         if self.pad:
@@ -101,8 +119,9 @@ class TensorLoader:
 
     def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.split), self.seed, epoch, self.train, self.rank, self.world)
-        for i in range(start_batch, len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        bounds = self.bounds()
+        for i in range(start_batch, len(bounds)):
+            idx = order[bounds[i][0]:bounds[i][1]]
             x = self.split.images[idx].permute(0, 3, 1, 2).float()
             if self.train:
                 x = self._augment(x, _gen(self.seed, epoch, i, 101, *_rank_key(self.rank, self.world)))
@@ -149,11 +168,11 @@ class StreamLoader:
 
     def __init__(self, split: Split, batch_size: int, transform: Callable, in_chans: int = 3,
                  train: bool = False, seed: int = 0, workers: int = 2, channels_last: bool = False,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, drop_last: Optional[bool] = None):
         self.dataset = _FileDataset(split, transform, in_chans)
         self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
         self.workers, self.channels_last, self.rank, self.world = workers, channels_last, rank, world
-        self.drop_last = train
+        self.drop_last = train if drop_last is None else drop_last
 
     def __len__(self) -> int:
         n = -(-len(self.split) // self.world)
@@ -161,10 +180,10 @@ class StreamLoader:
 
     def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.split), self.seed, epoch, self.train, self.rank, self.world)
-        order = order[start_batch * self.batch_size:len(self) * self.batch_size if self.drop_last else None]
+        bounds = batch_bounds(len(order), self.batch_size, self.drop_last, even=self.train)[start_batch:]
+        batches = [order[a:b].tolist() for a, b in bounds]
         dl = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=_ListSampler(order),
-            num_workers=self.workers, drop_last=self.drop_last, persistent_workers=False,
+            self.dataset, batch_sampler=batches, num_workers=self.workers, persistent_workers=False,
             # seeds the workers' augmentation
             generator=_gen(self.seed, epoch, start_batch, 7, *_rank_key(self.rank, self.world)))
         for x, y in dl:
@@ -178,13 +197,13 @@ class StreamLoader:
 
 def create_loader(split: Split, batch_size: int, data_cfg: dict, train: bool, seed: int = 0,
                   cifar_aug: bool = True, workers: int = 2, channels_last: bool = False,
-                  rank: int = 0, world: int = 1, in_chans: int = 3):
+                  rank: int = 0, world: int = 1, in_chans: int = 3, drop_last: Optional[bool] = None):
     """In-memory loader for decoded splits, streaming loader (timm transforms) otherwise."""
     if split.images is not None:
         return TensorLoader(split, batch_size, data_cfg['mean'], data_cfg['std'], train=train,
                             pad=4 if (train and cifar_aug) else 0, flip=train, seed=seed,
-                            channels_last=channels_last, rank=rank, world=world)
+                            channels_last=channels_last, rank=rank, world=world, drop_last=drop_last)
     from timm.data import create_transform
     transform = create_transform(**data_cfg, is_training=train)
     return StreamLoader(split, batch_size, transform, in_chans=in_chans, train=train, seed=seed,
-                        workers=workers, channels_last=channels_last, rank=rank, world=world)
+                        workers=workers, channels_last=channels_last, rank=rank, world=world, drop_last=drop_last)

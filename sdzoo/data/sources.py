@@ -22,7 +22,7 @@ from .images import IMG_EXTENSIONS, decode_images
 
 __all__ = [
     'DATA_ENV', 'default_data_root', 'Split', 'DataSplits', 'load_splits', 'find_fashion_mnist',
-    'IMG_EXTENSIONS',
+    'IMG_EXTENSIONS', 'resolution_note',
 ]
 
 DATA_ENV = 'SDZOO_DATA'
@@ -51,6 +51,7 @@ class Split:
     labels: torch.Tensor
     images: Optional[torch.Tensor] = None          # uint8 [N, H, W, C]
     files: Optional[List[str]] = None              # image paths (streamed)
+    paths: Optional[List[str]] = None              # where each image came from (image folders; also when decoded)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -61,6 +62,7 @@ class Split:
             labels=self.labels[idx],
             images=self.images[idx] if self.images is not None else None,
             files=[self.files[i] for i in idx.tolist()] if self.files is not None else None,
+            paths=[self.paths[i] for i in idx.tolist()] if self.paths is not None else None,
         )
 
 
@@ -74,6 +76,7 @@ class DataSplits:
     in_chans: int
     source: str = ''
     notes: List[str] = field(default_factory=list)
+    split_record: Optional[dict] = None   # how val/ was drawn from train/ (holdout='stratified'): seed, counts, hashes
 
     @property
     def num_classes(self) -> int:
@@ -87,37 +90,56 @@ def _scan_folder(root: Path) -> Tuple[List[str], List[str], List[int]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
     if not classes:
         raise ValueError(f'image folder {root} has no class sub-folders (expected {root}/<class>/<image>)')
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for i, c in enumerate(classes):
         imgs = sorted(str(p) for p in (root / c).rglob('*') if p.suffix.lower() in IMG_EXTENSIONS)
         files += imgs
         labels += [i] * len(imgs)
+        if not imgs:
+            empty.append(c)
     if not files:
         raise ValueError(f'image folder {root} has class folders {classes[:5]} but no images '
                          f'with extensions {IMG_EXTENSIONS}')
+    if empty:
+        raise ValueError(f"class folder {root / empty[0]} has no images ({', '.join(IMG_EXTENSIONS)})"
+                         + (f' (nor have {len(empty) - 1} more: {", ".join(empty[1:4])})' if len(empty) > 1 else '')
+                         + '; add images or remove the folder')
     return classes, files, labels
 
 
+def _check_same_classes(root: Path, found: List[str], classes: List[str], train_dir: Path) -> None:
+    """One line naming the folder whose class names differ from train/'s."""
+    if found == classes:
+        return
+    extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
+    parts = ([f"has {', '.join(map(repr, extra))} that {train_dir} lacks"] if extra else []) \
+        + ([f"lacks {', '.join(map(repr, missing))} that {train_dir} has"] if missing else [])
+    raise ValueError(f"class folders of {root} differ from the training classes: {root} {'; '.join(parts)} "
+                     '(class names must match folder for folder)')
+
+
 def _folder_split(root: Path, size: Optional[Tuple[int, int]], mode: str, in_memory: bool,
-                  classes: Optional[List[str]] = None) -> Tuple[List[str], Split]:
-    found, files, labels = _scan_folder(root)
-    if classes is not None and found != classes:
-        raise ValueError(f'class folders of {root} ({found}) differ from the training classes ({classes})')
+                  classes: Optional[List[str]] = None, train_dir: Optional[Path] = None,
+                  scanned: Optional[Tuple[List[str], List[str], List[int]]] = None) -> Tuple[List[str], Split]:
+    found, files, labels = scanned or _scan_folder(root)
+    if classes is not None:
+        _check_same_classes(root, found, classes, train_dir or root)
     labels_t = torch.tensor(labels, dtype=torch.long)
     if not in_memory:
-        return found, Split(labels=labels_t, files=files)
+        return found, Split(labels=labels_t, files=files, paths=files)
     key = hashlib.sha256('\n'.join([str(root.resolve()), mode, str(size), str(len(files)),
                                     files[0], files[-1], str(os.path.getsize(files[-1]))]).encode())
     cache = _cache_dir() / f'{root.name}-{key.hexdigest()[:16]}.npz'
     if cache.exists():
         try:
             with np.load(cache) as z:
-                return found, Split(labels=torch.from_numpy(z['labels']), images=torch.from_numpy(z['images']))
+                return found, Split(labels=torch.from_numpy(z['labels']), images=torch.from_numpy(z['images']),
+                                    paths=files)
         except Exception:
             cache.unlink(missing_ok=True)
     images = torch.from_numpy(decode_images(files, size, mode, desc=f'decoding {root}'))
     _write_cache(cache, images=images.numpy(), labels=labels_t.numpy())
-    return found, Split(labels=labels_t, images=images)
+    return found, Split(labels=labels_t, images=images, paths=files)
 
 
 def _gunzip(src: Path, dst: str) -> None:
@@ -154,6 +176,76 @@ def _stratified_holdout(labels: torch.Tensor, n_val: int) -> Tuple[torch.Tensor,
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[val_idx] = False
     return mask.nonzero().squeeze(1), val_idx
+
+
+def _proportional_counts(counts: List[int], n_val: int, classes: Sequence[str]) -> List[int]:
+    """Validation images per class: proportional to the class sizes (largest remainder), at least one each,
+    and at least one training image left in every class."""
+    k, n = len(counts), sum(counts)
+    if n_val < k:
+        raise ValueError(f'--val-size {n_val} is smaller than the {k} classes: a stratified holdout needs '
+                         f'at least one image of each class (use --val-size 0 for no holdout)')
+    small = [(c, m) for c, m in zip(classes, counts) if m < 2]
+    if small:
+        c, m = small[0]
+        raise ValueError(f"class {c!r} has {m} training image{'s' if m != 1 else ''}: the validation holdout needs "
+                         f'at least 2 per class (1 to validate, 1 to train); add images, give a val/ folder, '
+                         f'or pass --val-size 0')
+    exact = [n_val * m / n for m in counts]
+    per = [max(1, int(e)) for e in exact]
+    order = sorted(range(k), key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    i = 0
+    while sum(per) < n_val and i < 10 * k:
+        j = order[i % k]
+        if per[j] < counts[j] - 1:
+            per[j] += 1
+        i += 1
+    per = [min(p, m - 1) for p, m in zip(per, counts)]
+    if sum(per) < n_val:
+        raise ValueError(f'--val-size {n_val} leaves too few training images ({n} in all, at least one per class '
+                         'must stay in training)')
+    return per
+
+
+def _random_holdout(split: Split, n_val: int, seed: int, classes: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor, dict]:
+    """Indices (train, val) of a stratified random holdout and its record (seed, counts, file-list hashes)."""
+    labels = split.labels
+    counts = [int((labels == c).sum()) for c in range(len(classes))]
+    per = _proportional_counts(counts, n_val, classes)
+    g = torch.Generator().manual_seed(int(seed))
+    val = []
+    for c, k in enumerate(per):
+        idx = (labels == c).nonzero().squeeze(1)
+        val.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    val_idx = torch.cat(val).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[val_idx] = False
+    tr_idx = mask.nonzero().squeeze(1)
+    paths = split.paths or []
+
+    def digest(idx: torch.Tensor) -> str:
+        names = sorted(os.path.relpath(paths[i], os.path.dirname(os.path.dirname(paths[i]))) for i in idx.tolist()) \
+            if paths else [str(i) for i in idx.tolist()]
+        return hashlib.sha256('\n'.join(names).encode()).hexdigest()
+    record = dict(holdout='stratified random', seed=int(seed), val_size=int(val_idx.numel()),
+                  val_per_class={c: k for c, k in zip(classes, per)},
+                  train_per_class={c: m - k for c, m, k in zip(classes, counts, per)},
+                  train_sha256=digest(tr_idx), val_sha256=digest(val_idx),
+                  val_files=sorted(os.path.relpath(paths[i], os.path.dirname(os.path.dirname(paths[i])))
+                                   for i in val_idx.tolist()) if paths and len(val_idx) <= 5000 else None)
+    return tr_idx, val_idx, record
+
+
+def resolution_note(n: int, what: str = 'validation') -> Optional[str]:
+    """A warning when ``n`` images cannot resolve a 1-point top-1 difference (95% interval at 90% accuracy)."""
+    if n <= 0:
+        return None
+    half = 196 * (0.09 / n) ** 0.5  # points
+    if half <= 1.0:
+        return None
+    need = int(-(-1.96 ** 2 * 0.09 // 0.0001))
+    return (f'{what} set of {n} images: one image is {100 / n:.1f} points and the 95% interval of a 90% accuracy is '
+            f'+-{half:.1f} points, too coarse to tell a 1-point difference (that needs about {need:,} images)')
 
 
 def find_fashion_mnist(path: Optional[str | os.PathLike] = None) -> Path:
@@ -207,6 +299,8 @@ def load_splits(
         val_size: Optional[int] = None,
         in_memory: Optional[bool] = None,
         only: Optional[str] = None,
+        holdout: str = 'last',
+        split_seed: int = 0,
 ) -> DataSplits:
     """Resolve a data spec: ``cifar10``, ``fashion_mnist``, or a path to an image folder.
 
@@ -215,6 +309,10 @@ def load_splits(
     training images (class-balanced); CIFAR-10 defaults to the paper's 45,000/5,000 split.
     ``only='test'`` (or ``'val'``, ``'train'``) decodes just that split: the others stay file lists, so
     evaluating the test set does not decode the whole training set first.
+    ``holdout='stratified'`` (fine-tuning on image folders) draws the held-out images at random with
+    ``split_seed``, proportionally per class and at least one per class, and records the draw in
+    ``DataSplits.split_record``; ``'last'`` (the named data sets' fixed split) holds out the last
+    ``val_size / num_classes`` images of every class.
     """
     c, h, w = input_size
     size = (h, w)
@@ -254,17 +352,37 @@ def load_splits(
             return bool(in_memory) and only in (None, split)
         # the held-out validation images come out of train/ when there is no val/ folder
         has_val = train_dir != root and any((root / sub).is_dir() for sub in ('val', 'validation'))
-        classes, train = _folder_split(train_dir, size, mode, mem('train') or (mem('val') and not has_val))
+        # scan every split before decoding any: a bad folder fails at once, with nothing decoded or written
+        scans = {'train': _scan_folder(train_dir)}
+        classes = scans['train'][0]
+        subs = [s for s in ('val', 'validation') if (root / s).is_dir()][:1] + ['test'] if train_dir != root else []
+        for sub in subs:
+            if (root / sub).is_dir():
+                scans[sub] = _scan_folder(root / sub)
+                _check_same_classes(root / sub, scans[sub][0], classes, train_dir)
+        _, train = _folder_split(train_dir, size, mode, mem('train') or (mem('val') and not has_val),
+                                 scanned=scans['train'])
         val = test = None
-        if train_dir != root:
-            for sub in ('val', 'validation'):
-                if (root / sub).is_dir():
-                    _, val = _folder_split(root / sub, size, mode, mem('val'), classes)
-                    break
-            if (root / 'test').is_dir():
-                _, test = _folder_split(root / 'test', size, mode, mem('test'), classes)
+        for sub in subs:
+            if sub in scans:
+                split_name = 'test' if sub == 'test' else 'val'
+                _, part = _folder_split(root / sub, size, mode, mem(split_name), classes, train_dir, scans[sub])
+                if sub == 'test':
+                    test = part
+                else:
+                    val = part
         in_chans, source = c, str(root)
-    if val is None:
+    split_record = None
+    if val is None and holdout == 'stratified':
+        if val_size is None:
+            val_size = max(len(classes), round(len(train) / 10))
+        if val_size > 0:
+            tr_idx, va_idx, split_record = _random_holdout(train, val_size, split_seed, classes)
+            val, train = train.subset(va_idx), train.subset(tr_idx)
+            notes.append(f'validation: {len(val)} training images held out at random (stratified, at least one '
+                         f'per class, split seed {split_seed}): '
+                         + ', '.join(f'{c} {k}' for c, k in split_record['val_per_class'].items()))
+    elif val is None:
         if val_size is None:
             val_size = max(len(classes), (len(train) // 10) // len(classes) * len(classes))
         if val_size > 0:
@@ -274,4 +392,4 @@ def load_splits(
             notes.append(f'validation: last {val_size // len(classes)} training images of each class '
                          f'({val_size} in all) held out')
     return DataSplits(name=name, classes=classes, train=train, val=val, test=test, in_chans=in_chans,
-                      source=source, notes=notes)
+                      source=source, notes=notes, split_record=split_record)

@@ -23,7 +23,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 __all__ = ['CALIBRATION_METHODS', 'DEFAULT_METHOD', 'DEFAULT_CALIBRATION_IMAGES', 'DEFAULT_MAX_ACCURACY_DROP',
-           'QuantizationError', 'load_labelled_images', 'top1', 'quantize_onnx', 'int8_path_for']
+           'QuantizationError', 'load_labelled_images', 'top1', 'hits', 'accuracy_gate', 'quantize_onnx',
+           'int8_path_for']
 
 from .int8_recipe import (  # noqa: E402  (re-exported: the recipe's defaults)
     CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_METHOD, EVAL_SPLITS,
@@ -122,6 +123,36 @@ def top1(session, x: np.ndarray, labels: np.ndarray, batch_size: int = 250) -> f
     return correct / len(x)
 
 
+def hits(session, x: np.ndarray, labels: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """Per-image top-1 hit (bool) of an :class:`sdzoo.runtime.OrtModel`: what the paired gate compares."""
+    return np.concatenate([session.run(x[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]
+                           for i in range(0, len(x), batch_size)])
+
+
+def accuracy_gate(hits_fp32: np.ndarray, hits_int8: np.ndarray, max_drop: float) -> Dict[str, Any]:
+    """The INT8 accuracy gate at the resolution of its image set.
+
+    The drop is fp32 minus INT8 top-1 in points with a paired 95% interval (normal approximation on the
+    per-image differences, so only images the two graphs disagree on widen it). ``verdict``: ``pass`` when
+    the whole interval is within ``max_drop``; ``fail`` when the whole interval is beyond it (clearly
+    worse); ``undecided`` when it straddles the limit: the set is too small to decide, ``needed`` says about
+    how many images would (at the observed disagreement rate).
+    """
+    d = hits_fp32.astype(np.float64) - hits_int8.astype(np.float64)
+    n = int(len(d))
+    drop = 100.0 * float(d.mean())
+    half = 196.0 * float(d.std(ddof=1)) / n ** 0.5 if n > 1 else float('inf')
+    lo, hi = drop - half, drop + half
+    verdict = 'fail' if lo > max_drop else 'pass' if hi <= max_drop else 'undecided'
+    disagree = int((d != 0).sum())
+    rate = max(disagree, 1) / max(n, 1)
+    margin = max(abs(drop - max_drop), 0.25 * max_drop, 0.1)
+    needed = int(np.ceil((196.0 / margin) ** 2 * rate)) if verdict == 'undecided' else None
+    return {'images': n, 'drop_points': round(drop, 4), 'interval_points': [round(lo, 4), round(hi, 4)],
+            'disagreeing_images': disagree, 'point_per_image': round(100.0 / max(n, 1), 4),
+            'verdict': verdict, 'needed_images': needed}
+
+
 class _Reader:
     """onnxruntime ``CalibrationDataReader``: the calibration images in batches, then ``None``."""
 
@@ -213,6 +244,30 @@ def default_reduce_range() -> bool:
     return not cpu_has_vnni()
 
 
+def _judge(h_fp32: np.ndarray, h_int8: np.ndarray, eval_split: str, eval_desc: str, max_accuracy_drop: float,
+           model: str, out: Path) -> Dict[str, Any]:
+    """The gate's record; raises :class:`QuantizationError` (one message: numbers, interval, split) on a fail."""
+    acc_fp32, acc_int8 = float(h_fp32.mean()), float(h_int8.mean())
+    drop = (acc_fp32 - acc_int8) * 100
+    gate = accuracy_gate(h_fp32, h_int8, max_accuracy_drop)
+    accuracy = {'split': eval_split, 'images': int(len(h_fp32)), 'data': eval_desc,
+                'top1_fp32': round(acc_fp32 * 100, 4), 'top1_int8': round(acc_int8 * 100, 4),
+                'drop_points': round(drop, 4), 'max_drop_points': float(max_accuracy_drop), 'gate': gate}
+    lo, hi = gate['interval_points']
+    said = (f'INT8 top-1 {acc_int8 * 100:.2f}% vs fp32 {acc_fp32 * 100:.2f}% on {eval_desc} (the {eval_split} '
+            f'split): drop {drop:.2f} points, paired 95% interval [{lo:.2f}, {hi:.2f}] over {gate["images"]} '
+            f'images ({gate["disagreeing_images"]} disagree)')
+    if gate['verdict'] == 'undecided':
+        accuracy['note'] = (f'the {gate["images"]}-image gate set is too small to decide against the '
+                            f'{max_accuracy_drop:g}-point limit (about {gate["needed_images"]:,} images would)')
+    if gate['verdict'] == 'fail' or round(drop, 2) > max_accuracy_drop:  # at the resolution printed
+        why = ('clearly: the whole interval lies beyond it' if gate['verdict'] == 'fail' else
+               f"by its point estimate, though {accuracy['note']}; refused to be safe")
+        raise QuantizationError(f'{model}: {said}; the drop exceeds the allowed {max_accuracy_drop:g} '
+                                f'(--max-accuracy-drop) {why}; nothing written to {out}')
+    return accuracy
+
+
 def quantize_onnx(
         fp32_path: Union[str, os.PathLike],
         out: Union[str, os.PathLike],
@@ -274,17 +329,10 @@ def quantize_onnx(
         quant_seconds = time.perf_counter() - t0
         int8 = OrtModel(q, **session_kw)
         t1 = time.perf_counter()
-        acc_fp32, acc_int8 = top1(fp32, x_eval, y_eval), top1(int8, x_eval, y_eval)
+        h_fp32, h_int8 = hits(fp32, x_eval, y_eval), hits(int8, x_eval, y_eval)
         eval_seconds = time.perf_counter() - t1
-        drop = (acc_fp32 - acc_int8) * 100
-        accuracy = {'split': eval_split, 'images': int(len(y_eval)), 'data': eval_desc,
-                    'top1_fp32': round(acc_fp32 * 100, 4), 'top1_int8': round(acc_int8 * 100, 4),
-                    'drop_points': round(drop, 4), 'max_drop_points': float(max_accuracy_drop)}
-        if round(drop, 2) > max_accuracy_drop:  # judged at the resolution the message prints
-            raise QuantizationError(
-                f'{meta.get("sdzoo.model", fp32_path.name)}: INT8 top-1 {acc_int8 * 100:.2f}% vs fp32 '
-                f'{acc_fp32 * 100:.2f}% on {eval_desc}: a drop of {drop:.2f} points exceeds the allowed '
-                f'{max_accuracy_drop:g} (--max-accuracy-drop); nothing written to {out}')
+        accuracy = _judge(h_fp32, h_int8, eval_split, eval_desc, max_accuracy_drop,
+                          meta.get('sdzoo.model', fp32_path.name), out)
         quant = {'tool': f'onnxruntime.quantization {onnxruntime.__version__}', 'mode': mode,
                  'format': 'QDQ' if mode == 'static' else 'QOperator (dynamic)', 'per_channel': per_channel,
                  'weights': 'int8 symmetric' + (' (7-bit range: reduce_range)' if reduce_range else ''),
@@ -340,5 +388,10 @@ def format_int8_report(report: Dict[str, Any]) -> str:
     return (f"INT8 {report['file']} ({report['bytes'] / 1e6:.2f} MB, fp32 {report['fp32_bytes'] / 1e6:.2f} MB): "
             f"{q['format']}, per-channel {q['per_channel']}"
             f"{_per_tensor_note(q.get('per_tensor_weights'))}, {calib}\n"
-            f"  top-1 on {a['data']}: fp32 {a['top1_fp32']:.2f}%  int8 {a['top1_int8']:.2f}%  "
-            f"drop {a['drop_points']:+.2f} points (allowed {a['max_drop_points']:g}) -> ok")
+            f"  top-1 on {a['data']}" + (f" ({a['split']} split)" if a.get('split') else '')
+            + f": fp32 {a['top1_fp32']:.2f}%  int8 {a['top1_int8']:.2f}%  "
+            f"drop {a['drop_points']:+.2f} points"
+            + (f" (paired 95% interval [{a['gate']['interval_points'][0]:+.2f}, "
+               f"{a['gate']['interval_points'][1]:+.2f}], {a['images']} images)" if 'gate' in a else '')
+            + f" (allowed {a['max_drop_points']:g}) -> ok"
+            + (f"\n  note: {a['note']}" if a.get('note') else ''))

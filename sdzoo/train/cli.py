@@ -25,18 +25,23 @@ _FLAGS = [
     ('--checkpoint-minutes', 'checkpoint_minutes', float), ('--log-seconds', 'log_seconds', float),
     ('--device', 'device', str), ('--opt', 'optimizer', str),
     ('--num-classes', 'num_classes', int), ('--in-chans', 'in_chans', int),
+    ('--holdout', 'holdout', str), ('--head', 'head_init', str), ('--class-weights', 'class_weights', str), ('--split-seed', 'split_seed', int),
 ]
 
 
 _R = 'default: the recipe\'s'  # recipe(): paper CIFAR recipe, ViT recipe, or the short fine-tuning one
 _FLAG_HELP = {
-    'epochs': f'{_R}: 500 CIFAR ResNets (the paper), 200 ViTs, 10 fine-tuning',
-    'batch_size': 'mini-batch size over all processes (default: 128)',
-    'lr': f'peak learning rate ({_R}: 0.1 SGD, 5e-4 AdamW for ViTs, 0.01 fine-tuning)',
+    'epochs': f'{_R}: 500 CIFAR ResNets (the paper), 200 ViTs; fine-tuning: 3 with a head from matching class '
+              'names, else max(10, ceil(300 / steps per epoch))',
+    'batch_size': 'mini-batch size over all processes (default: 128; fine-tuning: clamp(2**floor(log2(N/10)), '
+                  '16, 128) for N training images)',
+    'lr': f'peak learning rate ({_R}: 0.1 SGD, 5e-4 AdamW for ViTs; fine-tuning: 0.01*bs/16, 0.005*bs/16 with a '
+          'head from matching class names, 5e-5*bs/16 AdamW for ViTs)',
     'momentum': 'SGD (Nesterov) momentum (default: 0.9)',
     'weight_decay': f'weight decay ({_R}: 1e-4, 0.05 for ViTs)',
     'sched': f'learning-rate schedule, step or cosine ({_R}: step for CIFAR ResNets, else cosine)',
-    'warmup_epochs': f'linear warm-up epochs ({_R}: 0, 5 for ViTs, 0.5 fine-tuning)',
+    'warmup_epochs': f'linear warm-up epochs ({_R}: 0, 5 for ViTs; fine-tuning: half an epoch, at most 10%% of '
+                     'the steps, at least one step)',
     'min_lr': 'final learning rate of the cosine schedule (default: 0)',
     'label_smoothing': f'label smoothing in [0, 1) ({_R}: 0, 0.1 for ViTs)',
     'ema_decay': 'decay of the weight EMA kept with --ema (default: 0.9998)',
@@ -47,7 +52,17 @@ _FLAG_HELP = {
     'sd_mode': "stochastic-depth mode: batch (skip dropped blocks) or row (default: the model's, batch)",
     'sd_scaling': "paper (scale by p_l at test time) or inverted (default: the model's, paper)",
     'val_size': 'training images held out for validation (default: 5000 for CIFAR-10 and Fashion-MNIST, '
-                'about 10%% of an image folder without val/)',
+                'about 10%% of an image folder without val/; fine-tuning draws them at random per class, '
+                'proportionally, at least one per class, see --split-seed)',
+    'head_init': "fine-tuning: how the new head starts: auto (rows of the pretrained head for class names the "
+                 "folder shares with the model's label names, else a linear probe), matched, probe, fresh "
+                 '(default: auto; --keep-head keeps the old head)',
+    'class_weights': 'loss weights: balanced (N / (K * n_c) per class) or none (default: balanced fine-tuning, '
+                     'none training)',
+    'holdout': 'how the validation images are drawn from train/ without a val/ folder: stratified (random per '
+               'class, proportional, --split-seed) or last (the last val-size/K file names of every class) '
+               '(default: stratified fine-tuning, last training)',
+    'split_seed': 'seed of the random validation holdout of a fine-tune, recorded in data.json (default: 0)',
     'train_subset': 'train on only N training images (default: all)',
     'val_subset': 'validate on only N held-out images (default: all)',
     'amp': 'autocast: auto (bf16 on CUDA and on CPUs with native bf16), bf16, fp16 or none (default: auto)',
@@ -81,6 +96,9 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument('--no-channels-last', dest='channels_last', action='store_false', help='NCHW memory format')
     p.add_argument('--no-cifar-aug', dest='cifar_aug', action='store_false', default=None,
                    help='no 4-px pad + random crop + flip on small images (default: on)')
+    p.add_argument('--drop-last', dest='drop_last', action='store_true', default=None,
+                   help='drop the incomplete last batch of every epoch (default: on for training; fine-tuning: off, '
+                        'every image every epoch in ceil(N/bs) near-equal batches)')
     p.add_argument('--deterministic', action='store_true', default=None,
                    help='torch deterministic algorithms (slower; default: off)')
     p.add_argument('--no-test', dest='eval_test', action='store_false', default=None,
@@ -117,13 +135,21 @@ def _config_from_args(args: argparse.Namespace, finetune: bool) -> 'TrainConfig'
         raise ValueError(f'{args.model} already skips dropped blocks; --convert / --no-convert are for timm\'s own models')
     d: Dict[str, Any] = dict(model=args.model, data=args.data or 'cifar10')
     d.update(recipe(args.model, finetune))
+    notes = {}
     for _, dest, _ in _FLAGS:
-        v = getattr(args, dest)
+        v = getattr(args, dest, None)
         if v is not None:
             d[dest] = v
+            notes[dest] = 'given'
+    d['recipe_notes'] = notes
     if finetune:
         d['reset_head'] = args.reset_head
-    for dest in ('milestones', 'ema', 'channels_last', 'cifar_aug', 'deterministic', 'eval_test', 'convert'):
+    if not finetune and (args.head_init or args.split_seed is not None):
+        raise ValueError('--head and --split-seed are fine-tuning options (sdzoo finetune)')
+    if args.holdout not in (None, 'last', 'stratified'):
+        raise ValueError(f'--holdout must be stratified or last, got {args.holdout!r}')
+    for dest in ('milestones', 'ema', 'channels_last', 'cifar_aug', 'deterministic', 'eval_test', 'convert',
+                 'drop_last'):
         v = getattr(args, dest)
         if v is not None:
             d[dest] = tuple(v) if dest == 'milestones' else v
@@ -141,7 +167,7 @@ _RUNTIME_ONLY = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'dev
 _RESUME_KNOBS = _RUNTIME_ONLY | {'channels_last', 'eval_test', 'epochs'}
 # recipe flags outside _FLAGS (switches); --no-test and --[no-]channels-last are resume knobs
 _RECIPE_SWITCHES = [('--milestones', 'milestones'), ('--ema', 'ema'), ('--no-cifar-aug', 'cifar_aug'),
-                    ('--deterministic', 'deterministic'), ('--convert', 'convert')]
+                    ('--deterministic', 'deterministic'), ('--convert', 'convert'), ('--drop-last', 'drop_last')]
 
 
 def train_command(cfg: Dict[str, Any]) -> str:

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional, Tuple
 
 from ..models import sd_model_class
 
-__all__ = ['TrainConfig', 'recipe', 'lr_at', 'check_schedule_change', 'jsonable']
+__all__ = ['TrainConfig', 'recipe', 'lr_at', 'check_schedule_change', 'jsonable', 'HEAD_INITS',
+           'default_batch_size', 'default_lr', 'default_epochs', 'default_warmup_steps']
+
+# --head: how a fine-tune's new classifier starts (--keep-head keeps the old one as it is)
+HEAD_INITS = ('auto', 'matched', 'probe', 'fresh')
 
 
 @dataclass
@@ -16,16 +20,16 @@ class TrainConfig:
     model: str
     data: str = 'cifar10'
     out: str = 'runs/run'
-    epochs: int = 500
-    batch_size: int = 128
-    lr: float = 0.1
+    epochs: Optional[int] = 500         # None (fine-tune recipe): default_epochs() once the data is known
+    batch_size: Optional[int] = 128     # None: default_batch_size()
+    lr: Optional[float] = 0.1           # None: default_lr()
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
     sched: str = 'step'                  # step | cosine
     milestones: Tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    warmup_epochs: Optional[float] = 0.0  # None: default_warmup_steps() / steps per epoch
     min_lr: float = 0.0
     label_smoothing: float = 0.0
     mixup: float = 0.0                   # timm Mixup: mixup alpha (0: off)
@@ -55,6 +59,12 @@ class TrainConfig:
     eval_test: bool = True
     optimizer: str = 'sgd'               # sgd | adamw
     reset_head: bool = False             # fine-tuning on new classes: a fresh classifier (timm's reset_classifier)
+    head_init: str = 'fresh'             # with reset_head: auto | matched | probe | fresh (HEAD_INITS)
+    drop_last: bool = True               # False: every image every epoch, in ceil(N/bs) near-equal batches
+    class_weights: str = 'none'          # none | balanced (loss weight N / (K * n_c))
+    holdout: str = 'last'                # last (fixed last-N per class) | stratified (random, split_seed)
+    split_seed: int = 0
+    recipe_notes: Dict[str, str] = field(default_factory=dict)  # how each derived default was chosen
     convert: Optional[bool] = None       # timm models: sdzoo.convert (None: when supported and drop_path_rate > 0)
 
     @classmethod
@@ -72,32 +82,78 @@ class TrainConfig:
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ValueError(msg)
-        need(self.epochs >= 1, f'--epochs must be >= 1, got {self.epochs}')
-        need(self.batch_size >= 1, f'--batch-size must be >= 1, got {self.batch_size}')
-        need(self.lr > 0, f'--lr must be > 0, got {self.lr}')
+        need(self.epochs is None or self.epochs >= 1, f'--epochs must be >= 1, got {self.epochs}')
+        need(self.batch_size is None or self.batch_size >= 1, f'--batch-size must be >= 1, got {self.batch_size}')
+        need(self.lr is None or self.lr > 0, f'--lr must be > 0, got {self.lr}')
+        need(self.head_init in HEAD_INITS + ('partial',), f"--head must be one of {'|'.join(HEAD_INITS)}, got {self.head_init!r}")
+        need(self.class_weights in ('none', 'balanced'), f'--class-weights must be none|balanced, got '
+             f'{self.class_weights!r}')
+        need(self.holdout in ('last', 'stratified'), f'holdout must be last|stratified, got {self.holdout!r}')
         need(self.sched in ('step', 'cosine'), f"--sched must be 'step' or 'cosine', got {self.sched!r}")
         need(self.amp in ('auto', 'bf16', 'fp16', 'none'), f'--amp must be auto|bf16|fp16|none, got {self.amp!r}')
         need(self.optimizer in ('sgd', 'adamw'), f'--opt must be sgd|adamw, got {self.optimizer!r}')
         need(0 <= self.label_smoothing < 1, f'--smoothing must lie in [0, 1), got {self.label_smoothing}')
         need(all(0 < m < 1 for m in self.milestones), f'milestones are fractions in (0, 1), got {self.milestones}')
-        need(self.warmup_epochs >= 0, f'--warmup-epochs must be >= 0, got {self.warmup_epochs}')
+        need(self.warmup_epochs is None or self.warmup_epochs >= 0,
+             f'--warmup-epochs must be >= 0, got {self.warmup_epochs}')
         need(self.checkpoint_minutes > 0, '--checkpoint-minutes must be > 0')
         need(self.log_seconds >= 0, f'--log-seconds must be >= 0, got {self.log_seconds}')
         need(0 < self.ema_decay < 1, f'--ema-decay must lie in (0, 1), got {self.ema_decay}')
         need(self.mixup >= 0 and self.cutmix >= 0, f'--mixup/--cutmix alphas must be >= 0, got '
              f'{self.mixup}/{self.cutmix}')
-        need(not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
+        need(not (self.mixup or self.cutmix) or self.batch_size is None or self.batch_size % 2 == 0,
              f'--mixup/--cutmix mix a batch with its mirror: --batch-size must be even, got {self.batch_size}')
 
 
+def is_vit(model_name: str) -> bool:
+    if getattr(sd_model_class(model_name), 'recipe_family', None) == 'vit':
+        return True
+    return model_name.split('.', 1)[0].startswith(('vit_', 'deit', 'eva', 'beit'))
+
+
 def recipe(model_name: str, finetune: bool = False) -> Dict[str, Any]:
-    """Default hyper-parameters: the paper's CIFAR recipe, or a short fine-tuning recipe."""
+    """Default hyper-parameters: the paper's CIFAR recipe, or the fine-tuning recipe (issue 45).
+
+    The fine-tuning recipe leaves ``epochs``, ``batch_size``, ``lr`` and ``warmup_epochs`` as None: they
+    depend on the training-set size and the head, and the trainer derives them (``default_*`` below) once
+    the data is loaded, prints them and records them in the run's config.json.
+    """
     if finetune:
-        return dict(epochs=10, lr=0.01, sched='cosine', warmup_epochs=0.5, weight_decay=1e-4)
+        d = dict(epochs=None, batch_size=None, lr=None, sched='cosine', warmup_epochs=None, weight_decay=1e-4,
+                 head_init='auto', drop_last=False, class_weights='balanced', holdout='stratified')
+        if is_vit(model_name):  # SGD at the CNN rate wrecked the ViT (62.8% vs 88.9% probe): AdamW, small lr
+            d.update(optimizer='adamw', weight_decay=0.05)
+        return d
     if getattr(sd_model_class(model_name), 'recipe_family', None) == 'vit':
         return dict(epochs=200, lr=5e-4, optimizer='adamw', weight_decay=0.05, sched='cosine',
                     warmup_epochs=5, label_smoothing=0.1, drop_path_rate=0.1)
     return dict(epochs=500, lr=0.1, sched='step', milestones=(0.5, 0.75), weight_decay=1e-4)
+
+
+def default_batch_size(n_train: int) -> int:
+    """clamp(2**floor(log2(N/10)), 16, 128): about ten steps per epoch on small sets, 128 from 1,280 images."""
+    b = 2 ** int(math.floor(math.log2(max(n_train, 1) / 10))) if n_train >= 10 else 1
+    return int(min(128, max(16, b)))
+
+
+def default_lr(batch_size: int, head: str, vit: bool = False) -> float:
+    """0.01 per 16 images (SGD); half that for a head copied from matching class names (it is already
+    right, a large step only disturbs it); AdamW for ViTs at 5e-5 per 16 (1e-4 at 32)."""
+    if vit:
+        return 5e-5 * batch_size / 16
+    return (0.005 if head == 'matched' else 0.01) * batch_size / 16
+
+
+def default_epochs(steps_per_epoch: int, head: str) -> int:
+    """A new head: at least 10 epochs and 300 steps; a head from matching class names: 3 epochs."""
+    if head == 'matched':
+        return 3
+    return max(10, -(-300 // max(1, steps_per_epoch)))
+
+
+def default_warmup_steps(steps_per_epoch: int, epochs: int) -> int:
+    """Half an epoch of linear warm-up, at most 10% of all steps, at least one step."""
+    return max(1, min(int(round(steps_per_epoch / 2)), int(round(0.1 * steps_per_epoch * epochs))))
 
 
 def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:

@@ -44,7 +44,22 @@ def create_with_weights(cfg: Any, kwargs: Dict[str, Any]) -> nn.Module:
         if not Path(cfg.pretrained_file).is_file():
             raise FileNotFoundError(f'--pretrained-file {cfg.pretrained_file} does not exist')
         kwargs = dict(kwargs, pretrained_cfg_overlay=dict(file=str(cfg.pretrained_file)))
-    model = timm.create_model(cfg.model, pretrained=cfg.pretrained or bool(cfg.pretrained_file), **kwargs)
+    pretrained = cfg.pretrained or bool(cfg.pretrained_file)
+    head_init = getattr(cfg, 'head_init', 'fresh')
+    if cfg.reset_head and cfg.pretrained and not cfg.pretrained_file and head_init in ('auto', 'matched', 'partial') \
+            and 'num_classes' in kwargs:
+        # build with the pretrained head first: its rows for class names the new data set shares are kept
+        want = kwargs.pop('num_classes')
+        model = timm.create_model(cfg.model, pretrained=True, **kwargs)
+        old = model.get_classifier()
+        names = list(model.pretrained_cfg.get('label_names') or [])
+        old_head = None
+        if isinstance(old, nn.Linear) and len(names) == old.out_features:
+            old_head = (names, old.weight.detach().clone(), old.bias.detach().clone() if old.bias is not None else None)
+        model.reset_classifier(want)
+        model.sd_old_head = old_head  # read (and removed) by the trainer's head initialisation
+        return model
+    model = timm.create_model(cfg.model, pretrained=pretrained, **kwargs)
     if cfg.reset_head:
         model.reset_classifier(model.num_classes)
     return model

@@ -128,8 +128,11 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
                 name=self.data.name, source=self.data.source, classes=self.data.classes,
                 train=len(self.train_loader.split) if hasattr(self.train_loader, 'split') else None,
                 val=len(self.data.val) if self.data.val is not None else 0,
-                test=len(self.data.test) if self.data.test is not None else 0, notes=self.data.notes))
+                test=len(self.data.test) if self.data.test is not None else 0, notes=self.data.notes,
+                split=self.data.split_record))
             self._print_header()
+            for line in self.recipe_lines:
+                print(line, file=sys.stderr, flush=True)
         old = self._install_signals()
         try:
             while self.epoch < cfg.epochs:
@@ -306,7 +309,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         n_val = len(self.val_loader.split) if self.val_loader is not None else 0
         n_test = len(self.data.test) if self.data.test is not None else 0
         print(f'{cfg.model}: {sum(p.numel() for p in self.model.parameters()):,} params, {sd}; '
-              f'data {self.data.name}: {len(self.train_loader) * cfg.batch_size} train images/epoch, '
+              f'data {self.data.name}: {len(self.train_loader.split)} train images/epoch in {len(self.train_loader)} '
+              f'batches, '
               f'{n_val} val, {n_test} test; device {self.device}, amp={self.amp_dtype}, '
               f'channels_last={self.channels_last}, world={self.world}; {where}', file=sys.stderr, flush=True)
 

@@ -1,0 +1,240 @@
+"""Fine-tuning outcomes of `sdzoo finetune` on small image folders (issue 45).
+
+Builds the seven test folders itself (CIFAR-10 cuts from $SDZOO_DATA/cifar10, Fashion-MNIST cuts from the
+Debian IDX files), then per folder measures: zero-shot (pretrained logits restricted to the folder's classes,
+CIFAR classes only), a linear probe on all train images, today's defaults (bs 128, lr 0.01, drop_last, last-N
+holdout, fresh head) and the new defaults, each through the real `sdzoo finetune` command (printed per cell).
+
+    python benchmarks/finetune.py --work /tmp/ftbench [--only readme,c5x20] [--jobs new3,new,today3]
+        [--model sd_resnet20] [--seeds 3 --seed-folders readme,c5x20] --out benchmarks/results/finetune.jsonl
+
+Results go to a JSON-lines file (one cell a line, with its command and wall time); `--report MD` turns it
+into the markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FM_NAMES = ['tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot']
+CIFAR = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+# name: (source, {class: train images}, test images per class, test offset, train offset)
+FOLDERS = {
+    'readme': ('cifar', {c: 60 for c in ('cat', 'dog', 'ship')}, 60, 0, 0),
+    'c5x20': ('cifar', {c: 20 for c in ('airplane', 'automobile', 'bird', 'frog', 'truck')}, 200, 200, 100),
+    'c10x50': ('cifar', {c: 50 for c in CIFAR}, 100, 400, 200),
+    'unbal': ('cifar', {'horse': 400, 'deer': 100, 'frog': 25}, 150, 800, 2000),
+    'f3x125': ('fm', {c: 125 for c in ('trouser', 'sandal', 'bag')}, 200, 0, 0),
+    'f3hard': ('fm', {c: 125 for c in ('pullover', 'coat', 'shirt')}, 200, 300, 300),
+    'f5x50': ('fm', {c: 50 for c in ('tshirt', 'trouser', 'coat', 'sneaker', 'bag')}, 200, 600, 600),
+}
+# the recipe flags that give today's (pre-issue-45) fine-tune defaults
+TODAY = ['--batch-size', '128', '--lr', '0.01', '--warmup-epochs', '0.5', '--drop-last', '--holdout', 'last',
+         '--head', 'fresh', '--class-weights', 'none']
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path) as f:
+        data = f.read()
+    if data[2:4] == b'\x08\x03':
+        return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)
+    return np.frombuffer(data, np.uint8, offset=8)
+
+
+def build_folders(work: Path) -> None:
+    """The research helper's cuts (/tmp/ft45/make_data.py), same files, same order."""
+    from PIL import Image
+    from sdzoo.data import default_data_root, find_fashion_mnist
+    src = default_data_root() / 'cifar10'
+    fm = None
+    for name, (kind, spec, test_per, test_off, train_off) in FOLDERS.items():
+        root = work / name
+        if (root / 'test').is_dir():
+            continue
+        tmp = work / f'.{name}.tmp'
+        shutil.rmtree(tmp, ignore_errors=True)
+        if kind == 'fm' and fm is None:
+            d = find_fashion_mnist()
+            fm = {s: (_idx(d / f'{p}-images-idx3-ubyte.gz'), _idx(d / f'{p}-labels-idx1-ubyte.gz'))
+                  for s, p in (('train', 'train'), ('test', 't10k'))}
+        for c, n in spec.items():
+            for split, k, off in (('train', n, train_off), ('test', test_per, test_off)):
+                (tmp / split / c).mkdir(parents=True, exist_ok=True)
+                if kind == 'cifar':
+                    for f in sorted(os.listdir(src / split / c))[off:off + k]:
+                        shutil.copy(src / split / c / f, tmp / split / c / f)
+                else:
+                    x, y = fm[split]
+                    for i in np.nonzero(y == FM_NAMES.index(c))[0][off:off + k]:
+                        Image.fromarray(x[i]).resize((32, 32), Image.BILINEAR).convert('RGB').save(
+                            tmp / split / c / f'{i:05d}.png')
+        tmp.rename(root)
+
+
+def zero_shot_and_probe(model_name: str, folder: Path) -> dict:
+    """Restricted-logit zero-shot (classes the pretrained model knows) and a linear probe on all train images."""
+    import torch
+    import timm
+    import sdzoo  # noqa: F401
+    from timm.data import resolve_data_config
+    from sdzoo.data import TensorLoader, load_splits
+    from sdzoo.train.finetune import fit_linear_probe
+    torch.set_num_threads(1)
+    m = timm.create_model(model_name, pretrained=True).eval()
+    dc = resolve_data_config(model=m)
+    sp = load_splits(str(folder), tuple(dc['input_size']), val_size=0)
+    names = list(m.pretrained_cfg.get('label_names') or [])
+    out = {}
+    t0 = time.time()
+    with torch.no_grad():
+        def feats(split):
+            fs, ys = [], []
+            for x, y in TensorLoader(split, 256, dc['mean'], dc['std']).iter_epoch(0):
+                fs.append(m.forward_head(m.forward_features(x), pre_logits=True))
+                ys.append(y)
+            return torch.cat(fs), torch.cat(ys)
+        ftr, ytr = feats(sp.train)
+        fte, yte = feats(sp.test)
+        if names and all(c in names for c in sp.classes):
+            idx = [names.index(c) for c in sp.classes]
+            logits = m.get_classifier()(fte)[:, idx]
+            out['zeroshot'] = dict(top1=100.0 * (logits.argmax(1) == yte).float().mean().item(),
+                                   seconds=time.time() - t0)
+    t0 = time.time()
+    W, b = fit_linear_probe(ftr, ytr, len(sp.classes))
+    out['probe'] = dict(top1=100.0 * ((fte @ W.T + b).argmax(1) == yte).float().mean().item(),
+                        seconds=time.time() - t0)
+    return out
+
+
+def run_cli(model: str, folder: Path, k: int, extra: list, out: Path) -> dict:
+    cmd = ['sdzoo', 'finetune', model, '--data', str(folder), '--num-classes', str(k), '--threads', '1',
+           '--workers', '0', '--no-progress'] + extra + ['--out', str(out)]
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if r.returncode:
+        return dict(cmd=' '.join(cmd), error=r.stderr.strip().splitlines()[-1:], seconds=wall)
+    summary = json.loads((out / 'summary.json').read_text())
+    cfg = json.loads((out / 'config.json').read_text())
+    return dict(cmd=' '.join(cmd), top1=summary['test']['top1'], seconds=wall, steps=summary['steps'],
+                batch_size=cfg['batch_size'], lr=cfg['lr'], epochs=cfg['epochs'], head=cfg['head_init'])
+
+
+JOBS = {
+    'today3': TODAY + ['--epochs', '3'],
+    'today': TODAY + ['--epochs', '10'],
+    'new3': ['--epochs', '3'],
+    'new': [],
+}
+
+
+# the research helper's hand grid (python /tmp/ft45/ft.py JOBS OUT, prototype of this recipe's trainer; SGD
+# nesterov, wd 1e-4, cosine, warm-up 0.5 epoch, no drop_last, fresh head, SD kept), best test top-1 per folder
+GRID = {  # folder: (best of epochs 3, best of epochs 8), each (top-1, bs, lr)
+    'readme': ((88.3, 32, 0.1), (88.3, 64, 0.05)), 'c5x20': ((81.8, 16, 0.03), (84.7, 32, 0.03)),
+    'c10x50': ((78.4, 16, 0.03), (79.6, 16, 0.03)), 'unbal': ((60.4, 32, 0.1), (61.6, 32, 0.1)),
+    'f3x125': ((98.2, 16, 0.03), (98.8, 64, 0.1)), 'f3hard': ((65.8, 16, 0.03), (71.3, 32, 0.1)),
+    'f5x50': ((84.7, 32, 0.1), (96.2, 16, 0.1)),
+}
+
+
+def _cell(rows: list) -> str:
+    vals = [r['top1'] for r in rows if 'top1' in r]
+    if not vals:
+        errs = [r for r in rows if r.get('error')]
+        return 'error: ' + errs[0]['error'][0].split('error: ')[-1] if errs else '–'
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f'{mean:.1f}'
+    return f'{mean:.1f} ±{(max(vals) - min(vals)) / 2:.1f} (n={len(vals)}: {"/".join(f"{v:.1f}" for v in vals)})'
+
+
+def report(files: list) -> str:
+    """The markdown tables of one or more result files."""
+    rows = [json.loads(line) for f in files for line in open(f) if line.strip()]
+    out = []
+    for model in dict.fromkeys(r['model'] for r in rows):
+        out += [f'### {model}', '',
+                '| folder | zero-shot (restricted logits) | linear probe (all train) | today `--epochs 3` | '
+                'new `--epochs 3` | new, no recipe flags | hand grid best e3 / e8 (research) | wall s (new) |',
+                '|---|---|---|---|---|---|---|---|']
+        for folder in FOLDERS:
+            mine = [r for r in rows if r['model'] == model and r['folder'] == folder]
+            if not mine:
+                continue
+            by = {j: [r for r in mine if r['job'] == j] for j in ('zeroshot', 'probe', 'today3', 'new3', 'new')}
+            new = by['new']
+            if (new and new[0].get('same_as')) or (not new and FOLDERS[folder][0] == 'cifar'
+                                                   and model.startswith('sd_resnet') and by['new3']):
+                new_cell = 'same run as `--epochs 3` (matched head: 3 epochs)'
+            else:
+                new_cell = _cell(new)
+            g = GRID.get(folder) if model == 'sd_resnet20' else None
+            grid = f'{g[0][0]} (bs{g[0][1]} lr{g[0][2]}) / {g[1][0]} (bs{g[1][1]} lr{g[1][2]})' if g else '–'
+            secs = [r['seconds'] for r in by['new3'] + new if 'top1' in r]
+            out.append(f"| {folder} | {_cell(by['zeroshot'])} | {_cell(by['probe'])} | {_cell(by['today3'])} | "
+                       f"{_cell(by['new3'])} | {new_cell} | {grid} | "
+                       f"{'/'.join(str(round(x)) for x in secs) or '–'} |")
+        out.append('')
+    out += ['Commands behind the cells:', '']
+    for r in rows:
+        if r.get('cmd'):
+            out.append(f"- {r['folder']} {r['job']} seed {r.get('seed', 0)}: `{r['cmd']}`")
+    return '\n'.join(out) + '\n'
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--work', default='/tmp/sdzoo-ftbench')
+    ap.add_argument('--out', default='benchmarks/results/finetune.jsonl')
+    ap.add_argument('--model', default='sd_resnet20')
+    ap.add_argument('--only', default=','.join(FOLDERS))
+    ap.add_argument('--jobs', default='ref,today3,new3,new')
+    ap.add_argument('--seeds', type=int, default=1)
+    ap.add_argument('--seed-folders', default='readme,c5x20', help='folders that get --seeds seeds')
+    ap.add_argument('--report', nargs='+', default=None, metavar='JSONL', help='print the markdown of these results')
+    args = ap.parse_args(argv)
+    if args.report:
+        print(report(args.report), end='')
+        return 0
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    build_folders(work / 'data')
+    for name in args.only.split(','):
+        folder = work / 'data' / name
+        k = len(FOLDERS[name][1])
+        for job in args.jobs.split(','):
+            if job == 'ref':
+                cells = [dict(job=j, **v) for j, v in zero_shot_and_probe(args.model, folder).items()]
+            elif job == 'new' and FOLDERS[name][0] == 'cifar' and args.model.startswith('sd_resnet'):
+                # every class is a CIFAR label: the head is matched and the omitted --epochs defaults to 3, so
+                # `new` is the very run `new3` is (same config.json); not run twice
+                cells = [dict(job='new', same_as='new3')]
+            else:
+                seeds = range(args.seeds if name in args.seed_folders.split(',') and job.startswith('new') else 1)
+                cells = []
+                for s in seeds:
+                    extra = JOBS[job] + (['--seed', str(s), '--split-seed', str(s)] if s else [])
+                    cells.append(dict(job=job, seed=s, **run_cli(args.model, folder, k, extra,
+                                                                 work / 'runs' / f'{args.model}-{name}-{job}-{s}')))
+            for c in cells:
+                c.update(folder=name, model=args.model, date=time.strftime('%Y-%m-%d'))
+                print(json.dumps(c), flush=True)
+                with open(args.out, 'a') as f:
+                    f.write(json.dumps(c) + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

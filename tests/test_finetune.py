@@ -1,0 +1,179 @@
+"""Issue 45: `sdzoo finetune` defaults on small image folders (real CIFAR-10 JPEGs from $SDZOO_DATA/cifar10)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdzoo.cli import main as cli_main
+from sdzoo.data import batch_bounds, load_splits
+from sdzoo.train.config import default_batch_size, default_epochs, default_lr, default_warmup_steps
+
+
+def _cut(cifar_root: Path, dst: Path, spec: dict, test: int = 20) -> Path:
+    """train/<class>/ with spec[class] images and test/<class>/ with ``test`` images, first in name order."""
+    for split, per in (('train', None), ('test', test)):
+        for c, n in spec.items():
+            (dst / split / c).mkdir(parents=True)
+            for f in sorted((cifar_root / split / c).glob('*.jpg'))[:per or n]:
+                shutil.copy(f, dst / split / c / f.name)
+    return dst
+
+
+@pytest.fixture(scope='module')
+def readme_cut(cifar_root, tmp_path_factory) -> Path:
+    """The README's cat/dog/ship cut: the first 60 train and 60 test images of each class."""
+    return _cut(cifar_root, tmp_path_factory.mktemp('readme') / 'my_images', {c: 60 for c in ('cat', 'dog', 'ship')},
+                test=60)
+
+
+def test_default_rules():
+    assert [default_batch_size(n) for n in (5, 100, 162, 320, 500, 1279, 1280, 55000)] == \
+        [16, 16, 16, 32, 32, 64, 128, 128]
+    assert default_lr(16, 'new') == pytest.approx(0.01) and default_lr(64, 'new') == pytest.approx(0.04)
+    assert default_lr(16, 'matched') < default_lr(16, 'new')
+    assert default_lr(32, 'new', vit=True) == pytest.approx(1e-4)
+    assert default_epochs(11, 'new') == 28 and default_epochs(100, 'new') == 10 and default_epochs(11, 'matched') == 3
+    assert default_warmup_steps(11, 28) == 6 and default_warmup_steps(11, 3) == 3 and default_warmup_steps(1, 3) == 1
+
+
+def test_no_tiny_tail_batch():
+    sizes = [b - a for a, b in batch_bounds(162, 16, drop_last=False, even=True)]
+    assert len(sizes) == 11 and sum(sizes) == 162 and min(sizes) >= 14 and max(sizes) <= 15
+    assert [b - a for a, b in batch_bounds(162, 16, drop_last=True, even=False)] == [16] * 10  # sdzoo train
+    assert [b - a for a, b in batch_bounds(40, 16, drop_last=False, even=False)] == [16, 16, 8]  # evaluation
+
+
+def test_stratified_split_is_recorded_reproducible_and_proportional(cifar_root, tmp_path):
+    root = _cut(cifar_root, tmp_path / 'unbal', {'horse': 40, 'deer': 10, 'frog': 3}, test=2)
+    a = load_splits(str(root), (3, 32, 32), holdout='stratified', split_seed=0, only='test')
+    b = load_splits(str(root), (3, 32, 32), holdout='stratified', split_seed=0, only='test')
+    c = load_splits(str(root), (3, 32, 32), holdout='stratified', split_seed=1, only='test')
+    rec = a.split_record
+    assert rec == b.split_record and rec['seed'] == 0
+    assert rec['val_per_class'] == {'deer': 1, 'frog': 1, 'horse': 3}  # round(10% of 53), >= 1 per class
+    assert rec['train_per_class'] == {'deer': 9, 'frog': 2, 'horse': 37}
+    assert c.split_record['val_sha256'] != rec['val_sha256']
+    assert sorted(a.val.paths) == sorted(str(root / 'train' / f) for f in rec['val_files'])
+    assert not set(a.val.paths) & set(a.train.paths)
+
+
+@pytest.mark.parametrize('problem, message', [
+    ('empty', "class folder .*ship has no images"),
+    ('one', "class 'ship' has 1 training image: the validation holdout needs at least 2"),
+    ('rename', r"class folders of .*test differ from the training classes: .*test has 'shp' that .*lacks"),
+])
+def test_bad_folders_fail_in_one_line_with_nothing_written(cifar_root, tmp_path, capsys, problem, message):
+    import re
+    root = _cut(cifar_root, tmp_path / 'imgs', {'cat': 4, 'ship': 4}, test=2)
+    ships = sorted((root / 'train' / 'ship').iterdir())
+    if problem == 'empty':
+        for f in ships:
+            f.unlink()
+    elif problem == 'one':
+        for f in ships[1:]:
+            f.unlink()
+    else:
+        (root / 'test' / 'ship').rename(root / 'test' / 'shp')
+    out = tmp_path / 'run'
+    with pytest.raises(SystemExit) as e:
+        cli_main(['finetune', 'sd_resnet20', '--data', str(root), '--num-classes', '2', '--threads', '1',
+                  '--workers', '0', '--out', str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not out.exists()
+
+
+def test_matched_head_copies_the_pretrained_rows(readme_cut):
+    import timm
+    from sdzoo.train.config import TrainConfig, recipe
+    from sdzoo.train.finetune import init_head, resolve_head
+    from sdzoo.train.setup import create_train_model
+    cfg = TrainConfig.from_dict(dict(recipe('sd_resnet20', True), model='sd_resnet20', data=str(readme_cut),
+                                     pretrained=True, reset_head=True, num_classes=3))
+    model = create_train_model(cfg)
+    head, pairs = resolve_head(cfg, model, ['cat', 'dog', 'ship'])
+    assert head == 'matched' and pairs == [(0, 3), (1, 5), (2, 8)]
+    init_head(model, head, pairs, None, torch.device('cpu'))
+    ref = timm.create_model('sd_resnet20', pretrained=True).get_classifier()
+    fc = model.get_classifier()
+    assert torch.equal(fc.weight, ref.weight[[3, 5, 8]]) and torch.equal(fc.bias, ref.bias[[3, 5, 8]])
+    # a folder with some unknown class names: matched rows copied, the others stay fresh
+    model = create_train_model(cfg)
+    head, pairs = resolve_head(cfg, model, ['cat', 'dog', 'zebra'])
+    assert head == 'partial' and pairs == [(0, 3), (1, 5)]
+    # no pretrained label names at all (a ViT): a linear probe
+    assert resolve_head(TrainConfig.from_dict(dict(cfg.__dict__, model='sd_vit_lite_patch4_32')),
+                        create_train_model(TrainConfig.from_dict(dict(cfg.__dict__, model='sd_vit_lite_patch4_32'))),
+                        ['cat', 'dog', 'ship'])[0] == 'probe'
+
+
+@pytest.mark.timeout(300)
+def test_readme_quickstart_without_recipe_flags(readme_cut, tmp_path, capsys):
+    """`sdzoo finetune sd_resnet20 --data my_images --num-classes 3` (the README cut): the recipe is printed and
+    recorded, the split is in data.json, and test top-1 is near the pretrained model's restricted zero-shot."""
+    import timm
+    from timm.data import resolve_data_config
+    from sdzoo.data import TensorLoader
+    out = tmp_path / 'run'
+    assert cli_main(['finetune', 'sd_resnet20', '--data', str(readme_cut), '--num-classes', '3', '--threads', '1',
+                     '--workers', '0', '--no-progress', '--out', str(out)]) == 0
+    err = capsys.readouterr().err
+    assert 'fine-tune recipe' in err and 'head rows copied from the pretrained head for cat, dog, ship' in err
+    cfg = json.loads((out / 'config.json').read_text())
+    assert (cfg['batch_size'], cfg['lr'], cfg['epochs'], cfg['head_init'], cfg['drop_last']) == \
+        (16, 0.005, 3, 'matched', False)
+    assert cfg['recipe_notes']['batch_size'].startswith('clamp(')
+    data = json.loads((out / 'data.json').read_text())
+    assert data['split']['val_size'] == 18 and data['split']['seed'] == 0 and data['train'] == 162
+    top1 = json.loads((out / 'summary.json').read_text())['test']['top1']
+    m = timm.create_model('sd_resnet20', pretrained=True).eval()
+    dc = resolve_data_config(model=m)
+    test = load_splits(str(readme_cut), (3, 32, 32), val_size=0).test
+    with torch.no_grad():
+        hits = [(m(x)[:, [3, 5, 8]].argmax(1) == y).sum().item() for x, y in
+                TensorLoader(test, 256, dc['mean'], dc['std']).iter_epoch(0)]
+    zero_shot = 100.0 * sum(hits) / len(test)
+    assert top1 >= zero_shot - 5.0, (top1, zero_shot)
+
+
+@pytest.mark.timeout(300)
+def test_probe_head_finetune_resumes_exactly(cifar_root, tmp_path):
+    """Unknown class names -> linear-probe head; a run paused mid-epoch and resumed ends bit-identical."""
+    from safetensors.torch import load_file
+    root = _cut(cifar_root, tmp_path / 'odd', {'cat': 12, 'ship': 12}, test=4)
+    for split in ('train', 'test'):
+        (root / split / 'cat').rename(root / split / 'kitty')
+        (root / split / 'ship').rename(root / split / 'boat')
+    base = ['finetune', 'sd_resnet20', '--data', str(root), '--num-classes', '2', '--threads', '1', '--workers', '0',
+            '--no-progress', '--epochs', '2', '--no-test']
+    assert cli_main(base + ['--out', str(tmp_path / 'full')]) == 0
+    cfg = json.loads((tmp_path / 'full' / 'config.json').read_text())
+    assert cfg['head_init'] == 'probe' and cfg['batch_size'] == 16 and cfg['epochs'] == 2
+    assert cli_main(base + ['--out', str(tmp_path / 'part'), '--max-steps', '1']) == 0
+    assert cli_main(['finetune', '--resume', str(tmp_path / 'part'), '--no-progress']) == 0
+    a, b = load_file(tmp_path / 'full' / 'model.safetensors'), load_file(tmp_path / 'part' / 'model.safetensors')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_int8_gate_reports_its_interval_and_when_it_cannot_decide():
+    import numpy as np
+    from sdzoo.export.quantize import accuracy_gate
+    fp32 = np.ones(50, bool)
+    int8 = fp32.copy()
+    int8[:1] = False  # one image of 50 flips: a 2-point drop, but 50 images cannot tell 2 from 1
+    g = accuracy_gate(fp32, int8, 1.0)
+    assert g['verdict'] == 'undecided' and g['images'] == 50 and g['point_per_image'] == 2.0
+    lo, hi = g['interval_points']
+    assert lo < 1.0 < hi and g['needed_images'] > 50
+    big = np.ones(2000, bool)
+    worse = big.copy()
+    worse[:100] = False  # 5 points on 2,000 images: clearly beyond a 1-point limit
+    assert accuracy_gate(big, worse, 1.0)['verdict'] == 'fail'
+    fine = big.copy()
+    fine[:2] = False
+    assert accuracy_gate(big, fine, 1.0)['verdict'] == 'pass'
