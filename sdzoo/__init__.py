@@ -17,6 +17,7 @@ _LAZY = {
     'fold': ('sdzoo.export.fold', 'fold'),
     'export_onnx': ('sdzoo.export.onnx', 'export_onnx'),
     'mc_predict': ('sdzoo.mc', 'mc_predict'),
+    'prune_depth': ('sdzoo.models.depth', 'prune_depth'),
 }
 _LAYERS = ('SDSampler', 'StochasticDepth', 'apply_stochastic_depth', 'sd_blocks', 'sd_modules', 'set_sd_seed',
            'survival_schedule')

@@ -69,12 +69,45 @@ def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool
     from ..models.load import create_model
     from .onnx import export_onnx
     model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, **checkpoint_kwargs(args))
+    if getattr(args, 'keep_blocks', None) is not None:
+        model = _prune(args, model)
     cfg = model.pretrained_cfg or {}
     if tag is None:
         tag = (cfg.get('tag') or '') if pretrained or Path(name).is_dir() else ''
     arch = cfg.get('architecture') if Path(name).is_dir() else name.split('.', 1)[0]
     return export_onnx(model, out, model_name=arch, tag=tag,
                        labels=_read_labels(args.labels), **_export_kwargs(args))
+
+
+def _prune(args: argparse.Namespace, model):
+    """``--keep-blocks N``: :func:`sdzoo.models.depth.prune_depth` before export (a plain, shallower graph)."""
+    from ..cli_args import CLIError
+    from ..models.depth import prune_depth
+    try:
+        return prune_depth(model, args.keep_blocks, strategy=args.strategy, data=args.depth_data,
+                           calibration_images=args.depth_calibration_images, seed=args.seed,
+                           log=(lambda m: print(m, file=sys.stderr)) if args.debug else None)
+    except ValueError as e:
+        raise CLIError(f'--keep-blocks: {e}') from None
+
+
+def _check_keep_blocks(args: argparse.Namespace) -> None:
+    from ..cli_args import CLIError
+    args.depth_data = args.data  # training images of the data set (before --data becomes its test folder)
+    if args.keep_blocks is None:
+        if args.strategy is not None:
+            raise CLIError('--strategy chooses the blocks --keep-blocks N keeps: add --keep-blocks')
+        return
+    if args.model is None:
+        raise CLIError('--keep-blocks needs a MODEL')
+    if args.keep_blocks < 1:
+        raise CLIError(f'--keep-blocks must be >= 1, got {args.keep_blocks}')
+    if args.depth_calibration_images < 1:
+        raise CLIError(f'--depth-calibration-images must be >= 1, got {args.depth_calibration_images}')
+    args.strategy = args.strategy or 'greedy'
+    if args.strategy == 'greedy' and args.data is None:
+        raise CLIError("--keep-blocks with --strategy greedy (the default) needs --data DATASET (e.g. cifar10, or a "
+                       "folder with train/): it scores blocks on held-out training images")
 
 
 def _recorded_data(name: str) -> Optional[str]:
@@ -165,6 +198,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f'--val-images must be >= 0, got {args.val_images}')
     if args.tolerance is not None and not args.tolerance > 0:
         raise CLIError(f'--tolerance must be > 0, got {args.tolerance}')
+    _check_keep_blocks(args)
     int8_data = args.data
     if args.int8:
         if args.fp16:
@@ -356,6 +390,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help='also measure fp32 and INT8 top-1 on the full test split and write weights/<model>.<tag>/'
                         'int8.json (what MODEL_CARDS.md shows; shipped weights into a --repository only)')
     q.add_argument('--threads', type=int, default=None, help="onnxruntime intra-op threads for the accuracy gate (default: onnxruntime's choice)")
+    d = p.add_argument_group('depth on demand (sdzoo.prune_depth)')
+    d.add_argument('--keep-blocks', type=int, default=None, metavar='N',
+                   help='keep only N residual blocks (the others become their shortcut) before export; the choice '
+                        'goes into the ONNX metadata (sdzoo.depth); default: all blocks')
+    d.add_argument('--strategy', choices=('greedy', 'survival', 'every_other'), default=None,
+                   help='which blocks --keep-blocks keeps (default greedy: needs --data; with --data the BatchNorms '
+                        'after the first removed block re-estimate their statistics on training images)')
+    d.add_argument('--depth-calibration-images', type=int, default=500,
+                   help='held-out training images greedy scores blocks on (default 500)')
     p.add_argument('--json', action='store_true', help='print the report as JSON')
     p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')
     p.set_defaults(func=_cmd_export)

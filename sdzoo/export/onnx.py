@@ -266,7 +266,10 @@ def _metadata(reference: nn.Module, dcfg: Dict[str, Any], model_name: str, tag: 
               preprocess: bool, fp16: bool, fold_survival: bool) -> Dict[str, str]:
     """What a runtime needs to preprocess and label without sdzoo or timm: stored in the ONNX metadata."""
     import sdzoo
+    depth = (getattr(reference, 'pretrained_cfg', None) or {}).get('depth')
+    extra = {'sdzoo.depth': json.dumps(depth)} if depth else {}  # sdzoo.prune_depth: kept / removed blocks
     return {
+        **extra,
         'sdzoo.model': model_name,
         'sdzoo.tag': tag,
         'sdzoo.mean': json.dumps([float(v) for v in dcfg['mean']]),

@@ -1,0 +1,160 @@
+"""Depth on demand (issue 50): sdzoo.prune_depth and `sdzoo export --keep-blocks`, on the shipped sd_resnet20."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sdzoo
+from sdzoo.models.depth import SkippedBlock, load_images, residual_blocks
+
+
+@pytest.fixture(scope='module')
+def r20():
+    import timm
+    from sdzoo.hub.weights import find_weights_folder
+    if find_weights_folder('sd_resnet20.sd_cifar10') is None:
+        pytest.skip('sd_resnet20.sd_cifar10 is not shipped in this checkout')
+    return timm.create_model('sd_resnet20', pretrained=True).eval()
+
+
+@pytest.fixture(scope='module')
+def cifar_small(cifar_subset):
+    """60 train (54 train + 6 held out) and 20 test real CIFAR-10 images per class."""
+    return cifar_subset(60, 20)
+
+
+def _n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_survival_removes_deepest_plain_blocks(r20):
+    before = {k: v.clone() for k, v in r20.state_dict().items()}
+    pruned = sdzoo.prune_depth(r20, keep=6, strategy='survival')
+    depth = pruned.pretrained_cfg['depth']
+    # layer2.0 / layer3.0 downsample: never removed; the rest go deepest (lowest survival) first
+    assert depth['removed_blocks'] == ['layer2.2', 'layer3.1', 'layer3.2']
+    assert depth['kept_blocks'] == ['layer1.0', 'layer1.1', 'layer1.2', 'layer2.0', 'layer2.1', 'layer3.0']
+    assert depth['strategy'] == 'survival' and depth['blocks_total'] == 9
+    assert sorted(b.name for b in residual_blocks(r20)) == sorted(depth['kept_blocks'] + depth['removed_blocks'])
+    assert _n_params(pruned) < _n_params(r20)
+    keys = pruned.state_dict().keys()
+    for name in depth['removed_blocks']:
+        assert isinstance(pruned.get_submodule(name), SkippedBlock)
+        assert not any(k.startswith(name + '.') for k in keys)
+    for name in depth['kept_blocks']:
+        assert any(k.startswith(name + '.') for k in keys)
+    assert not pruned.training
+    with torch.no_grad():
+        assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # the original is untouched
+    assert all(torch.equal(before[k], v) for k, v in r20.state_dict().items())
+    assert 'depth' not in (r20.pretrained_cfg or {})
+
+
+def test_every_other_and_keep_all(r20):
+    pruned = sdzoo.prune_depth(r20, keep=5, strategy='every_other')
+    depth = pruned.pretrained_cfg['depth']
+    assert len(depth['kept_blocks']) == 5 and {'layer2.0', 'layer3.0'} <= set(depth['kept_blocks'])
+    same = sdzoo.prune_depth(r20, keep=9, strategy='greedy')  # nothing to remove: no data needed
+    assert same.pretrained_cfg['depth']['removed_blocks'] == []
+    assert _n_params(same) == _n_params(r20)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(keep=0, strategy='survival'), 'keep must lie in 2..9'),
+    (dict(keep=10, strategy='survival'), 'keep must lie in 2..9'),
+    (dict(keep=1, strategy='survival'), 'keep must lie in 2..9'),
+    (dict(keep=5, strategy='deepest'), 'unknown strategy'),
+    (dict(keep=5), "needs data="),
+])
+def test_bad_input_one_line(r20, kwargs, message):
+    with pytest.raises(ValueError) as e:
+        sdzoo.prune_depth(r20, **kwargs)
+    assert message in str(e.value) and '\n' not in str(e.value)
+
+
+def test_unsupported_model_one_line():
+    with pytest.raises(ValueError, match='Linear') as e:
+        sdzoo.prune_depth(torch.nn.Linear(3, 3), keep=1, strategy='survival')
+    assert '\n' not in str(e.value)
+
+
+def test_already_pruned_refused(r20):
+    pruned = sdzoo.prune_depth(r20, keep=8, strategy='survival')
+    with pytest.raises(ValueError, match='already removed'):
+        sdzoo.prune_depth(pruned, keep=7, strategy='survival')
+
+
+@torch.no_grad()
+def _top1(model, x, y) -> float:
+    return 100.0 * (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_greedy_keeps_accuracy_at_mild_cut(r20, cifar_small):
+    from sdzoo.data.sources import load_splits
+    pruned = sdzoo.prune_depth(r20, keep=8, data=str(cifar_small), calibration_images=100, bn_images=500)
+    depth = pruned.pretrained_cfg['depth']
+    assert depth['strategy'] == 'greedy' and len(depth['kept_blocks']) == 8
+    assert 'val' in depth['calibration']  # held-out training images, never test ones
+    # BN re-estimation (training images) unless the removed block is the last one (no BN after it)
+    assert 'train' in depth.get('bn_recalibration', 'train') and 'test' not in json.dumps(depth)
+    if depth['removed_blocks'] != ['layer3.2']:
+        assert 'bn_recalibration' in depth
+    assert _n_params(pruned) < _n_params(r20)
+    test = load_splits(str(cifar_small), (3, 32, 32)).test
+    from sdzoo.models.load import data_config
+    cfg = data_config(r20)
+    mean = torch.tensor(cfg['mean']).view(1, -1, 1, 1) * 255
+    std = torch.tensor(cfg['std']).view(1, -1, 1, 1) * 255
+    x = (test.images.permute(0, 3, 1, 2).float() - mean) / std
+    full, cut = _top1(r20, x, test.labels), _top1(pruned, x, test.labels)
+    assert len(x) == 200
+    assert cut >= full - 5, (full, cut)
+
+
+def test_load_images_uses_training_splits(r20, cifar_small):
+    x, desc = load_images(r20, str(cifar_small), 'val', 30)
+    assert x.shape == (30, 3, 32, 32) and desc.startswith('30 val')
+    with pytest.raises(ValueError, match='cannot read data set'):
+        load_images(r20, str(cifar_small / 'nope'), 'val', 3)
+
+
+def _conv_count_and_meta(path):
+    import onnx
+    proto = onnx.load(str(path))
+    return sum(n.op_type == 'Conv' for n in proto.graph.node), {p.key: p.value for p in proto.metadata_props}
+
+
+def test_export_keep_blocks(r20, tmp_path):
+    from sdzoo.cli import main
+    full, pruned = tmp_path / 'full.onnx', tmp_path / 'k6.onnx'
+    assert main(['export', 'sd_resnet20', '--pretrained', '--out', str(full), '--exporter', 'torchscript']) == 0
+    assert main(['export', 'sd_resnet20', '--pretrained', '--out', str(pruned), '--exporter', 'torchscript',
+                 '--keep-blocks', '6', '--strategy', 'survival']) == 0
+    n_full, meta_full = _conv_count_and_meta(full)
+    n_cut, meta = _conv_count_and_meta(pruned)
+    assert n_cut == n_full - 6  # three blocks of two convs each: a plain graph, not a masked one
+    assert 'sdzoo.depth' not in meta_full
+    depth = json.loads(meta['sdzoo.depth'])
+    assert depth['kept_blocks'] == ['layer1.0', 'layer1.1', 'layer1.2', 'layer2.0', 'layer2.1', 'layer3.0']
+    assert depth['strategy'] == 'survival' and depth['blocks_total'] == 9
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--keep-blocks', '0', '--strategy', 'survival'], '--keep-blocks must be >= 1'),
+    (['--keep-blocks', '10', '--strategy', 'survival'], 'keep must lie in 2..9'),
+    (['--keep-blocks', '5'], 'needs --data'),
+    (['--strategy', 'survival'], 'add --keep-blocks'),
+    (['--keep-blocks', '5', '--strategy', 'deepest'], 'invalid choice'),
+])
+def test_export_bad_input(r20, tmp_path, capsys, extra, message):
+    from sdzoo.cli import main
+    out = tmp_path / 'x.onnx'
+    with pytest.raises(SystemExit) as e:
+        main(['export', 'sd_resnet20', '--pretrained', '--out', str(out)] + extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()[-1]) > 0
+    assert list(tmp_path.iterdir()) == []
