@@ -41,9 +41,10 @@ def test_reuse_stops_faulting_in_freed_memory_again():
     pages = 20 * (48 << 20) // 4096
     # glibc's default serves each 48 MiB block with a fresh mmap: every page of every block faults again
     assert system['faults'] >= 0.9 * pages, system
-    # kept: the block comes back from the heap, already mapped (the heap's layout may still settle once: at
-    # most a couple of blocks' worth in all 20 rounds, where the default faults in all 20)
-    assert reuse['faults'] <= 2 * pages / 20, reuse
+    # kept: the block comes back from the heap, already mapped (the heap's layout may still settle, and a busy
+    # host's memory reclaim may take a block back: a few blocks' worth in all 20 rounds, where the default faults
+    # in all 20; 3 were seen on a loaded 2-core AMD EPYC)
+    assert reuse['faults'] <= 5 * pages / 20, reuse
     assert system['setting'] == 'system defaults' and reuse['setting'].startswith('reuse (glibc'), (system, reuse)
 
 
