@@ -17,12 +17,19 @@ from starlette.responses import Response
 
 from .repository import ModelEntry, numpy_dtype
 
-__all__ = ['ApiError', 'SERVER_NAME', 'EXTENSIONS', 'OFFLOAD_BYTES', 'short', 'read_body', 'parse_infer_request',
-           'infer_response', 'decode_images', 'json_response', 'tensor_meta']
+__all__ = ['ApiError', 'SERVER_NAME', 'EXTENSIONS', 'OFFLOAD_BYTES', 'SMALL_BODY_BYTES', 'JSON_VALUE_BYTES',
+           'DECODE_PIXEL_BYTES', 'short', 'read_body', 'parse_json_object', 'InferBody', 'split_infer_body',
+           'parse_infer_request', 'json_value_limit', 'infer_response', 'open_images', 'decode_batch',
+           'json_response', 'tensor_meta']
 
 SERVER_NAME = 'sdzoo'
 EXTENSIONS = ['binary_tensor_data', 'classification', 'model_configuration', 'model_repository']
 OFFLOAD_BYTES = 1 << 20  # parse request bodies larger than this off the event loop
+SMALL_BODY_BYTES = 64 << 10  # requests up to this size (a batch-1 inference) never wait for a server-wide budget
+# what the work budget charges, measured (docs/reliability.md): json.loads makes ~36 B of Python objects per
+# float (~34 B per counted bracket of nested lists); PIL decodes RGB at 4 B a pixel, and resizing copies it once
+JSON_VALUE_BYTES = 48
+DECODE_PIXEL_BYTES = 8
 
 
 class ApiError(HTTPException):
@@ -78,12 +85,69 @@ def _as_shape(value: Any, name: str) -> List[int]:
     return value
 
 
-def parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional[str],
-                         max_batch_size: int) -> _InferRequest:
+_TOO_DEEP = ('malformed JSON in {what}: arrays/objects nested too deeply to parse (a tensor\'s "data" needs at '
+             'most its rank + 1 levels)')
+
+
+def parse_json_object(body: bytes, what: str) -> Dict[str, Any]:
+    """``body`` as a JSON object, or a one-line 400 naming ``what`` (malformed, nested too deeply, not an object)."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f'malformed JSON in {what}: {short(e, 200)}')
+    except RecursionError:  # the C parser recurses per level: '[' x 100000 would otherwise be a 500
+        raise ApiError(400, _TOO_DEEP.format(what=what))
+    if not isinstance(obj, dict):
+        raise ApiError(400, f'{what} must be a JSON object, got {type(obj).__name__}')
+    return obj
+
+
+def json_value_limit(entry: ModelEntry, max_batch_size: int) -> int:
+    """Most JSON values an inference request for ``entry`` may hold: a full batch of elements, each item's
+    nested lists (fewer than its elements), and room for the request's own fields."""
+    return 2 * entry.item_elements * max_batch_size + 1024
+
+
+@dataclass
+class InferBody:
+    """An inference request's JSON header and the binary tensor data after it, measured, not parsed yet."""
+    header: bytes
+    binary: memoryview
+    has_header_length: bool
+    values: int  # at most this many JSON values in the header
+
+    @property
+    def parse_bytes(self) -> int:
+        """What parsing the header costs at most: its text, decoded, and the Python objects of its values."""
+        return len(self.header) + JSON_VALUE_BYTES * self.values
+
+
+def split_infer_body(entry: ModelEntry, body: bytes, header_length: Optional[str],
+                     max_batch_size: int) -> InferBody:
+    """The body split per Inference-Header-Content-Length, and 413 for a JSON header with more values than the
+    model can take, before json.loads spends its objects on them: every value but the first of its
+    array/object follows a comma, so commas + brackets + 1 bound them, counted in C."""
+    header, binary = _split_body(body, header_length)
+    values = header.count(b',') + header.count(b'[') + header.count(b'{') + 1
+    limit = json_value_limit(entry, max_batch_size)
+    if values > limit:
+        raise ApiError(413, f'JSON inference request holds up to {values} values, above the limit of {limit} for '
+                            f'model {entry.name!r} ({entry.item_elements} elements per item x max_batch_size '
+                            f'{max_batch_size}); send fewer items, or the tensor as binary data')
+    return InferBody(header, binary, header_length is not None, values)
+
+
+def parse_infer_request(entry: ModelEntry, body: InferBody, max_batch_size: int) -> _InferRequest:
     """An Open Inference Protocol request (JSON, or JSON header + binary tensor) checked against the model."""
+    try:
+        return _parse_infer_request(entry, body, max_batch_size)
+    except RecursionError:  # deep nesting that json.loads survived, met again by numpy or an error message
+        raise ApiError(400, _TOO_DEEP.format(what='inference request'))
+
+
+def _parse_infer_request(entry: ModelEntry, body: InferBody, max_batch_size: int) -> _InferRequest:
     model = entry.model
-    body, binary = _split_body(body, header_length)
-    req = _request_object(body)
+    req = _request_object(body.header)
     inputs = req.get('inputs')
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
         raise ApiError(400, 'inference request needs "inputs": a non-empty list of tensor objects')
@@ -93,7 +157,7 @@ def parse_infer_request(entry: ModelEntry, body: bytes, header_length: Optional[
                             f'got {short(names, 200)}')
     inp = inputs[0]
     shape = _input_shape(entry, inp, max_batch_size)
-    x = _input_tensor(entry, inp, shape, binary, has_header_length=header_length is not None)
+    x = _input_tensor(entry, inp, shape, body.binary, has_header_length=body.has_header_length)
     if x.dtype.kind == 'f' and not np.isfinite(x).all():  # NaN/Inf (or a value beyond the dtype's range)
         raise ApiError(400, f'input {model.input_name!r} holds NaN or infinite values ({int((~np.isfinite(x)).sum())} '
                             f'of {x.size}); send finite numbers')
@@ -115,12 +179,7 @@ def _split_body(body: bytes, header_length: Optional[str]) -> Tuple[bytes, memor
 
 
 def _request_object(body: bytes) -> Dict[str, Any]:
-    try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f'malformed JSON in inference request: {e}')
-    if not isinstance(req, dict):
-        raise ApiError(400, f'inference request must be a JSON object, got {type(req).__name__}')
+    req = parse_json_object(body, 'inference request')
     request_id = req.get('id')
     if request_id is not None and not isinstance(request_id, str):
         raise ApiError(400, f'inference request "id" must be a string, got {type(request_id).__name__}')
@@ -267,27 +326,47 @@ def infer_response(entry: ModelEntry, req: _InferRequest, y: np.ndarray) -> Resp
 
 # --- images --------------------------------------------------------------------------------------------------
 
-def decode_images(files: Sequence[Tuple[Optional[str], bytes]], max_pixels: int) -> list:
+def open_images(files: Sequence[Tuple[Optional[str], bytes]], max_image_pixels: int,
+                max_request_pixels: int) -> List[Tuple[str, Any]]:
+    """``(what, image)`` per file, opened lazily: only the headers are read, so the pixel limits (per image and
+    for the whole request) are checked before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
-    images = []
+    opened, total = [], 0
     for filename, data in files:
         what = f'file {filename!r}' if filename else 'request body'
         if not data:
             raise ApiError(400, f'{what} is empty; send an image file (PNG, JPEG, ...)')
         try:
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ApiError(400, f'{what} is a {w}x{h} image, above the limit of {max_pixels} pixels')
-            im.load()  # decode now: a truncated file is the client's 400, not a preprocessing 500
-            images.append(im)
-        except ApiError:
-            raise
+            im = Image.open(io.BytesIO(data))  # lazy: the header gives the size, no pixel is decoded yet
         except UnidentifiedImageError:
             raise ApiError(400, f'{what} is not a decodable image (unknown or unsupported image format)')
         except Exception as e:  # noqa: BLE001 - PIL raises many types for undecodable data
             raise ApiError(400, f'{what} is not a decodable image ({type(e).__name__}: {short(e, 160)})')
-    return images
+        w, h = im.size
+        if w * h > max_image_pixels:
+            raise ApiError(400, f'{what} is a {w}x{h} image, above the limit of {max_image_pixels} pixels')
+        total += w * h
+        opened.append((what, im))
+    if total > max_request_pixels:
+        raise ApiError(413, f'the {len(opened)} images of this request hold {total} pixels, above the limit of '
+                            f'{max_request_pixels} decoded pixels per request; send fewer or smaller images')
+    return opened
+
+
+def decode_batch(model: Any, opened: Sequence[Tuple[str, Any]]) -> np.ndarray:
+    """The model input for images from :func:`open_images`, decoded and preprocessed one at a time, so a
+    request holds one decoded image at once (preprocessing is per image, so the batch is the same)."""
+    parts = []
+    for what, im in opened:
+        try:
+            im.load()  # decode now: a truncated file is the client's 400, not a preprocessing 500
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for undecodable data
+            raise ApiError(400, f'{what} is not a decodable image ({type(e).__name__}: {short(e, 160)})')
+        try:
+            parts.append(model.preprocess([im]))
+        finally:
+            im.close()  # the decoded pixels go now, not when the request ends
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 # --- logging / middleware ------------------------------------------------------------------------------------

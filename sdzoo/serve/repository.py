@@ -7,6 +7,7 @@ answers its requests with that error) while the others serve.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,12 @@ import numpy as np
 
 __all__ = [
     'ModelEntry', 'RepositoryConfig', 'TensorConfig', 'load_repository', 'load_entry', 'parse_config_pbtxt',
-    'parse_text_proto', 'triton_dtype', 'numpy_dtype',
+    'parse_text_proto', 'triton_dtype', 'numpy_dtype', 'UNLOADED', 'model_directories',
 ]
 
 _logger = logging.getLogger('sdzoo.serve')
+
+UNLOADED = 'unloaded'  # the error of an entry unloaded through the repository API (Triton's reason string)
 
 # Open Inference Protocol tensor datatypes <-> numpy; config.pbtxt spells them TYPE_<...> (FP32 -> TYPE_FP32)
 _TRITON_TO_NUMPY = {
@@ -229,6 +232,28 @@ class ModelEntry:
         return [self.input_shape[0], int(self.model.num_classes)]
 
     @property
+    def item_elements(self) -> int:
+        """Elements of one batch item (the input without its batch dim): what a request may send per item."""
+        dims = self.input_shape[1:]
+        if all(d > 0 for d in dims):
+            return math.prod(dims)
+        try:  # dynamic spatial dims: the size the model was exported for (check_input insists on it)
+            h, w = self.model.spatial_size
+            return int(self.model.in_chans) * h * w
+        except ValueError:  # no recorded size either: check_input refuses every request
+            return math.prod(d for d in dims if d > 0)
+
+    @property
+    def unloaded(self) -> bool:
+        """Released through the repository API (not a load failure): not served, not counted for readiness."""
+        return self.model is None and self.error == UNLOADED
+
+    def without_model(self) -> 'ModelEntry':
+        """This entry as :attr:`unloaded`: same name, directory and version, no session."""
+        return ModelEntry(name=self.name, directory=self.directory, version=self.version, config=self.config,
+                          labels=self.labels, error=UNLOADED)
+
+    @property
     def batchable(self) -> bool:
         """Requests can be concatenated along dim 0 (dynamic batch dim, config max_batch_size not 0)."""
         return self.input_shape[0] == -1 and (self.config is None or self.config.max_batch_size != 0)
@@ -317,6 +342,11 @@ def load_entry(directory: Union[str, Path], **ort_kwargs: Any) -> ModelEntry:
     return entry
 
 
+def model_directories(root: Path) -> List[str]:
+    """Names of the entries of repository ``root``: its non-hidden subdirectories, sorted."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+
+
 def load_repository(
         root: Union[str, Path],
         models: Optional[Sequence[str]] = None,
@@ -326,7 +356,7 @@ def load_repository(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f'model repository {str(root)!r} is not a directory')
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    names = model_directories(root)
     if models:
         missing = sorted(set(models) - set(names))
         if missing:
