@@ -187,7 +187,8 @@ def test_paired_per_image_results_give_the_difference_its_interval_and_a_verdict
     _validated(control, [True] * 900 + [False] * 30 + [True] * 20 + [False] * 50, labels)
     text = '\n'.join(comparison_section(load_runs(tmp_path / 'runs', lambda model: 0.5)))
     row = next(line for line in text.splitlines() if line.startswith('| sd_resnet20 (6)'))
-    assert '| 7.00 | 8.00 | -1.00 (95% CI -2.38 to +0.38; McNemar p = 0.2) |' in row, row
+    # exact interval, conditional on the 50 discordant images (Clopper-Pearson for 20 of 50, times 50 / 1000)
+    assert '| 7.00 | 8.00 | -1.00 (95% CI -2.36 to +0.48; McNemar p = 0.2) |' in row, row
     verdict = next(line for line in text.splitlines() if 'SD against constant depth' in line)
     assert 'the first gets 30 right that the second gets wrong, the second 20' in verdict, verdict
     assert 'does not tell the two apart' in verdict and '1.00 points lower' in verdict
