@@ -193,10 +193,11 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
                 self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model, step=self.global_step)
-            dt = time.perf_counter() - t0
+            loss_value = loss.item()  # waits for the step's queued work (backward, optimizer) on CUDA too
+            dt = time.perf_counter() - t0  # so the step time is read after it, not before
             n = y.numel()
             p = self.partial
-            p['loss'] += loss.item() * n
+            p['loss'] += loss_value * n
             p['correct'] += (logits.argmax(1) == y).sum().item()
             p['seen'] += n
             p['seconds'] += dt
