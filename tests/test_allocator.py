@@ -41,10 +41,11 @@ def test_reuse_stops_faulting_in_freed_memory_again():
     pages = 20 * (48 << 20) // 4096
     # glibc's default serves each 48 MiB block with a fresh mmap: every page of every block faults again
     assert system['faults'] >= 0.9 * pages, system
-    # kept: the block comes back from the heap, already mapped (the heap's layout may still settle, and a busy
-    # host's memory reclaim may take a block back: a few blocks' worth in all 20 rounds, where the default faults
-    # in all 20; 3 were seen on a loaded 2-core AMD EPYC)
-    assert reuse['faults'] <= 5 * pages / 20, reuse
+    # kept: the block comes back from the heap, already mapped. The heap's layout may still settle, and the host's
+    # proactive memory reclaim (DAMON's kdamond here) may take idle heap pages back: 6 of the 20 blocks' worth
+    # were seen twice on a 2-core AMD EPYC (Zen 3) and 0-2 elsewhere, against all 20 for the default; so the
+    # check is that most of the faulting is gone, not that none is left
+    assert reuse['faults'] <= 0.5 * system['faults'], (reuse, system)
     assert system['setting'] == 'system defaults' and reuse['setting'].startswith('reuse (glibc'), (system, reuse)
 
 
