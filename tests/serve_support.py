@@ -72,6 +72,13 @@ def write_entry(root: Path, name: str, onnx_file: Path, *, version: int = 1, max
     return entry
 
 
+def ort_reference(onnx_file: Path):
+    """A plain onnxruntime session on the same file, as a function of the input batch: what a server must reproduce."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(onnx_file), providers=['CPUExecutionProvider'])
+    return lambda x: session.run(['logits'], {'input': x})[0]
+
+
 def png_bytes(seed: int = 0, size=(40, 48), fmt: str = 'PNG') -> bytes:
     from PIL import Image
     rng = np.random.default_rng(seed)

@@ -8,12 +8,11 @@ import time
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from sdzoo.runtime import OrtModel
 from sdzoo.serve.app import JsonFormatter, ServeSettings, create_app
-from serve_support import CIFAR10_LABELS, ServerThread, export_onnx, png_bytes, write_entry
+from serve_support import CIFAR10_LABELS, ServerThread, export_onnx, ort_reference, png_bytes, write_entry
 
 tritonhttp = pytest.importorskip('tritonclient.http')
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -40,9 +39,7 @@ def server(repo):
 
 @pytest.fixture(scope='module')
 def reference(onnx_file):
-    """A plain onnxruntime session on the same file: what the server must reproduce."""
-    session = ort.InferenceSession(str(onnx_file), providers=['CPUExecutionProvider'])
-    return lambda x: session.run(['logits'], {'input': x})[0]
+    return ort_reference(onnx_file)
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ import zlib
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from sdzoo.runtime import OrtModel
 from sdzoo.serve.app import ServeSettings, create_app
-from serve_support import ServerThread, config_pbtxt, export_onnx, png_bytes, write_entry
+from serve_support import ServerThread, config_pbtxt, export_onnx, ort_reference, png_bytes, write_entry
 
 tritonhttp = pytest.importorskip('tritonclient.http')
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -60,8 +59,7 @@ def server(repo):
 
 @pytest.fixture(scope='module')
 def reference(onnx_file):
-    session = ort.InferenceSession(str(onnx_file), providers=['CPUExecutionProvider'])
-    return lambda x: session.run(['logits'], {'input': x})[0]
+    return ort_reference(onnx_file)
 
 
 def _error(r: httpx.Response, status: int, *needles: str) -> str:
