@@ -106,10 +106,10 @@ def test_matched_head_copies_the_pretrained_rows(readme_cut):
     model = create_train_model(cfg)
     head, pairs = resolve_head(cfg, model, ['cat', 'dog', 'zebra'])
     assert head == 'partial' and pairs == [(0, 3), (1, 5)]
-    # no pretrained label names at all (a ViT): a linear probe
-    assert resolve_head(TrainConfig.from_dict(dict(cfg.__dict__, model='sd_vit_lite_patch4_32')),
-                        create_train_model(TrainConfig.from_dict(dict(cfg.__dict__, model='sd_vit_lite_patch4_32'))),
-                        ['cat', 'dog', 'ship'])[0] == 'probe'
+    # the shipped ViT names its CIFAR-10 classes too; no class name known: a linear probe
+    vit = TrainConfig.from_dict(dict(cfg.__dict__, model='sd_vit_lite_patch4_32'))
+    assert resolve_head(vit, create_train_model(vit), ['cat', 'dog', 'ship']) == ('matched', [(0, 3), (1, 5), (2, 8)])
+    assert resolve_head(vit, create_train_model(vit), ['kitty', 'doggo', 'boat'])[0] == 'probe'
 
 
 @pytest.mark.timeout(300)
@@ -126,7 +126,7 @@ def test_readme_quickstart_without_recipe_flags(readme_cut, tmp_path, capsys):
     assert 'fine-tune recipe' in err and 'head rows copied from the pretrained head for cat, dog, ship' in err
     cfg = json.loads((out / 'config.json').read_text())
     assert (cfg['batch_size'], cfg['lr'], cfg['epochs'], cfg['head_init'], cfg['drop_last']) == \
-        (16, 0.005, 3, 'matched', False)
+        (16, 0.001, 3, 'matched', False)
     assert cfg['recipe_notes']['batch_size'].startswith('clamp(')
     data = json.loads((out / 'data.json').read_text())
     assert data['split']['val_size'] == 18 and data['split']['seed'] == 0 and data['train'] == 162
@@ -177,3 +177,41 @@ def test_int8_gate_reports_its_interval_and_when_it_cannot_decide():
     fine = big.copy()
     fine[:2] = False
     assert accuracy_gate(big, fine, 1.0)['verdict'] == 'pass'
+
+
+@pytest.mark.timeout(600)
+def test_int8_gate_keeps_to_the_images_the_finetune_never_trained_on(cifar_root, tmp_path, capsys):
+    """Issue 45.5: exported from its run, a fine-tune is gated on its own random holdout (data.json), a
+    --val-size 0 fine-tune on test/ (never on train/), and a folder changed since training is refused."""
+    root = _cut(cifar_root, tmp_path / 'pets', {'cat': 20, 'ship': 20}, test=10)
+    base = ['finetune', 'sd_resnet20', '--data', str(root), '--num-classes', '2', '--threads', '1', '--workers', '0',
+            '--no-progress', '--epochs', '1']
+    assert cli_main(base + ['--out', str(tmp_path / 'held'), '--split-seed', '3']) == 0
+    assert cli_main(base + ['--out', str(tmp_path / 'all'), '--val-size', '0']) == 0
+    capsys.readouterr()
+    export = ['export', '--int8', '--data', str(root), '--calibration-images', '8', '--max-accuracy-drop', '100',
+              '--threads', '1', '--json']
+
+    held = json.loads((tmp_path / 'held' / 'data.json').read_text())['split']
+    assert cli_main(export + [str(tmp_path / 'held'), '--out', str(tmp_path / 'held.onnx')]) == 0
+    acc = json.loads(capsys.readouterr().out)['accuracy']
+    assert acc['split'] == 'val' and acc['images'] == held['val_size'] == 4 and 'data.json' in acc['held_out']
+
+    assert cli_main(export + [str(tmp_path / 'all'), '--out', str(tmp_path / 'all.onnx')]) == 0
+    acc = json.loads(capsys.readouterr().out)['accuracy']
+    assert acc['split'] == 'test' and acc['images'] == 20 and '--val-size 0' in acc['held_out']
+
+    shutil.rmtree(root / 'test')  # no held-out images left for the --val-size 0 model: refuse, write nothing
+    with pytest.raises(SystemExit) as e:  # (issue 46.10: a folder with only train/ is a valid --data)
+        cli_main(export + [str(tmp_path / 'all'), '--out', str(tmp_path / 'none.onnx')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2, err
+    assert len(err) == 1 and '--val-size 0' in err[0] and 'no test/' in err[0] and not (tmp_path / 'none.onnx').exists()
+
+    (root / 'train' / held['val_files'][0]).unlink()  # the holdout can no longer be reproduced
+    with pytest.raises(SystemExit) as e:
+        cli_main(export + [str(tmp_path / 'held'), '--out', str(tmp_path / 'changed.onnx')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2, err
+    assert len(err) == 1 and 'changed since the model was trained' in err[0]
+    assert not (tmp_path / 'changed.onnx').exists()

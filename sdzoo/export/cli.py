@@ -123,13 +123,33 @@ def _recorded_data(name: str) -> Optional[str]:
     return None
 
 
+def _training_record(args: argparse.Namespace) -> Optional[Dict]:
+    """The training run's data.json of the weights being exported (a model folder, its run, or a checkpoint's
+    run directory), so the INT8 gate can keep to the images the model never trained on."""
+    places = []
+    if args.model is not None and Path(args.model).is_dir():
+        from ..hub.model_folder import find_model_folder
+        folder = find_model_folder(args.model)
+        if folder is not None:
+            places += [folder / 'data.json', folder.parent / 'data.json']
+    if getattr(args, 'checkpoint', None):
+        places.append(Path(args.checkpoint).parent / 'data.json')
+    for f in places:
+        if f.is_file():
+            try:
+                return json.loads(f.read_text(encoding='utf-8'))
+            except ValueError:
+                return None
+    return None
+
+
 def _int8_kwargs(args: argparse.Namespace) -> Dict:
     activations = args.int8_activations
     if activations == 'auto':  # TensorRT's explicit quantization takes symmetric int8 only; the CPU is fastest with uint8
         activations = 'int8' if args.tensorrt else 'uint8'
     return dict(calibration_images=args.calibration_images, method=args.calibration_method, mode=args.int8_mode,
                 activation_type=activations, eval_split=args.eval_split, eval_images=args.eval_images,
-                max_accuracy_drop=args.max_accuracy_drop, threads=args.threads)
+                max_accuracy_drop=args.max_accuracy_drop, threads=args.threads, trained_on=_training_record(args))
 
 
 def _export_int8(args: argparse.Namespace, name: str, fp32_out: Optional[Path], int8_out: Path, pretrained: bool,
@@ -161,7 +181,8 @@ def _triton_kwargs(args: argparse.Namespace) -> Dict:
 
 def _image_folder(data: str) -> str:
     """--data as a folder of class sub-folders: a path, or a data set name under $SDZOO_DATA (as for
-    train/validate); a data set root with train/ and test/ splits gives its test split (held-out images)."""
+    train/validate); a data set root with train/ gives its test split (held-out images), else val/, else
+    train/ (the parity check compares two graphs, it does not score the model)."""
     from ..cli_args import CLIError
     from ..data.sources import default_data_root
     path = Path(data)
@@ -169,8 +190,8 @@ def _image_folder(data: str) -> str:
         path = default_data_root() / data
         if not path.is_dir():
             raise CLIError(f'--data {data}: no such folder (nor {path})')
-    if (path / 'test').is_dir() and (path / 'train').is_dir():
-        path = path / 'test'
+    if (path / 'train').is_dir():
+        path = next(path / s for s in ('test', 'val', 'validation', 'train') if (path / s).is_dir())
     return str(path)
 
 

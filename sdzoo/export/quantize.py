@@ -18,7 +18,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -66,15 +66,40 @@ def _check_image_size(root: Path, split: str, size: Tuple[int, int]) -> None:
                                 f'{size[0]}x{size[1]}: calibrate on the data set the model was trained on')
 
 
+def training_split(record: Optional[Mapping[str, Any]], data: str) -> Optional[Dict[str, Any]]:
+    """``load_splits`` arguments that reproduce a model's own train/validation split of ``data``.
+
+    ``record`` is the training run's ``data.json``; it applies only when it describes this very data set
+    (same name for cifar10/fashion_mnist, same folder otherwise). ``val_size`` 0 means the model saw every
+    image of train/; ``val_sha256`` (a random holdout) lets the caller check the folder did not change."""
+    if not record:
+        return None
+    key = data.lower().replace('-', '_')
+    if key in ('cifar10', 'fashion_mnist', 'fashionmnist'):
+        same = str(record.get('name', '')).replace('-', '_') in (key, 'fashion_mnist' if 'fashion' in key else key)
+    else:
+        same = bool(record.get('source')) and Path(record['source']).resolve() == Path(data).expanduser().resolve()
+    if not same:
+        return None
+    split = record.get('split') or {}
+    if split.get('holdout', '').startswith('stratified'):
+        return dict(val_size=int(split['val_size']), holdout='stratified', split_seed=int(split.get('seed', 0)),
+                    val_sha256=split.get('val_sha256'))
+    return dict(val_size=int(record.get('val') or 0), holdout='last', split_seed=0, val_sha256=None,
+                val_folder=int(record.get('val') or 0) > 0 and not record.get('split'))
+
+
 def load_labelled_images(data: str, split: str, input_size: Sequence[int], num_classes: int,
                          mean: Sequence[float], std: Sequence[float], limit: Optional[int] = None,
-                         channels_last: bool = False) -> Tuple[np.ndarray, np.ndarray, str]:
+                         channels_last: bool = False,
+                         trained_split: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray, str]:
     """``(x, labels, description)`` of one split of a data set, preprocessed as ``sdzoo validate`` does.
 
     ``data`` is a data set name (``cifar10``, ``fashion_mnist``) or a folder with ``train/`` (and
     ``val/``/``test/``) or class sub-folders; ``split`` is ``train`` (the training images without the
     validation hold-out), ``val`` or ``test``. ``x`` is float32 NCHW normalized with ``mean``/``std``,
-    or uint8 NHWC with ``channels_last`` (graphs that normalize inside).
+    or uint8 NHWC with ``channels_last`` (graphs that normalize inside). ``trained_split``
+    (:func:`training_split`) draws train and val exactly as the model's training run did.
     """
     from ..data.sources import default_data_root, load_splits
     c, h, w = (int(v) for v in input_size)
@@ -89,14 +114,25 @@ def load_labelled_images(data: str, split: str, input_size: Sequence[int], num_c
         raise QuantizationError(f'CIFAR-10 image folders not found at {default_data_root() / "cifar10"} '
                                 '(set SDZOO_DATA or pass a folder)')
     try:
-        splits = load_splits(data, (c, h, w))
+        kw = {} if not trained_split else {k: trained_split[k] for k in ('val_size', 'holdout', 'split_seed')}
+        if trained_split and trained_split.get('val_folder'):
+            kw = {}  # the run validated on the folder's own val/
+        splits = load_splits(data, (c, h, w), **kw)
     except (FileNotFoundError, ValueError) as e:
         raise QuantizationError(f'cannot read data set {data!r}: {e}') from e
+    want = (trained_split or {}).get('val_sha256')
+    if want and (splits.split_record or {}).get('val_sha256') != want:
+        raise QuantizationError(f'{splits.source} changed since the model was trained: its held-out file list no '
+                                "longer matches the run's data.json, so training and held-out images cannot be told "
+                                'apart; gate on a test/ folder (--eval-split test) or retrain')
     if splits.num_classes != num_classes:
         raise QuantizationError(f'data set {data!r} has {splits.num_classes} classes ({", ".join(splits.classes[:5])}'
                                 f'{", …" if splits.num_classes > 5 else ""}), the model has {num_classes}')
     chosen = getattr(splits, split)
     if chosen is None or len(chosen) == 0:
+        if split == 'val' and splits.test is not None and len(splits.test):
+            raise QuantizationError(f'data set {data!r} has no val split ({splits.source}): gate on its test/ '
+                                    'folder with --eval-split test')
         raise QuantizationError(f'data set {data!r} has no {split} split ({splits.source})')
     labels = chosen.labels.numpy()
     idx = _class_balanced(labels, limit)
@@ -285,6 +321,7 @@ def quantize_onnx(
         write_report: bool = True,
         threads: Optional[int] = None,
         reduce_range: Optional[bool] = None,
+        trained_on: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Quantize a validated fp32 sdzoo export to INT8, gate it on accuracy, then write it; returns the report.
 
@@ -296,6 +333,8 @@ def quantize_onnx(
     accuracies; the report also goes to ``<out stem>.report.json`` unless ``write_report=False``.
 
     ``reduce_range``: 7-bit weights, by default where this CPU has no VNNI (see :func:`default_reduce_range`).
+    ``trained_on``: the training run's ``data.json``; on that data set the gate uses the run's own held-out
+    images, and a model trained on all of train/ (``--val-size 0``) is gated on test/, never on train/.
     """
     import onnx
     import onnxruntime
@@ -316,6 +355,16 @@ def quantize_onnx(
     size = [fp32.in_chans, *fp32.spatial_size]
     img_kw = dict(input_size=size, num_classes=fp32.num_classes, mean=json.loads(meta.get('sdzoo.mean', '[0.5]')),
                   std=json.loads(meta.get('sdzoo.std', '[0.5]')), channels_last=fp32.channels_last)
+    img_kw['trained_split'] = trained = training_split(trained_on, data)
+    split_note = None
+    if trained and trained['val_size'] == 0 and not trained.get('val_folder') and eval_split == 'val':
+        named = data.lower().replace('-', '_') in ('cifar10', 'fashion_mnist', 'fashionmnist')
+        if not named and not (Path(data).expanduser() / 'test').is_dir():
+            raise QuantizationError(f"{meta.get('sdzoo.model', fp32_path.name)} was trained on every image of "
+                                    f"{data}'s train/ (--val-size 0) and {data} has no test/: there are no held-out "
+                                    'images to gate INT8 on (add a test/ folder, or fine-tune with a holdout)')
+        eval_split = 'test'
+        split_note = "trained on all of train/ (--val-size 0): gated on test/ instead of val"
     t0 = time.perf_counter()
     x_cal, _, cal_desc = load_labelled_images(data, 'train', limit=calibration_images, **img_kw)
     x_eval, y_eval, eval_desc = load_labelled_images(data, eval_split, limit=eval_images, **img_kw)
@@ -333,6 +382,9 @@ def quantize_onnx(
         eval_seconds = time.perf_counter() - t1
         accuracy = _judge(h_fp32, h_int8, eval_split, eval_desc, max_accuracy_drop,
                           meta.get('sdzoo.model', fp32_path.name), out)
+        if trained:
+            accuracy['held_out'] = ("the training run's own holdout (data.json)" if eval_split == 'val'
+                                    else split_note or f'the {eval_split} split')
         quant = {'tool': f'onnxruntime.quantization {onnxruntime.__version__}', 'mode': mode,
                  'format': 'QDQ' if mode == 'static' else 'QOperator (dynamic)', 'per_channel': per_channel,
                  'weights': 'int8 symmetric' + (' (7-bit range: reduce_range)' if reduce_range else ''),
@@ -394,4 +446,5 @@ def format_int8_report(report: Dict[str, Any]) -> str:
             + (f" (paired 95% interval [{a['gate']['interval_points'][0]:+.2f}, "
                f"{a['gate']['interval_points'][1]:+.2f}], {a['images']} images)" if 'gate' in a else '')
             + f" (allowed {a['max_drop_points']:g}) -> ok"
+            + (f"\n  held-out images: {a['held_out']}" if a.get('held_out') else '')
             + (f"\n  note: {a['note']}" if a.get('note') else ''))

@@ -14,7 +14,7 @@ from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_
 
 from ..layers import StochasticDepth
 from ._builder import SDModelMixin, build_sd_model, sd_cfg, timm_cfg
-from .resnet_cifar import CIFAR10_MEAN, CIFAR10_STD
+from .resnet_cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ['SDVisionTransformer', 'SDBlock']
 
@@ -82,7 +82,7 @@ def _cifar_cfg(**kwargs) -> Dict[str, Any]:
     return sd_cfg(
         num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, crop_mode='center', interpolation='bicubic',
         mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv='patch_embed.proj', classifier='head',
-        paper_ids='arXiv:1603.09382,arXiv:2104.05704', **kwargs)
+        paper_ids='arXiv:1603.09382,arXiv:2104.05704', label_names=CIFAR10_CLASSES, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

@@ -35,7 +35,7 @@ _FLAG_HELP = {
               'names, else max(10, ceil(300 / steps per epoch))',
     'batch_size': 'mini-batch size over all processes (default: 128; fine-tuning: clamp(2**floor(log2(N/10)), '
                   '16, 128) for N training images)',
-    'lr': f'peak learning rate ({_R}: 0.1 SGD, 5e-4 AdamW for ViTs; fine-tuning: 0.01*bs/16, 0.005*bs/16 with a '
+    'lr': f'peak learning rate ({_R}: 0.1 SGD, 5e-4 AdamW for ViTs; fine-tuning: 0.01*bs/16, 0.001*bs/16 with a '
           'head from matching class names, 5e-5*bs/16 AdamW for ViTs)',
     'momentum': 'SGD (Nesterov) momentum (default: 0.9)',
     'weight_decay': f'weight decay ({_R}: 1e-4, 0.05 for ViTs)',

@@ -76,7 +76,7 @@ def resolve_recipe(cfg: TrainConfig, n_train: int, head: str, world: int = 1) ->
     if cfg.lr is None:
         d['lr'] = default_lr(bs, rule_head, vit)
         notes['lr'] = (f'5e-5 * {bs}/16 (AdamW, ViT)' if vit else
-                       f"{'0.005' if rule_head == 'matched' else '0.01'} * {bs}/16 ({rule_head} head)")
+                       f"{'0.001' if rule_head == 'matched' else '0.01'} * {bs}/16 ({rule_head} head)")
     epochs = cfg.epochs
     if epochs is None:
         epochs = d['epochs'] = default_epochs(spe, rule_head)

@@ -74,7 +74,9 @@ def write_run_model(
     dcfg = data_config(net)  # the first conv's channels (in_chans=1: grey mean/std), input size, crop
     net.pretrained_cfg = dict(net.pretrained_cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in dcfg.items()})
     folder = run_dir / MODEL_DIR
-    extras = {dst: run_dir / src for src, dst in (('metrics.csv', METRICS_FILE), ('curves.png', PLOT_FILE))
+    # data.json: the split the model trained on, so an INT8 gate never judges it on its own training images
+    extras = {dst: run_dir / src for src, dst in (('metrics.csv', METRICS_FILE), ('curves.png', PLOT_FILE),
+                                                  ('data.json', 'data.json'))
               if (run_dir / src).is_file()}
     recipe = {k: cfg[k] for k in ('epochs', 'batch_size', 'optimizer', 'lr', 'sched', 'weight_decay',
                                   'drop_path_rate', 'sd_mode', 'sd_scaling', 'seed') if cfg.get(k) is not None}
