@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -46,22 +46,22 @@ def _rss_mib(pid: int) -> float:
 
 
 def _start(repository: str) -> tuple:
-    """The installed `sdzoo serve` on port 0; its bound port from uvicorn's start-up line; seconds to ready."""
+    """The installed `sdzoo serve` on port 0; its bound port from --port-file; seconds to ready."""
     exe = str(Path(sys.executable).with_name('sdzoo'))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([exe, 'serve', repository, '--host', '127.0.0.1', '--port', '0'],
-                            stderr=subprocess.PIPE, text=True)
-    port = None
+    port_file = Path(tempfile.mkdtemp(prefix='sdzoo-serve-')) / 'port'
+    proc = subprocess.Popen([exe, 'serve', repository, '--host', '127.0.0.1', '--port', '0', '--port-file',
+                             str(port_file)], stderr=open(port_file.with_name('serve.log'), 'w'))
     deadline = time.monotonic() + 120
-    while port is None and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line and proc.poll() is not None:
-            raise SystemExit(f'sdzoo serve exited with {proc.returncode} before it listened')
-        m = re.search(r'running on http://127\.0\.0\.1:(\d+)', line)
-        port = int(m.group(1)) if m else None
-    if port is None:
-        proc.kill()
-        raise SystemExit('sdzoo serve did not say where it listens within 120 s')
+    while not (port_file.is_file() and port_file.read_text().endswith('\n')):
+        if proc.poll() is not None:
+            raise SystemExit(f'sdzoo serve exited with {proc.returncode} before it listened: '
+                             f'{port_file.with_name("serve.log").read_text()[-2000:]}')
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit('sdzoo serve wrote no --port-file within 120 s')
+        time.sleep(0.02)
+    port = int(port_file.read_text())
     base = f'http://127.0.0.1:{port}'
     while _status(f'{base}/v2/health/ready') != 200:
         if time.monotonic() > deadline:

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import re
 import signal
 import statistics
 import subprocess
@@ -102,7 +101,10 @@ class ServerProcess:
     def __init__(self, repo: Path, model: str, extra: List[str], log_path: Path):
         self.log_path = log_path
         self.log = open(log_path, 'w')
-        cmd = [sys.executable, '-m', 'sdzoo.cli', 'serve', str(repo), '--port', '0', '--models', model, *extra]
+        self.port_file = log_path.with_suffix('.port')
+        self.port_file.unlink(missing_ok=True)
+        cmd = [sys.executable, '-m', 'sdzoo.cli', 'serve', str(repo), '--port', '0', '--port-file', str(self.port_file),
+               '--models', model, *extra]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.port = self._wait_port()
@@ -136,9 +138,8 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f'server exited ({self.proc.returncode}):\n{self.log_path.read_text()[-3000:]}')
-            m = re.search(r'running on http://127\.0\.0\.1:(\d+)', self.log_path.read_text())
-            if m:
-                return int(m.group(1))
+            if self.port_file.is_file() and self.port_file.read_text().endswith('\n'):
+                return int(self.port_file.read_text())
             time.sleep(0.1)
         self.stop()
         raise RuntimeError('server did not start in time')

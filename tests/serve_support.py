@@ -103,6 +103,45 @@ def wait_in_flight(url: str, count: int = 1, timeout: float = 30.0) -> None:
     raise TimeoutError(f'{count} request(s) did not reach {url} in {timeout} s')
 
 
+def start_serve(argv: Sequence[str], port_file: Path, *, env: Optional[dict] = None, stdout=None,
+                timeout: float = 120.0, ready: bool = True):
+    """``argv`` (an ``sdzoo serve ...`` command line) started with ``--port 0 --port-file port_file``; returns
+    ``(process, url, stderr lines (appended as they come), their reader thread)`` once the port is known and, with ``ready``,
+    ``/v2/health/ready`` answers 200: no free-port race, no log parsing, no sleeps."""
+    import subprocess
+    import httpx
+    proc = subprocess.Popen([*argv, '--port', '0', '--port-file', str(port_file)], stdout=stdout,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines: list = []
+
+    def pump():
+        for line in proc.stderr:
+            lines.append(line)
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not (port_file.is_file() and port_file.read_text().endswith('\n')):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f'sdzoo serve wrote no port file (exit {proc.poll()}):\n{"".join(lines)}')
+            time.sleep(0.02)
+        url = f'http://127.0.0.1:{int(port_file.read_text())}'
+        while ready:
+            try:
+                if httpx.get(f'{url}/v2/health/ready', timeout=10).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f'sdzoo serve never became ready (exit {proc.poll()}):\n{"".join(lines)}')
+            time.sleep(0.02)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc, url, lines, reader
+
+
 class ServerThread:
     """uvicorn serving ``app`` on 127.0.0.1 with an OS-chosen port, in a background thread.
 

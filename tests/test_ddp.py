@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,12 +14,6 @@ import torch.nn.functional as F
 STEPS = 5
 SD_SEED = 1234
 MODES = ('batch', 'row')
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _train(rank: int, mode: str) -> dict:
@@ -51,10 +44,12 @@ def _train(rank: int, mode: str) -> dict:
     return dict(kept=kept, losses=losses, init=init, params=params)
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), GLOO_SOCKET_IFNAME='lo')
+def _worker(rank: int, world: int, store_file: str, out_dir: str) -> None:
+    os.environ.update(GLOO_SOCKET_IFNAME='lo')
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    # rendezvous through a file, not a port picked free and then raced for; gloo binds its own pairs on port 0
+    dist.init_process_group('gloo', init_method=f'file://{store_file}', rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
     try:
         torch.save({mode: _train(rank, mode) for mode in MODES}, Path(out_dir) / f'rank{rank}.pt')
     finally:
@@ -65,7 +60,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def ddp_results(tmp_path_factory) -> list:
     """Both ranks' results (one 2-process run serves every test here: process start-up is the cost)."""
     out = tmp_path_factory.mktemp('ddp')
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(out / 'store'), str(out)), nprocs=2, join=True)
     return [torch.load(out / f'rank{r}.pt') for r in range(2)]
 
 

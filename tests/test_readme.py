@@ -1,8 +1,8 @@
 """README.md's examples run, so they cannot go stale.
 
 Every fenced ```python and ```bash block of README.md runs, in order, in one empty folder (SDZOO_DATA points at
-the data sets; port 8000 is swapped for a free one). A line's `# prints: TEXT` comment is checked against what
-the block printed. A block may be marked on the line above it:
+the data sets; servers on port 8000 run on `--port 0 --port-file` instead). A line's `# prints: TEXT` comment is
+checked against what the block printed. A block may be marked on the line above it:
 
 - `<!-- readme-test: skip (REASON) -->`: not run (package installs: .ci/run performs those);
 - `<!-- readme-test: same-as-below (...) -->`: a summary; each of its lines must start a line of a block that runs.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,15 +64,17 @@ def test_readme_blocks_run_or_say_why_not():
                 assert any(e.startswith(line) for e in executed), f'README line {b.line}: {line!r} runs nowhere'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+def _on_any_port(code: str) -> str:
+    """README's servers on port 8000 become `--port 0 --port-file F` and their clients read F: no port is
+    guessed free and then raced for (the `until curl` loop polls until the file and the server are there)."""
+    code = code.replace('--port 8000', '--port 0 --port-file .port')
+    return code.replace('localhost:8000', 'localhost:$(cat .port 2>/dev/null)')
 
 
-def _run(block: Block, cwd: Path, env: dict, port: int) -> str:
+def _run(block: Block, cwd: Path, env: dict) -> str:
     if block.lang == 'bash':
-        argv = ['bash', '-e', '-c', block.code.replace('8000', str(port))]
+        (cwd / '.port').unlink(missing_ok=True)
+        argv = ['bash', '-e', '-c', _on_any_port(block.code)]
     else:
         argv = [sys.executable, '-c', block.code]
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -93,13 +94,12 @@ def _run(block: Block, cwd: Path, env: dict, port: int) -> str:
 def test_readme_examples_run(tmp_path, cifar_root):
     env = dict(os.environ, SDZOO_DATA=str(cifar_root.parent), SDZOO_CACHE=str(tmp_path / '.cache'),
                OMP_NUM_THREADS='1')
-    port = _free_port()
     import time
     for block in readme_blocks():
         if block.marker is not None:
             continue
         t0 = time.perf_counter()
-        out = _run(block, tmp_path, env, port)
+        out = _run(block, tmp_path, env)
         print(f'README block at line {block.line}: {time.perf_counter() - t0:.1f} s')
         for expected in re.findall(r'# prints: (.*)$', block.code, re.M):
             assert expected.strip() in out, (block.line, expected, out[-2000:])

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
 import sys
 import threading
 
@@ -13,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_support import CIFAR10_LABELS, export_onnx, wait_in_flight, write_entry
+from serve_support import CIFAR10_LABELS, export_onnx, start_serve, wait_in_flight, write_entry
 
 pytestmark = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX signals')
 
@@ -32,28 +30,13 @@ def repo(tmp_path_factory):
     return root
 
 
-def test_serve_process_logs_json_and_drains_on_sigterm(repo):
+def test_serve_process_logs_json_and_drains_on_sigterm(repo, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     # a 1.5 s batching window keeps the request in flight while SIGTERM arrives
-    proc = subprocess.Popen(_sdzoo('serve', str(repo), '--port', '0', '--max-queue-delay-us', '1500000',
-                                   '--intra-op-threads', '1', '--no-strict-readiness'),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    lines, port = [], None
-    started = threading.Event()
-
-    def pump():
-        nonlocal port
-        for line in proc.stderr:
-            lines.append(line)
-            m = re.search(r'running on http://127\.0\.0\.1:(\d+)', line)
-            if m:
-                port = int(m.group(1))
-                started.set()
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    proc, url, lines, reader = start_serve(_sdzoo('serve', str(repo), '--max-queue-delay-us', '1500000',
+                                                  '--intra-op-threads', '1', '--no-strict-readiness'),
+                                           tmp_path / 'port', env=env)
     try:
-        assert started.wait(120), ''.join(lines)
-        url = f'http://127.0.0.1:{port}'
         assert httpx.get(f'{url}/v2/health/ready', timeout=10).status_code == 200
         x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
         result = {}

@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serve_support import CIFAR10_LABELS, export_onnx, png_bytes, write_entry
+from serve_support import CIFAR10_LABELS, export_onnx, png_bytes, start_serve, write_entry
 
 TORCH_PARTS = ('torch', 'timm', 'torchvision')
 
@@ -60,23 +58,11 @@ def test_predict_runs_without_importing_torch(repo, tmp_path):
     assert '"top_k"' in r.stdout
 
 
-def test_running_server_maps_no_libtorch(repo):
-    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from sdzoo.cli import main; sys.exit(main())',
-                             'serve', str(repo), '--port', '0', '--intra-op-threads', '1'],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    port, started = [], threading.Event()
-
-    def pump():
-        for line in proc.stderr:
-            m = re.search(r'running on http://127\.0\.0\.1:(\d+)', line)
-            if m:
-                port.append(int(m.group(1)))
-                started.set()
-    threading.Thread(target=pump, daemon=True).start()
+def test_running_server_maps_no_libtorch(repo, tmp_path):
+    proc, url, _, _ = start_serve([sys.executable, '-c', 'import sys; from sdzoo.cli import main; sys.exit(main())',
+                                   'serve', str(repo), '--intra-op-threads', '1'], tmp_path / 'port',
+                                  stdout=subprocess.DEVNULL)
     try:
-        assert started.wait(120)
-        url = f'http://127.0.0.1:{port[0]}'
-        assert httpx.get(f'{url}/v2/health/ready', timeout=30).status_code == 200
         r = httpx.post(f'{url}/v2/models/cifar/classify?top_k=1', content=png_bytes(1), timeout=60)
         assert r.status_code == 200, r.text
         maps = Path(f'/proc/{proc.pid}/maps').read_text()

@@ -21,39 +21,52 @@ def _tmp_files(out: Path) -> list:
         return []
 
 
+# The real `sdzoo train`, with os.fsync wrapped: once a complete last.pt exists, the next checkpoint's temp file
+# (written in full, not yet fsynced and renamed onto last.pt) makes the process announce it and wait, so the
+# SIGKILL lands inside the write window every time instead of by luck.
+_PAUSE_IN_CHECKPOINT_WRITE = """
+import os, sys, time
+real_fsync = os.fsync
+def fsync(fd):
+    name = os.readlink(f'/proc/self/fd/{fd}')
+    folder, base = os.path.split(name)
+    if base.startswith('.last.pt.') and os.path.exists(os.path.join(folder, 'last.pt')):
+        open(os.environ['SDZOO_TEST_PAUSED'], 'w').close()
+        time.sleep(3600)
+    return real_fsync(fd)
+os.fsync = fsync
+from sdzoo.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.timeout(600)
 def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path: Path, tiny_cifar: Path):
-    """A checkpoint after every step; SIGKILL the moment a temp checkpoint file exists. last.pt is then
-    the previous complete checkpoint, and the run resumes from it (removing the orphaned temp file)."""
-    out = tmp_path / 'run'
-    cmd = [sys.executable, '-m', 'sdzoo.cli', 'train', 'sd_resnet20', '--data', str(tiny_cifar), '--out', str(out),
-           '--epochs', '50', '--batch-size', '8', '--val-size', '40', '--threads', '1', '--no-progress',
-           '--workers', '0', '--no-test', '--checkpoint-minutes', '0.000001']
-    killed_mid_write = False
-    for attempt in range(5):  # the write window is milliseconds wide: retry until a kill lands in it
-        resume = [sys.executable, '-m', 'sdzoo.cli', 'train', '--resume', str(out), '--no-progress']
-        proc = subprocess.Popen(resume if (out / 'last.pt').exists() else cmd,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and proc.poll() is None:
-                if (out / 'last.pt').exists() and _tmp_files(out):
-                    proc.send_signal(signal.SIGKILL)
-                    break
-            proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
-        proc.stderr.close()
-        ckpt = load_checkpoint(out / 'last.pt')  # complete and loadable, whatever the kill interrupted
-        assert ckpt['global_step'] >= 1
-        if _tmp_files(out):
-            killed_mid_write = True
-            break
-    assert killed_mid_write, 'no SIGKILL landed while a checkpoint was being written'
+    """A checkpoint after every step; SIGKILL while the second one is being written. last.pt is then the
+    previous complete checkpoint, and the run resumes from it (removing the orphaned temp file)."""
+    out, paused = tmp_path / 'run', tmp_path / 'paused'
+    cmd = [sys.executable, '-c', _PAUSE_IN_CHECKPOINT_WRITE, 'train', 'sd_resnet20', '--data', str(tiny_cifar),
+           '--out', str(out), '--epochs', '50', '--batch-size', '8', '--val-size', '40', '--threads', '1',
+           '--no-progress', '--workers', '0', '--no-test', '--checkpoint-minutes', '0.000001']
+    log = open(tmp_path / 'train.err', 'w')  # a file, not a pipe nobody reads while waiting
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ, SDZOO_TEST_PAUSED=str(paused)))
+    try:
+        deadline = time.monotonic() + 300
+        while not paused.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / 'train.err').read_text()
+            time.sleep(0.05)
+        assert len(_tmp_files(out)) == 1  # the second checkpoint, written but not yet committed
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+    ckpt = load_checkpoint(out / 'last.pt')  # complete and loadable: the first checkpoint
     step = ckpt['global_step']
+    assert step >= 1 and len(_tmp_files(out)) == 1
     r = subprocess.run([sys.executable, '-m', 'sdzoo.cli', 'train', '--resume', str(out), '--max-steps', '1',
                         '--no-progress'], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -110,6 +110,11 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def accepting(self) -> bool:
+        """False once :meth:`close` has begun (or before :meth:`start`): submit() raises ShuttingDownError."""
+        return not self._closing and self._thread is not None
+
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """Queue ``x`` (a batch of one or more items) and await its own slice of the batched output."""
         if x.ndim < 1 or x.shape[0] < 1:

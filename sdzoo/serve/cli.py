@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
                                       'finished run directory (`sdzoo export RUN_DIR` first)')
     p.add_argument('--host', default='127.0.0.1', help='bind address (default: 127.0.0.1)')
     p.add_argument('--port', type=int, default=8000, help='port (default: 8000; 0 picks a free one)')
+    p.add_argument('--port-file', default=None, metavar='FILE',
+                   help='write the bound port to FILE once the socket is bound (with --port 0, how a script learns it)')
     p.add_argument('--models', nargs='+', default=None, metavar='NAME', help='serve only these repository entries (default: all)')
     g = p.add_argument_group('batching (defaults: each model\'s config.pbtxt)')
     g.add_argument('--max-batch-size', type=int, default=None, help='most items per onnxruntime call (default: config.pbtxt)')
@@ -87,5 +89,9 @@ def _run(repository: str, args: argparse.Namespace, settings, ort_kwargs) -> int
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=args.graceful_timeout, lifespan='on')
     server = uvicorn.Server(config)
-    server.run()
+    sock = config.bind_socket()  # bound here, so --port 0's port is known before the models load
+    if args.port_file:
+        from ..files import atomic_write_text
+        atomic_write_text(args.port_file, f'{sock.getsockname()[1]}\n')
+    server.run(sockets=[sock])
     return 0 if server.started else 1
