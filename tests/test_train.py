@@ -515,3 +515,44 @@ def test_hardware_label_tells_cpus_of_one_name_apart():
         # the first processor's fields, not a later one's or another key ending in 'model'
         assert f"family {info['cpu family']} model {info['model']})" in label, label
         assert info['model'].isdigit() and info['cpu family'].isdigit()
+
+
+@pytest.mark.timeout(300)
+def test_default_recipe_and_dropped_blocks_still_get_momentum_and_weight_decay(tmp_path, tiny_cifar):
+    """Issue 48.6: `sdzoo train` without recipe flags resolves to the paper's recipe, and a residual block
+    dropped in a step still moves by its momentum and weight decay (docs/training.md): its gradient is zero,
+    not None, as in the paper's Torch optim.sgd. With None, SGD would leave it and its momentum untouched."""
+    import timm
+    from sdzoo.cli import main as cli_main
+    from sdzoo.train import load_checkpoint
+    out = tmp_path / 'run'
+    flags = ['--threads', '1', '--workers', '0', '--no-test', '--no-progress']
+    assert cli_main(['train', 'sd_resnet20', '--data', str(tiny_cifar), '--max-steps', '1', '--out', str(out)]
+                    + flags) == 0
+    cfg = json.loads((out / 'config.json').read_text())
+    assert {k: cfg[k] for k in ('optimizer', 'momentum', 'nesterov', 'weight_decay', 'batch_size', 'lr', 'sched',
+                                'milestones', 'epochs', 'drop_path_rate', 'sd_mode', 'sd_scaling')} == dict(
+        optimizer='sgd', momentum=0.9, nesterov=True, weight_decay=1e-4, batch_size=128, lr=0.1, sched='step',
+        milestones=[0.5, 0.75], epochs=500, drop_path_rate=0.5, sd_mode='batch', sd_scaling='paper')
+    one = load_checkpoint(out / 'last.pt')
+    assert cli_main(['train', '--resume', str(out), '--max-steps', '1', '--no-progress']) == 0
+    two = load_checkpoint(out / 'last.pt')
+    assert two['global_step'] == 2
+    names = [n for n, _ in timm.create_model('sd_resnet20').named_parameters()]
+    group = two['optimizer']['param_groups'][0]
+    lr, m, wd = group['lr'], group['momentum'], group['weight_decay']
+    dropped = {}
+    for i, name in enumerate(names):
+        p1, p2 = one['model'][name].double(), two['model'][name].double()
+        b1, b2 = (o['optimizer']['state'][i]['momentum_buffer'].double() for o in (one, two))
+        if p1.any() or b1.any():  # (a zero-initialised bias of a block dropped twice has nothing to decay)
+            assert not torch.equal(p1, p2) and not torch.equal(b1, b2), f'{name} did not move in step 2'
+        block = name.rsplit('.', 2)[0] if name.startswith('layer') else None
+        if block is not None:
+            zero_grad_buf = m * b1 + wd * p1  # SGD with grad 0: only decay and momentum
+            zero_grad_p = p1 - lr * (wd * p1 + m * zero_grad_buf)  # Nesterov
+            ok = torch.allclose(b2, zero_grad_buf, rtol=1e-5, atol=1e-9) and \
+                torch.allclose(p2, zero_grad_p, rtol=1e-5, atol=1e-9)
+            dropped[block] = dropped.get(block, True) and ok
+    assert any(dropped.values()), 'no block was dropped in step 2 (seed 0): nothing shown'
+    assert not all(dropped.values())  # the kept blocks had real gradients
