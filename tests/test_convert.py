@@ -17,7 +17,7 @@ from timm.models.vision_transformer import ParallelThingsBlock, ResPostBlock
 import sdzoo
 from sdzoo.cli import main as cli_main
 from sdzoo.convert import ADAPTERS
-from sdzoo.layers import SkippingDropPath
+from sdzoo.layers import SkippingDropPath, sd_modules
 from model_support import randomize_norms
 
 # small members of each supported family (32x32 inputs): name, kwargs, has BatchNorm in the branch
@@ -320,3 +320,28 @@ def test_channels_last_row_mode_equals_timm_and_keeps_the_layout(key):
     ref_g = dict(timm_model.named_parameters())
     for n, p in converted.named_parameters():
         torch.testing.assert_close(p.grad, ref_g[n].grad, rtol=1e-4, atol=1e-6, msg=lambda m: f'{n}: {m}')
+
+
+@pytest.mark.parametrize('key', ['vit', 'convnext', 'resnet'])
+def test_batch_mode_under_gradient_checkpointing_replays_the_coins(key):
+    """Issue 46.9: convert(mode='batch') + set_grad_checkpointing: backward recomputes each checkpointed
+    block with the coin its forward drew (ConvNeXt keeps the flag per stage), so the gradients equal the
+    unchekpointed model's instead of raising torch.utils.checkpoint.CheckpointError."""
+    plain = sdzoo.convert(_build(key, rate=0.6), mode='batch', seed=3)
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing(True)
+    frozen = MODELS[key][2]
+    x = _x()
+    dropped = 0
+    for step in range(3):
+        out_plain = _step(plain, x, seed=step, freeze_bn=frozen)
+        out_ckpt = _step(ckpt, x, seed=step, freeze_bn=frozen)
+        kept = [u.last_kept for u in sd_modules(plain)]
+        assert kept == [u.last_kept for u in sd_modules(ckpt)]
+        dropped += kept.count(False)
+        torch.testing.assert_close(out_ckpt, out_plain, rtol=1e-5, atol=1e-5)
+        for (n, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+            assert (a.grad is None) == (b.grad is None), n
+            if a.grad is not None:
+                torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f'{n}: {m}')
+    assert dropped > 0

@@ -12,7 +12,8 @@ from typing import Dict, List, Optional, Tuple, Type
 import torch.nn as nn
 from timm.layers import DropPath
 
-from ..layers import SD_MODES, SD_SCALINGS, SDSampler, SkippingDropPath, StochasticDepth, drop_prob_of
+from ..layers import (SD_MODES, SD_SCALINGS, SDSampler, SkippingDropPath, StochasticDepth, drop_prob_of,
+                      track_forwards)
 from .convnext import ADAPTERS as _CONVNEXT
 from .resnet import ADAPTERS as _RESNET
 from .vision_transformer import ADAPTERS as _VIT
@@ -110,12 +111,15 @@ def convert(
         sampler.manual_seed(seed)
     rates = []
     for block, adapter in blocks:
-        for slot in adapter.slots:
+        for i, slot in enumerate(adapter.slots):
             p = drop_prob_of(getattr(block, slot, None))
-            setattr(block, slot, SkippingDropPath(p, mode=mode, scaling=scaling, sampler=sampler))
+            unit = SkippingDropPath(p, mode=mode, scaling=scaling, sampler=sampler)
+            unit.leads_block = i == 0  # a ViT block's MLP unit keys its checkpoint coins on the block's input
+            setattr(block, slot, unit)
             rates.append(p)
         block.__class__ = adapter.skipping
     model.sd_sampler = sampler
     # timm's ramp ends at drop_path_rate (stored via float32 linspace: 0.4 -> 0.40000000596)
     model.sd_drop_path_rate = float(f'{max(rates):.6g}')
+    track_forwards(model)  # batch mode under set_grad_checkpointing: recomputation replays the forward's coins
     return model

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 __all__ = [
     'SD_MODES', 'SD_SCALINGS', 'SD_SCHEDULES', 'survival_schedule', 'SDSampler', 'StochasticDepth',
-    'apply_stochastic_depth', 'sd_modules', 'sd_blocks', 'sd_settings', 'set_sd_seed',
+    'apply_stochastic_depth', 'sd_modules', 'sd_blocks', 'sd_settings', 'set_sd_seed', 'track_forwards',
 ]
 
 SD_MODES = ('batch', 'row')
@@ -135,7 +135,9 @@ def _enter_forward(model: nn.Module, args) -> None:
     sampler = getattr(model, 'sd_sampler', None)
     if isinstance(sampler, SDSampler):
         sampler.forward_depth += 1
-        sampler.recording = bool(getattr(model, 'grad_checkpointing', False)) and torch.is_grad_enabled()
+        # timm keeps the flag on the model (ViT, ResNet) or on each stage (ConvNeXt): any of them may recompute
+        flags = getattr(model, '_sd_checkpoint_flags', None) or (model,)
+        sampler.recording = torch.is_grad_enabled() and any(getattr(m, 'grad_checkpointing', False) for m in flags)
 
 
 def _exit_forward(model: nn.Module, args, output) -> None:
@@ -148,6 +150,8 @@ def track_forwards(model: nn.Module) -> None:
     """Let the SD units tell a model forward from activation-checkpoint recomputation (public hooks)."""
     if getattr(model, '_sd_tracks_forwards', False):
         return
+    object.__setattr__(model, '_sd_checkpoint_flags',
+                       tuple(m for m in model.modules() if hasattr(m, 'grad_checkpointing')))
     model.register_forward_pre_hook(_enter_forward)
     model.register_forward_hook(_exit_forward, always_call=True)
     model._sd_tracks_forwards = True

@@ -75,8 +75,8 @@ def resolve_recipe(cfg: TrainConfig, n_train: int, head: str, world: int = 1) ->
     rule_head = 'matched' if head in ('matched', 'keep') else 'new'
     if cfg.lr is None:
         d['lr'] = default_lr(bs, rule_head, vit)
-        notes['lr'] = (f'5e-5 * {bs}/16 (AdamW, ViT)' if vit else
-                       f"{'0.001' if rule_head == 'matched' else '0.01'} * {bs}/16 ({rule_head} head)")
+        base = ('5e-6' if rule_head == 'matched' else '5e-5') if vit else ('0.001' if rule_head == 'matched' else '0.01')
+        notes['lr'] = f"{base} * {bs}/16 ({rule_head} head{', AdamW, ViT' if vit else ''})"
     epochs = cfg.epochs
     if epochs is None:
         epochs = d['epochs'] = default_epochs(spe, rule_head)
