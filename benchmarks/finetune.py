@@ -51,7 +51,7 @@ def _idx(path: Path) -> np.ndarray:
 
 
 def build_folders(work: Path) -> None:
-    """The research helper's cuts (/tmp/ft45/make_data.py), same files, same order."""
+    """The research cuts (the folders benchmarks/finetune_grid.py's jobs name), same files, same order."""
     from PIL import Image
     from sdzoo.data import default_data_root, find_fashion_mnist
     src = default_data_root() / 'cifar10'
@@ -139,14 +139,20 @@ JOBS = {
 }
 
 
-# the research helper's hand grid (python /tmp/ft45/ft.py JOBS OUT, prototype of this recipe's trainer; SGD
-# nesterov, wd 1e-4, cosine, warm-up 0.5 epoch, no drop_last, fresh head, SD kept), best test top-1 per folder
+# the research hand grid (benchmarks/finetune_grid.py, jobs and results in benchmarks/results/finetune_grid/
+# jobs_grid / res_grid; SGD nesterov, wd 1e-4, cosine, warm-up 0.5 epoch, no drop_last, fresh head, SD kept),
+# best test top-1 per folder
 GRID = {  # folder: (best of epochs 3, best of epochs 8), each (top-1, bs, lr)
     'readme': ((88.3, 32, 0.1), (88.3, 64, 0.05)), 'c5x20': ((81.8, 16, 0.03), (84.7, 32, 0.03)),
     'c10x50': ((78.4, 16, 0.03), (79.6, 16, 0.03)), 'unbal': ((60.4, 32, 0.1), (61.6, 32, 0.1)),
     'f3x125': ((98.2, 16, 0.03), (98.8, 64, 0.1)), 'f3hard': ((65.8, 16, 0.03), (71.3, 32, 0.1)),
     'f5x50': ((84.7, 32, 0.1), (96.2, 16, 0.1)),
 }
+
+
+# matched-head learning-rate grid (finetune_grid.py jobs_w / res_w: head rows copied, balanced loss, 3 epochs,
+# lr 0.001 / 0.002 / 0.005 x bs/16, 3 seeds): best mean per folder, (top-1, lr per 16 images)
+GRID_MATCHED = {'readme': (95.2, 0.001), 'c5x20': (92.9, 0.001), 'c10x50': (87.8, 0.001), 'unbal': (94.3, 0.001)}
 
 
 def _cell(rows: list) -> str:
@@ -167,24 +173,26 @@ def report(files: list) -> str:
     for model in dict.fromkeys(r['model'] for r in rows):
         out += [f'### {model}', '',
                 '| folder | zero-shot (restricted logits) | linear probe (all train) | today `--epochs 3` | '
-                'new `--epochs 3` | new, no recipe flags | hand grid best e3 / e8 (research) | wall s (new) |',
-                '|---|---|---|---|---|---|---|---|']
+                'new `--epochs 3` | new, no recipe flags | hand grid best e3 / e8 (research, fresh head) | '
+                'matched-head lr grid best (research, 3 seeds) | wall s (new) |',
+                '|---|---|---|---|---|---|---|---|---|']
         for folder in FOLDERS:
             mine = [r for r in rows if r['model'] == model and r['folder'] == folder]
             if not mine:
                 continue
             by = {j: [r for r in mine if r['job'] == j] for j in ('zeroshot', 'probe', 'today3', 'new3', 'new')}
             new = by['new']
-            if (new and new[0].get('same_as')) or (not new and FOLDERS[folder][0] == 'cifar'
-                                                   and model.startswith('sd_resnet') and by['new3']):
+            if (new and new[0].get('same_as')) or (not new and FOLDERS[folder][0] == 'cifar' and by['new3']):
                 new_cell = 'same run as `--epochs 3` (matched head: 3 epochs)'
             else:
                 new_cell = _cell(new)
             g = GRID.get(folder) if model == 'sd_resnet20' else None
             grid = f'{g[0][0]} (bs{g[0][1]} lr{g[0][2]}) / {g[1][0]} (bs{g[1][1]} lr{g[1][2]})' if g else '–'
             secs = [r['seconds'] for r in by['new3'] + new if 'top1' in r]
+            gm = GRID_MATCHED.get(folder) if model == 'sd_resnet20' else None
+            gm = f'{gm[0]} (lr {gm[1]} x bs/16)' if gm else '–'
             out.append(f"| {folder} | {_cell(by['zeroshot'])} | {_cell(by['probe'])} | {_cell(by['today3'])} | "
-                       f"{_cell(by['new3'])} | {new_cell} | {grid} | "
+                       f"{_cell(by['new3'])} | {new_cell} | {grid} | {gm} | "
                        f"{'/'.join(str(round(x)) for x in secs) or '–'} |")
         out.append('')
     out += ['Commands behind the cells:', '']
@@ -217,9 +225,9 @@ def main(argv=None) -> int:
         for job in args.jobs.split(','):
             if job == 'ref':
                 cells = [dict(job=j, **v) for j, v in zero_shot_and_probe(args.model, folder).items()]
-            elif job == 'new' and FOLDERS[name][0] == 'cifar' and args.model.startswith('sd_resnet'):
-                # every class is a CIFAR label: the head is matched and the omitted --epochs defaults to 3, so
-                # `new` is the very run `new3` is (same config.json); not run twice
+            elif job == 'new' and FOLDERS[name][0] == 'cifar':
+                # every class is a CIFAR label the shipped models name: the head is matched and the omitted
+                # --epochs defaults to 3, so `new` is the very run `new3` is (same config.json); not run twice
                 cells = [dict(job='new', same_as='new3')]
             else:
                 seeds = range(args.seeds if name in args.seed_folders.split(',') and job.startswith('new') else 1)

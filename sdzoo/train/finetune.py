@@ -109,7 +109,7 @@ def recipe_lines(cfg: TrainConfig, head: str, pairs: List[Tuple[int, int]], clas
            line('warmup_epochs', f'{cfg.warmup_epochs:.4g} ({warm} steps)'),
            line('weight_decay', f'{cfg.weight_decay:g}'),
            line('class_weights', cfg.class_weights),
-           line('drop_path_rate', f'{cfg.drop_path_rate} (SD kept as trained)'),
+           line('drop_path_rate', f"{cfg.drop_path_rate}{'' if 'drop_path_rate' in given else ' (SD kept as trained)'}"),
            line('head_init', head)]
     if head in ('matched', 'partial'):
         names = [classes[i] for i, _ in pairs]
