@@ -130,3 +130,20 @@ def test_ranks_augment_their_samples_differently(cifar_root: Path):
                     .iter_epoch(0))[0] for r in (0, 1)]
     same = [torch.equal(a, b) for a, b in zip(*batches)]
     assert not any(same), same
+
+
+def test_rank_streams_overlap_no_other_seed():
+    """Issue 46.14: rank r of --seed s used the global stream of seed s + r, so rank 1 of --seed 0 drew
+    exactly what a single process with --seed 1 draws (row-mode coins, dropout). Rank 0 keeps its seed
+    (single-process runs unchanged); other ranks' seeds are mixed and meet no small seed and each other not."""
+    from sdzoo.train.distributed import rank_seed
+    assert [rank_seed(s, 0) for s in range(5)] == list(range(5))
+    mixed = {rank_seed(s, r) for s in range(1000) for r in range(1, 9)}
+    assert len(mixed) == 8000 and not mixed & set(range(10 ** 6))
+    # what the trainer seeds with: rank 1 of seed 0 now draws unlike a single process of seed 1
+    torch.manual_seed(rank_seed(0, 1))
+    a = torch.rand(8)
+    torch.manual_seed(rank_seed(1, 0))
+    assert not torch.equal(a, torch.rand(8))
+    # restore_rng_state's fallback for a checkpoint without per-rank states: per (seed, rank, step)
+    assert rank_seed(0, 1, 5) != rank_seed(0, 1, 6) != rank_seed(0, 1)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ['dist_env', 'init_distributed', 'wrap_ddp', 'agree', 'barrier', 'rng_states', 'restore_rng_state']
+__all__ = ['dist_env', 'init_distributed', 'wrap_ddp', 'agree', 'barrier', 'rng_states', 'restore_rng_state', 'rank_seed']
 
 
 def dist_env() -> Tuple[int, int, int]:
@@ -58,6 +58,22 @@ def rng_states(world: int) -> List[torch.Tensor]:
     return [s for s in states if s is not None]
 
 
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The global-RNG seed of one process: ``seed`` itself on rank 0 (a single-process run is unchanged), else
+    SplitMix64 of (seed, rank, step). ``seed + rank`` made rank 1 of ``--seed 0`` the very stream of a
+    single process with ``--seed 1``; mixed seeds do not line up with any small seed."""
+    mask = (1 << 64) - 1
+    if rank == 0 and step == 0:
+        return int(seed)
+    z = 0
+    for k in (int(seed), int(rank), int(step)):
+        z = (z + (k & mask) + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+    return z % (1 << 63)
+
+
 def restore_rng_state(ckpt: Dict[str, Any], rank: int, world: int, seed: int) -> None:
     """Load this rank's global RNG state from a checkpoint.
 
@@ -73,4 +89,4 @@ def restore_rng_state(ckpt: Dict[str, Any], rank: int, world: int, seed: int) ->
         if ckpt.get('torch_rng') is not None:
             torch.set_rng_state(ckpt['torch_rng'])
     else:
-        torch.manual_seed(hash((int(seed), int(rank), int(ckpt.get('global_step', 0)))) % (2 ** 63))
+        torch.manual_seed(rank_seed(seed, rank, int(ckpt.get('global_step', 0))))

@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..data import create_loader, load_splits, resolution_note
 from ..layers import sd_modules, sd_settings
 from .config import TrainConfig
-from .distributed import init_distributed, wrap_ddp
+from .distributed import init_distributed, rank_seed, wrap_ddp
 from .hardware import cpu_has_bf16
 
 __all__ = ['autocast_for', 'create_train_model', 'SetupMixin']
@@ -68,7 +68,7 @@ class SetupMixin:
         if self.device.type == 'cuda':
             torch.cuda.set_device(self.device)
         init_distributed(self.device, self.world)
-        torch.manual_seed(cfg.seed + self.rank)
+        torch.manual_seed(rank_seed(cfg.seed, self.rank))  # per-rank streams that overlap no other seed's
 
         self.model = create_train_model(cfg)
         self.model_name = cfg.model
