@@ -206,7 +206,7 @@ def train_command(cfg: Dict[str, Any]) -> str:
 
 def _run(args: argparse.Namespace, finetune: bool) -> int:
     configure_malloc(args.malloc)  # first: before data decoding and the model allocate
-    from .distributed import barrier
+    from .distributed import shutdown_distributed
     from .trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingInterrupted
     if args.data_dir:
         import os
@@ -263,8 +263,9 @@ def _run(args: argparse.Namespace, finetune: bool) -> int:
                   f'resume with: sdzoo {"finetune" if finetune else "train"} --resume {cfg.out}', file=sys.stderr,
                   flush=True)
         # leave together: torchrun stops the other ranks as soon as one exits
-        barrier(trainer.world)
+        shutdown_distributed(trainer.world)
         return 128 + e.signum
+    shutdown_distributed(trainer.world)
     if summary.get('status') == 'paused':
         print(f"paused after --max-steps at epoch {summary['epoch'] + 1} batch {summary['batch']}; "
               f'resume with: sdzoo train --resume {cfg.out}', file=sys.stderr)

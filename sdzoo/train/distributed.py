@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ['dist_env', 'init_distributed', 'wrap_ddp', 'agree', 'barrier', 'rng_states', 'restore_rng_state', 'rank_seed']
+__all__ = ['dist_env', 'init_distributed', 'wrap_ddp', 'agree', 'barrier', 'rng_states', 'restore_rng_state', 'rank_seed',
+           'shutdown_distributed']
 
 
 def dist_env() -> Tuple[int, int, int]:
@@ -46,6 +47,15 @@ def agree(values: List[float], world: int, device: torch.device) -> List[float]:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+def shutdown_distributed(world: int) -> None:
+    """Leave together, then destroy the process group. Left to interpreter exit, the group's gloo threads
+    were torn down in static-destruction order and a rank could abort after a clean run ("terminate called
+    without an active exception", SIGABRT, issue 46.13)."""
+    if world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def rng_states(world: int) -> List[torch.Tensor]:
