@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,3 +159,44 @@ def test_export_bad_input(r20, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()[-1]) > 0
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(600)
+def test_pruned_int8_entry_is_gated_and_served_beside_full_depth(r20, cifar_small, tmp_path, capsys):
+    """Issue 50's done-when on the small net: `export --keep-blocks N --int8 --data D --repository R` adds
+    <entry>_k<N> and <entry>_k<N>_int8 beside the full-depth entry (it used to overwrite it), each gated (depth
+    against full depth, INT8 against its fp32), the gate's numbers in the ONNX metadata; `sdzoo serve`'s app
+    serves all three, and the pruned entries answer as onnxruntime does. A cut beyond the allowed drop: exit 2,
+    no entry."""
+    import httpx
+    from PIL import Image
+    from serve_support import ServerThread
+    from sdzoo.cli import main
+    from sdzoo.runtime import OrtModel
+    from sdzoo.serve.app import ServeSettings, create_app
+    repo = tmp_path / 'repo'
+    base = ['export', 'sd_resnet20', '--pretrained', '--repository', str(repo), '--data', str(cifar_small),
+            '--threads', '1', '--exporter', 'torchscript']
+    assert main(base) == 0
+    assert main(base + ['--keep-blocks', '7', '--int8', '--max-accuracy-drop', '10']) == 0
+    err = capsys.readouterr().err
+    assert 'depth: 7 of 9 blocks (greedy)' in err
+    assert sorted(p.name for p in repo.iterdir()) == ['sd_resnet20', 'sd_resnet20_k7', 'sd_resnet20_k7_int8']
+    _, meta = _conv_count_and_meta(repo / 'sd_resnet20_k7' / '1' / 'model.onnx')
+    depth = json.loads(meta['sdzoo.depth'])
+    assert len(depth['kept_blocks']) == 7 and depth['accuracy']['split'] == 'val'
+    assert depth['accuracy']['images'] == 60 and 'optimistic' in depth['accuracy']['data']  # 60 held out: all scored
+    images = [Image.open(f) for f in sorted((cifar_small / 'test' / 'cat').glob('*.jpg'))[:2]]
+    with ServerThread(create_app(repo, ServeSettings(), intra_op_num_threads=1)) as s:
+        for entry in ('sd_resnet20', 'sd_resnet20_k7', 'sd_resnet20_k7_int8'):
+            ort = OrtModel(repo / entry / '1' / 'model.onnx', providers=['CPUExecutionProvider'])
+            x = ort.preprocess(images)
+            r = httpx.post(f'{s.url}/v2/models/{entry}/infer', timeout=60, json={'inputs': [{
+                'name': ort.input_name, 'shape': list(x.shape), 'datatype': 'FP32', 'data': x.ravel().tolist()}]})
+            assert r.status_code == 200, r.text
+            got = np.array(r.json()['outputs'][0]['data']).reshape(2, 10)
+            np.testing.assert_allclose(got, ort.run(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(SystemExit) as e:  # 2 of 9 blocks: far beyond the default 0.5-point limit
+        main(base + ['--keep-blocks', '2', '--strategy', 'survival'])
+    assert e.value.code == 2 and 'exceeds the allowed 0.5' in capsys.readouterr().err
+    assert not (repo / 'sd_resnet20_k2').exists()

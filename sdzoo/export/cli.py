@@ -70,7 +70,9 @@ def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool
     from .onnx import export_onnx
     model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, **checkpoint_kwargs(args))
     if getattr(args, 'keep_blocks', None) is not None:
-        model = _prune(args, model)
+        full, model = model, _prune(args, model)
+        if args.depth_data is not None:
+            _gate_depth(args, full, model, name, out)
     cfg = model.pretrained_cfg or {}
     if tag is None:
         tag = (cfg.get('tag') or '') if pretrained or Path(name).is_dir() else ''
@@ -89,6 +91,34 @@ def _prune(args: argparse.Namespace, model):
                            log=(lambda m: print(m, file=sys.stderr)) if args.debug else None)
     except ValueError as e:
         raise CLIError(f'--keep-blocks: {e}') from None
+
+
+def _gate_depth(args: argparse.Namespace, full, pruned, name: str, out: Path) -> None:
+    """The INT8 gate's rule for fewer blocks: pruned against full depth, paired, on held-out training images
+    that greedy's calibration draw did not see; refused (nothing written) beyond --max-accuracy-drop."""
+    import numpy as np
+    import torch
+    from ..models.depth import load_images
+    from .quantize import judge_drop
+    skip = args.depth_calibration_images if args.strategy == 'greedy' else 0
+    x, y, desc = load_images(full, args.depth_data, 'val', args.eval_images, seed=args.seed, skip=skip,
+                             with_labels=True)
+    if skip and not len(x):  # a small folder: greedy scored blocks on all its held-out images
+        x, y, desc = load_images(full, args.depth_data, 'val', args.eval_images, seed=args.seed, with_labels=True)
+        desc += ', the same images greedy chose the blocks on (too few to hold any back): optimistic'
+        skip = 0
+    with torch.no_grad():
+        hits = [np.concatenate([(m(x[i:i + 250]).argmax(1) == y[i:i + 250]).numpy() for i in range(0, len(x), 250)])
+                for m in (full.eval(), pruned.eval())]
+    depth = pruned.pretrained_cfg['depth']
+    depth['accuracy'] = judge_drop(hits[0], hits[1], 'val', desc + (' (not the greedy calibration images)' if skip else ''),
+                                   args.max_accuracy_drop, name, out,
+                                   names=('full depth', f"{len(depth['kept_blocks'])} of {depth['blocks_total']} blocks"))
+    a = depth['accuracy']
+    print(f"depth: {len(depth['kept_blocks'])} of {depth['blocks_total']} blocks ({depth['strategy']}): top-1 "
+          f"{a['top1_int8']:.2f}% vs {a['top1_fp32']:.2f}% at full depth on {a['data']}, drop {a['drop_points']:+.2f} "
+          f"(paired 95% interval [{a['gate']['interval_points'][0]:+.2f}, {a['gate']['interval_points'][1]:+.2f}], "
+          f"allowed {a['max_drop_points']:g}) -> ok", file=sys.stderr)
 
 
 def _check_keep_blocks(args: argparse.Namespace) -> None:
@@ -283,6 +313,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise CLIError('a repository entry needs trained weights: add --pretrained or --checkpoint FILE')
         entry = check_model_name(args.name) if args.name else (
             folder_entry_name(folder) if folder is not None else repository_name(args.model))
+        if args.keep_blocks is not None and not args.name:  # beside the full-depth entry, never over it
+            entry = check_model_name(f'{entry}_k{args.keep_blocks}')
         out = model_dir(args.repository, entry) / '1' / MODEL_FILE
     else:
         out = Path(args.out)

@@ -23,8 +23,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ['CALIBRATION_METHODS', 'DEFAULT_METHOD', 'DEFAULT_CALIBRATION_IMAGES', 'DEFAULT_MAX_ACCURACY_DROP',
-           'QuantizationError', 'load_labelled_images', 'top1', 'hits', 'accuracy_gate', 'quantize_onnx',
-           'int8_path_for']
+           'QuantizationError', 'load_labelled_images', 'top1', 'hits', 'accuracy_gate', 'judge_drop',
+           'quantize_onnx', 'int8_path_for', 'training_split']
 
 from .int8_recipe import (  # noqa: E402  (re-exported: the recipe's defaults)
     CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_METHOD, EVAL_SPLITS,
@@ -280,9 +280,23 @@ def default_reduce_range() -> bool:
     return not cpu_has_vnni()
 
 
-def _judge(h_fp32: np.ndarray, h_int8: np.ndarray, eval_split: str, eval_desc: str, max_accuracy_drop: float,
-           model: str, out: Path) -> Dict[str, Any]:
-    """The gate's record; raises :class:`QuantizationError` (one message: numbers, interval, split) on a fail."""
+def _gate_split(trained: Optional[Mapping[str, Any]], data: str, eval_split: str,
+                model: str) -> Tuple[str, Optional[str]]:
+    """The split the gate measures and why: a model trained on all of train/ (--val-size 0) is gated on test/."""
+    if not (trained and trained['val_size'] == 0 and not trained.get('val_folder') and eval_split == 'val'):
+        return eval_split, None
+    named = data.lower().replace('-', '_') in ('cifar10', 'fashion_mnist', 'fashionmnist')
+    if not named and not (Path(data).expanduser() / 'test').is_dir():
+        raise QuantizationError(f"{model} was trained on every image of {data}'s train/ (--val-size 0) and {data} "
+                                'has no test/: there are no held-out images to gate INT8 on (add a test/ folder, '
+                                'or fine-tune with a holdout)')
+    return 'test', 'trained on all of train/ (--val-size 0): gated on test/ instead of val'
+
+
+def judge_drop(h_fp32: np.ndarray, h_int8: np.ndarray, eval_split: str, eval_desc: str, max_accuracy_drop: float,
+               model: str, out: Path, names: Tuple[str, str] = ('fp32', 'INT8')) -> Dict[str, Any]:
+    """The gate's record for a cheaper graph (``names[1]``: INT8, or fewer blocks) against its reference
+    (``names[0]``); raises :class:`QuantizationError` (one message: numbers, interval, split) on a fail."""
     acc_fp32, acc_int8 = float(h_fp32.mean()), float(h_int8.mean())
     drop = (acc_fp32 - acc_int8) * 100
     gate = accuracy_gate(h_fp32, h_int8, max_accuracy_drop)
@@ -290,7 +304,7 @@ def _judge(h_fp32: np.ndarray, h_int8: np.ndarray, eval_split: str, eval_desc: s
                 'top1_fp32': round(acc_fp32 * 100, 4), 'top1_int8': round(acc_int8 * 100, 4),
                 'drop_points': round(drop, 4), 'max_drop_points': float(max_accuracy_drop), 'gate': gate}
     lo, hi = gate['interval_points']
-    said = (f'INT8 top-1 {acc_int8 * 100:.2f}% vs fp32 {acc_fp32 * 100:.2f}% on {eval_desc} (the {eval_split} '
+    said = (f'{names[1]} top-1 {acc_int8 * 100:.2f}% vs {names[0]} {acc_fp32 * 100:.2f}% on {eval_desc} (the {eval_split} '
             f'split): drop {drop:.2f} points, paired 95% interval [{lo:.2f}, {hi:.2f}] over {gate["images"]} '
             f'images ({gate["disagreeing_images"]} disagree)')
     if gate['verdict'] == 'undecided':
@@ -356,15 +370,7 @@ def quantize_onnx(
     img_kw = dict(input_size=size, num_classes=fp32.num_classes, mean=json.loads(meta.get('sdzoo.mean', '[0.5]')),
                   std=json.loads(meta.get('sdzoo.std', '[0.5]')), channels_last=fp32.channels_last)
     img_kw['trained_split'] = trained = training_split(trained_on, data)
-    split_note = None
-    if trained and trained['val_size'] == 0 and not trained.get('val_folder') and eval_split == 'val':
-        named = data.lower().replace('-', '_') in ('cifar10', 'fashion_mnist', 'fashionmnist')
-        if not named and not (Path(data).expanduser() / 'test').is_dir():
-            raise QuantizationError(f"{meta.get('sdzoo.model', fp32_path.name)} was trained on every image of "
-                                    f"{data}'s train/ (--val-size 0) and {data} has no test/: there are no held-out "
-                                    'images to gate INT8 on (add a test/ folder, or fine-tune with a holdout)')
-        eval_split = 'test'
-        split_note = "trained on all of train/ (--val-size 0): gated on test/ instead of val"
+    eval_split, split_note = _gate_split(trained, data, eval_split, meta.get('sdzoo.model', fp32_path.name))
     t0 = time.perf_counter()
     x_cal, _, cal_desc = load_labelled_images(data, 'train', limit=calibration_images, **img_kw)
     x_eval, y_eval, eval_desc = load_labelled_images(data, eval_split, limit=eval_images, **img_kw)
@@ -380,7 +386,7 @@ def quantize_onnx(
         t1 = time.perf_counter()
         h_fp32, h_int8 = hits(fp32, x_eval, y_eval), hits(int8, x_eval, y_eval)
         eval_seconds = time.perf_counter() - t1
-        accuracy = _judge(h_fp32, h_int8, eval_split, eval_desc, max_accuracy_drop,
+        accuracy = judge_drop(h_fp32, h_int8, eval_split, eval_desc, max_accuracy_drop,
                           meta.get('sdzoo.model', fp32_path.name), out)
         if trained:
             accuracy['held_out'] = ("the training run's own holdout (data.json)" if eval_split == 'val'

@@ -235,9 +235,14 @@ def _static_choice(infos: List[BlockInfo], keep: int, n_remove: int, strategy: s
 # ----------------------------------------------------------------------------------------------------
 # data: training images only (calibration: the held-out val split if any, else train)
 
-def load_images(model: nn.Module, data: str, split: str, n: int, seed: int = 0) -> Tuple[torch.Tensor, str]:
+def load_images(model: nn.Module, data: str, split: str, n: Optional[int], seed: int = 0, skip: int = 0,
+                with_labels: bool = False):
     """``(x, description)``: ``n`` random images of ``split`` ('val' falls back to 'train') of data set
-    ``data`` (a name such as ``cifar10`` or a folder), normalized for ``model`` as ``sdzoo validate`` does."""
+    ``data`` (a name such as ``cifar10`` or a folder), normalized for ``model`` as ``sdzoo validate`` does.
+
+    The draw is a seeded permutation: ``skip`` leaves out its first images, so ``skip=k`` with the same seed
+    gives images disjoint from an ``n=k`` draw (an accuracy gate that never sees greedy's calibration images);
+    ``n=None`` takes the rest. ``with_labels``: ``(x, labels, description)``."""
     from ..data.sources import load_splits
     from .load import data_config
     dcfg = data_config(model)
@@ -252,7 +257,8 @@ def load_images(model: nn.Module, data: str, split: str, n: int, seed: int = 0) 
     chosen = splits.val if split == 'val' and splits.val is not None and len(splits.val) else splits.train
     used = 'val' if chosen is splits.val else 'train'
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(chosen), generator=g)[:n].sort().values
+    perm = torch.randperm(len(chosen), generator=g)
+    idx = perm[skip:None if n is None else skip + n].sort().values
     if chosen.images is not None:
         pixels = chosen.images[idx]
     else:
@@ -262,7 +268,10 @@ def load_images(model: nn.Module, data: str, split: str, n: int, seed: int = 0) 
     mean = torch.tensor(dcfg['mean'], dtype=torch.float32).view(1, -1, 1, 1) * 255
     std = torch.tensor(dcfg['std'], dtype=torch.float32).view(1, -1, 1, 1) * 255
     x = (pixels.permute(0, 3, 1, 2).float() - mean) / std
-    return x.contiguous(), f'{len(idx)} {used} images of {splits.name}'
+    desc = f'{len(idx)} {used} images of {splits.name}'
+    if with_labels:
+        return x.contiguous(), chosen.labels[idx], desc
+    return x.contiguous(), desc
 
 
 def _first_removed_index(model: nn.Module) -> int:
@@ -303,16 +312,9 @@ def _apply_removal(model: nn.Module, infos: List[BlockInfo], names: Sequence[str
     for n in names:
         parent, child = n.rsplit('.', 1) if '.' in n else ('', n)
         setattr(model.get_submodule(parent), child, by_name[n].replacement())
-    from .vision_transformer import SDVisionTransformer
-    if isinstance(model, SDVisionTransformer):  # sd_block_groups walks model.blocks: skip the removed ones
-        import types
-        model.sd_block_groups = types.MethodType(_kept_vit_groups, model)
     if hasattr(model, 'survival_probs'):
         model.survival_probs = [b.survival_prob for b in infos if b.name not in set(names)]
 
-
-def _kept_vit_groups(self) -> list:
-    return [[b.drop_path1, b.drop_path2] for b in self.blocks if not isinstance(b, SkippedBlock)]
 
 
 def prune_depth(model: nn.Module, keep: int, strategy: str = 'greedy', data: Optional[str] = None,

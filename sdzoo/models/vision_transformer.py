@@ -60,7 +60,8 @@ class SDVisionTransformer(SDModelMixin, VisionTransformer):
         self.init_stochastic_depth(drop_path_rate, sd_schedule, sd_mode, sd_scaling, sd_seed)
 
     def sd_block_groups(self) -> List[List[StochasticDepth]]:
-        return [[blk.drop_path1, blk.drop_path2] for blk in self.blocks]
+        # a block sdzoo.prune_depth removed is its parameter-free shortcut: it has no units
+        return [[blk.drop_path1, blk.drop_path2] for blk in self.blocks if hasattr(blk, 'drop_path1')]
 
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> SDVisionTransformer:
