@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import time
 from typing import Dict, List, Tuple
 
 import torch
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
     y = torch.randint(0, model.num_classes, (args.batch_size,))
     tables = {name: profile_step(m.to(memory_format=torch.channels_last), x, y, args.top)
               for name, m in (('timm', model), ('converted', converted))}
-    print(f'# {args.model}: where a converted training step goes\n\n- command: `python benchmarks/convert_profile.py '
+    print(f'# {args.model}: where a converted training step goes\n\n- date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; '
+          f'command: `python benchmarks/convert_profile.py '
           f'{" ".join(argv if argv is not None else sys.argv[1:])}`\n- {describe()}; {args.threads} thread(s); '
           f'{busy_note(busy0, cpu_busy())}\n- residual branches: {share:.1%} of the forward FLOPs; expected skipped at '
           f'drop_path_rate {args.drop_path_rate}: {skipped:.1%} of all; FLOP-weighted ideal {ideal:.3f}x\n')
