@@ -313,6 +313,7 @@ def test_validate_cli_writes_json(tmp_path, small_cifar, capsys):
     (['train', 'sd_resnet20', '--mixup', '0.8', '--batch-size', '33'], '--batch-size must be even'),
     (['train', 'sd_resnet20', '--cutmix', '-1'], '--mixup/--cutmix alphas must be >= 0'),
     (['train', '--resume', '/nonexistent/run'], 'no checkpoint at'),
+    (['train', 'sd_resnet20', '--compile', 'nope'], "unknown torch.compile backend 'nope'"),
     (['validate', 'sd_resnet20', '--data', 'cifar10'], 'say which weights'),
     (['validate', 'sd_resnet20', '--checkpoint', '/nope.safetensors'], 'does not exist'),
 ])
@@ -556,3 +557,26 @@ def test_default_recipe_and_dropped_blocks_still_get_momentum_and_weight_decay(t
             dropped[block] = dropped.get(block, True) and ok
     assert any(dropped.values()), 'no block was dropped in step 2 (seed 0): nothing shown'
     assert not all(dropped.values())  # the kept blocks had real gradients
+
+
+@pytest.mark.timeout(600)
+def test_train_compile_flag_trains_resumes_and_matches_eager(tmp_path, tiny_cifar):
+    """Issue 46.16: `sdzoo train --compile BACKEND` (timm's --torchcompile) trains the compiled forward, is a
+    runtime knob (a resumed run may drop or add it), and lands where eager training lands. aot_eager: Dynamo
+    and AOTAutograd as with inductor, without minutes of C++ code generation (inductor: test_layers.py)."""
+    from sdzoo.cli import main as cli_main
+    from sdzoo.train import load_checkpoint
+    flags = ['--data', str(tiny_cifar), '--batch-size', '32', '--threads', '1', '--workers', '0', '--no-test',
+             '--no-progress']
+    eager, comp = tmp_path / 'eager', tmp_path / 'compiled'
+    assert cli_main(['train', 'sd_resnet20', '--max-steps', '3', '--out', str(eager)] + flags) == 0
+    assert cli_main(['train', 'sd_resnet20', '--max-steps', '2', '--compile', 'aot_eager', '--out', str(comp)]
+                    + flags) == 0
+    assert json.loads((comp / 'config.json').read_text())['compile'] == 'aot_eager'
+    assert cli_main(['train', '--resume', str(comp), '--max-steps', '1', '--compile', 'aot_eager',
+                     '--no-progress']) == 0
+    a, b = load_checkpoint(eager / 'last.pt'), load_checkpoint(comp / 'last.pt')
+    assert a['global_step'] == b['global_step'] == 3
+    for k, v in a['model'].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(b['model'][k], v, rtol=1e-4, atol=1e-5, msg=lambda m: f'{k}: {m}')

@@ -94,6 +94,10 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument('--channels-last', dest='channels_last', action='store_true', default=None,
                    help='NHWC memory format (default: on for convnets; a runtime knob, may change on --resume)')
     p.add_argument('--no-channels-last', dest='channels_last', action='store_false', help='NCHW memory format')
+    p.add_argument('--compile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                   help="torch.compile the training forward (backend default: inductor; as timm's train.py "
+                        '--torchcompile); each dropped/kept block outcome reuses one graph per block shape; a '
+                        'runtime knob, may change on --resume (default: eager)')
     p.add_argument('--no-cifar-aug', dest='cifar_aug', action='store_false', default=None,
                    help='no 4-px pad + random crop + flip on small images (default: on)')
     p.add_argument('--drop-last', dest='drop_last', action='store_true', default=None,
@@ -149,7 +153,7 @@ def _config_from_args(args: argparse.Namespace, finetune: bool) -> 'TrainConfig'
     if args.holdout not in (None, 'last', 'stratified'):
         raise ValueError(f'--holdout must be stratified or last, got {args.holdout!r}')
     for dest in ('milestones', 'ema', 'channels_last', 'cifar_aug', 'deterministic', 'eval_test', 'convert',
-                 'drop_last'):
+                 'drop_last', 'compile'):
         v = getattr(args, dest)
         if v is not None:
             d[dest] = tuple(v) if dest == 'milestones' else v
@@ -163,7 +167,7 @@ def _config_from_args(args: argparse.Namespace, finetune: bool) -> 'TrainConfig'
 
 
 # knobs that change how fast a run goes, not what it learns
-_RUNTIME_ONLY = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device'}
+_RUNTIME_ONLY = {'threads', 'workers', 'checkpoint_minutes', 'log_seconds', 'device', 'compile'}
 _RESUME_KNOBS = _RUNTIME_ONLY | {'channels_last', 'eval_test', 'epochs'}
 # recipe flags outside _FLAGS (switches); --no-test and --[no-]channels-last are resume knobs
 _RECIPE_SWITCHES = [('--milestones', 'milestones'), ('--ema', 'ema'), ('--no-cifar-aug', 'cifar_aug'),

@@ -49,6 +49,7 @@ class TrainConfig:
     cifar_aug: bool = True               # 4-px pad + random crop + flip on small images
     amp: str = 'auto'                    # auto | bf16 | fp16 | none
     channels_last: Optional[bool] = None  # None: on for CPU/CUDA convnets
+    compile: Optional[str] = None        # torch.compile backend for the training forward (None: eager)
     seed: int = 0
     workers: int = 2
     threads: Optional[int] = None
@@ -97,6 +98,11 @@ class TrainConfig:
         need(self.warmup_epochs is None or self.warmup_epochs >= 0,
              f'--warmup-epochs must be >= 0, got {self.warmup_epochs}')
         need(self.checkpoint_minutes > 0, '--checkpoint-minutes must be > 0')
+        if self.compile is not None:
+            import torch._dynamo
+            need(self.compile in torch._dynamo.list_backends(exclude_tags=()),
+                 f"--compile: unknown torch.compile backend {self.compile!r} (this torch has "
+                 f"{', '.join(torch._dynamo.list_backends())}, and debug ones such as aot_eager)")
         need(self.log_seconds >= 0, f'--log-seconds must be >= 0, got {self.log_seconds}')
         need(0 < self.ema_decay < 1, f'--ema-decay must lie in (0, 1), got {self.ema_decay}')
         need(self.mixup >= 0 and self.cutmix >= 0, f'--mixup/--cutmix alphas must be >= 0, got '

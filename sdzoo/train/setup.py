@@ -180,6 +180,8 @@ class SetupMixin:
         self.net = self.model
         if self.world > 1:
             self.net = wrap_ddp(self.model, self.device)
+        if cfg.compile:  # the coins are drawn outside the graph: one graph per block shape, kept or skipped
+            self.net = torch.compile(self.net, backend=cfg.compile)
 
         self.epoch, self.batch, self.global_step, self.wall_clock = 0, 0, 0, 0.0
         self.partial = dict(loss=0.0, correct=0, seen=0, seconds=0.0, kept=0, units=0)
