@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,13 +85,23 @@ def main(argv=None) -> int:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--backend', default='inductor')
     ap.add_argument('--out', default='benchmarks/results/compile.md')
+    ap.add_argument('--one', default=None, help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     args = ap.parse_args(argv)
-    # a cold compile, as a fresh machine sees it (the FX/inductor caches would hide the warm-up)
-    os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='sdzoo-inductor-')
     import torch
     torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(measure(args.one, args.steps, args.batch_size, args.backend)))
+        return 0
     busy0 = cpu_busy()
-    rows = [measure(m, args.steps, args.batch_size, args.backend) for m in args.models]
+    rows = []
+    for m in args.models:
+        # each model in a fresh process with an empty inductor cache: a cold compile, as a fresh machine sees it
+        # (in one process the CIFAR ResNets share their blocks' compiled code, which hides the warm-up)
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix='sdzoo-inductor-'))
+        out = subprocess.run([sys.executable, __file__, '--one', m, '--steps', str(args.steps), '--batch-size',
+                              str(args.batch_size), '--threads', str(args.threads), '--backend', args.backend],
+                             env=env, capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     busy1 = cpu_busy()
     cmd = 'python benchmarks/compile.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     lines = [f'# torch.compile ({args.backend}) against eager: stochastic-depth training steps', '',
