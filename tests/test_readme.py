@@ -68,7 +68,16 @@ def _on_any_port(code: str) -> str:
     """README's servers on port 8000 become `--port 0 --port-file F` and their clients read F: no port is
     guessed free and then raced for (the `until curl` loop polls until the file and the server are there)."""
     code = code.replace('--port 8000', '--port 0 --port-file .port')
-    return code.replace('localhost:8000', 'localhost:$(cat .port 2>/dev/null)')
+    port = '$(cat .port 2>/dev/null)'
+    lines = []
+    for line in code.split('\n'):
+        parts = line.split('localhost:8000')
+        out = parts[0]
+        for part in parts[1:]:
+            quoted = out.count("'") % 2 == 1  # inside a single-quoted URL the shell would not expand $(...)
+            out += ('localhost:\'"' + port + '"\'' if quoted else 'localhost:' + port) + part
+        lines.append(out)
+    return '\n'.join(lines)
 
 
 def _run(block: Block, cwd: Path, env: dict) -> str:
@@ -77,15 +86,18 @@ def _run(block: Block, cwd: Path, env: dict) -> str:
         argv = ['bash', '-e', '-c', _on_any_port(block.code)]
     else:
         argv = [sys.executable, '-c', block.code]
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=900)
-    finally:
-        try:  # a server the block started in the background (it kills it itself; this is the safety net)
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    # output to files, not pipes: a server a failing block left in the background would hold a pipe open
+    # and keep communicate() waiting; the block's own shell ending is what counts
+    with open(cwd / '.out', 'w') as fo, open(cwd / '.err', 'w') as fe:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=fo, stderr=fe, text=True, start_new_session=True)
+        try:
+            proc.wait(timeout=500)
+        finally:
+            try:  # a server the block started in the background (it kills it itself; this is the safety net)
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    out, err = (cwd / '.out').read_text(), (cwd / '.err').read_text()
     assert proc.returncode == 0, f'README block at line {block.line} failed:\n{block.code}\n{err[-3000:]}'
     return out
 

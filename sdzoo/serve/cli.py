@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument('--host', default='127.0.0.1', help='bind address (default: 127.0.0.1)')
     p.add_argument('--port', type=int, default=8000, help='port (default: 8000; 0 picks a free one)')
     p.add_argument('--port-file', default=None, metavar='FILE',
-                   help='write the bound port to FILE once the socket is bound (with --port 0, how a script learns it)')
+                   help='write the bound port to FILE once the socket is bound (with --port 0, how a script learns it; '
+                        'default: none)')
     p.add_argument('--models', nargs='+', default=None, metavar='NAME', help='serve only these repository entries (default: all)')
     g = p.add_argument_group('batching (defaults: each model\'s config.pbtxt)')
     g.add_argument('--max-batch-size', type=int, default=None, help='most items per onnxruntime call (default: config.pbtxt)')
