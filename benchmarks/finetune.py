@@ -136,6 +136,7 @@ JOBS = {
     'today': TODAY + ['--epochs', '10'],
     'new3': ['--epochs', '3'],
     'new': [],
+    'nosd': ['--drop-path-rate', '0'],  # SD off while fine-tuning (the trained p_l moved into the weights)
 }
 
 

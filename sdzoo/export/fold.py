@@ -19,36 +19,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..layers import StochasticDepth, sd_modules
+from ..layers import sd_modules
+from ..models.branches import scale_branches
 
 __all__ = ['fold', 'is_folded', 'fold_batchnorm', 'timm_equivalent', 'to_timm']
-
-
-def _branch_targets(model: nn.Module) -> Iterator[Tuple[StochasticDepth, nn.Module, Tuple[str, ...], str]]:
-    """(unit, module holding the branch's last affine, parameter names, where) for every SD unit.
-
-    Where each family's residual branch ends (see the block classes in ``sdzoo.models``):
-    CIFAR / basic blocks in ``bn2``, bottlenecks in ``bn3``, ViT blocks in ``ls1``/``ls2`` when they
-    are LayerScales, else in ``attn.proj`` / ``mlp.fc2``.
-    """
-    from timm.layers import LayerScale
-    from ..models import CifarBasicBlock, SDBasicBlock, SDBlock, SDBottleneck
-
-    for name, block in model.named_modules():
-        if isinstance(block, (CifarBasicBlock, SDBasicBlock, SDBottleneck)):
-            if getattr(block, 'se', None) is not None:
-                raise ValueError(f'{name}: a squeeze-excitation gate follows the last BatchNorm, so the '
-                                 'survival factor cannot be folded linearly')
-            bn_name = 'bn3' if isinstance(block, SDBottleneck) else 'bn2'
-            yield block.drop_path, getattr(block, bn_name), ('weight', 'bias'), f'{name}.{bn_name}'
-        elif isinstance(block, SDBlock):
-            for unit, ls, ls_name, out, out_name in (
-                    (block.drop_path1, block.ls1, 'ls1', block.attn.proj, 'attn.proj'),
-                    (block.drop_path2, block.ls2, 'ls2', block.mlp.fc2, 'mlp.fc2')):
-                if isinstance(ls, LayerScale):
-                    yield unit, ls, ('gamma',), f'{name}.{ls_name}'
-                else:
-                    yield unit, out, ('weight', 'bias'), f'{name}.{out_name}'
 
 
 def is_folded(model: nn.Module) -> bool:
@@ -82,20 +56,8 @@ def fold(model: nn.Module, inplace: bool = False) -> nn.Module:
         model = copy.deepcopy(model)
         units = sd_modules(model)
 
-    targets = {id(unit): (module, names, where) for unit, module, names, where in _branch_targets(model)}
+    scale_branches(model, {unit: unit.eval_scale for unit in units})
     for unit in units:
-        scale = unit.eval_scale
-        if scale != 1.0:
-            if id(unit) not in targets:
-                raise ValueError(f'do not know where the residual branch of {unit!r} ends in '
-                                 f'{type(model).__name__}: cannot fold its survival factor {scale}')
-            module, names, where = targets[id(unit)]
-            params = [getattr(module, n, None) for n in names]
-            if params[0] is None:
-                raise ValueError(f'{where} has no affine {names[0]} to fold the survival factor into')
-            for p in params:
-                if p is not None:
-                    p.mul_(scale)
         unit.folded = True
     return model
 

@@ -82,7 +82,9 @@ def build_sd_model(
     For registry names the weights' ``config.json`` ``model_args`` become defaults for the model
     arguments, as timm does for ``hf-hub:``/``local-dir:`` names: with the paper's scaling the
     survival probabilities (``drop_path_rate``, ``sd_schedule``) scale the branches at test time,
-    so the architecture must be rebuilt exactly as it was trained.
+    so the architecture must be rebuilt exactly as it was trained. Explicit survival settings still win
+    (``drop_path_rate=0`` to fine-tune without SD): then each branch is rescaled
+    (:func:`sdzoo.models.branches.rebase_survival`) so that the test-time network stays the trained one.
     """
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay).to_dict()
     overlay = dict(pretrained_cfg_overlay or {})
@@ -98,12 +100,19 @@ def build_sd_model(
             _apply_weights_config(read_weights_config(path), variant, path, kwargs)
         # timm loads exactly the file that was verified (never fetches a second copy)
         overlay.update(file=str(path), source='timm')
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_cfg=pretrained_cfg,
         pretrained_cfg_overlay=overlay or None,
         **kwargs,
     )
+    if pretrained and kwargs.get('pretrained_model_args'):
+        # built with another drop_path_rate / schedule / scaling than the weights were trained with: keep
+        # the trained test-time network (features_only wrappers keep the model itself as `.model`)
+        from .branches import rebase_survival
+        rebase_survival(getattr(model, 'model', model) if not hasattr(model, 'survival_probs') else model,
+                        kwargs['pretrained_model_args'])
+    return model
 
 
 def _apply_weights_config(config: Optional[Dict[str, Any]], variant: str, path, kwargs: Dict[str, Any]) -> None:

@@ -134,6 +134,9 @@ def create_model(
                              f'(num_classes={getattr(model, "num_classes", "?")}; pass --num-classes / '
                              f'--in-chans if it was trained with others): {lines[0]} '
                              + ' '.join(lines[1:])[:400]) from e
+        if info.get('model_args'):
+            from .branches import rebase_survival
+            rebase_survival(model, info['model_args'])  # explicit survival settings keep the trained network
     label_names = info.get('label_names')
     if pretrained and not label_names:
         from ..hub.weights import weights_dirs

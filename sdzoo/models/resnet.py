@@ -6,7 +6,7 @@ fine-tuning, and folded sdzoo weights load back into plain timm models for deplo
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -14,6 +14,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..layers import StochasticDepth
+from .branches import BranchEnd
 from ._builder import SDModelMixin, build_sd_model, timm_cfg
 
 __all__ = ['SDResNet', 'SDBasicBlock', 'SDBottleneck']
@@ -31,6 +32,13 @@ class SDBasicBlock(BasicBlock):
         x = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
         x = self.bn2(self.conv2(x))
         return self.se(x) if self.se is not None else x
+
+    def sd_branch_ends(self) -> List[BranchEnd]:
+        """Where the residual branch ends: its survival factor is linear in this affine (sdzoo.models.branches)."""
+        if self.se is not None:
+            raise ValueError('a squeeze-excitation gate follows the last BatchNorm, so the survival factor '
+                             'cannot be moved into the weights linearly')
+        return [(self.drop_path, self.bn2, ('weight', 'bias'), 'bn2')]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x) if self.downsample is not None else x
@@ -53,6 +61,13 @@ class SDBottleneck(Bottleneck):
         x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
         x = self.bn3(self.conv3(x))
         return self.se(x) if self.se is not None else x
+
+    def sd_branch_ends(self) -> List[BranchEnd]:
+        """Where the residual branch ends: its survival factor is linear in this affine (sdzoo.models.branches)."""
+        if self.se is not None:
+            raise ValueError('a squeeze-excitation gate follows the last BatchNorm, so the survival factor '
+                             'cannot be moved into the weights linearly')
+        return [(self.drop_path, self.bn3, ('weight', 'bias'), 'bn3')]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x) if self.downsample is not None else x

@@ -17,6 +17,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..layers import AvgPoolPadShortcut, StochasticDepth
+from .branches import BranchEnd
 from ._builder import SDModelMixin, build_sd_model, sd_cfg
 
 __all__ = ['CifarResNet', 'CifarBasicBlock']
@@ -54,6 +55,10 @@ class CifarBasicBlock(nn.Module):
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(x))
+
+    def sd_branch_ends(self) -> List[BranchEnd]:
+        """Where the residual branch ends: its survival factor is linear in this affine (sdzoo.models.branches)."""
+        return [(self.drop_path, self.bn2, ('weight', 'bias'), 'bn2')]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
+from timm.layers import LayerScale
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
 from ..layers import StochasticDepth
+from .branches import BranchEnd
 from ._builder import SDModelMixin, build_sd_model, sd_cfg, timm_cfg
 from .resnet_cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
@@ -37,6 +39,13 @@ class SDBlock(Block):
         x = self.drop_path1(
             x, lambda t: self.ls1(self.attn(self.norm1(t), attn_mask=attn_mask, is_causal=is_causal)))
         return self.drop_path2(x, lambda t: self.ls2(self.mlp(self.norm2(t))))
+
+    def sd_branch_ends(self) -> List[BranchEnd]:
+        """Where each residual branch ends: in the LayerScale if there is one, else in the output projection."""
+        return [(unit, ls, ('gamma',), ls_name) if isinstance(ls, LayerScale) else (unit, out, ('weight', 'bias'), out_name)
+                for unit, ls, ls_name, out, out_name in (
+                    (self.drop_path1, self.ls1, 'ls1', self.attn.proj, 'attn.proj'),
+                    (self.drop_path2, self.ls2, 'ls2', self.mlp.fc2, 'mlp.fc2'))]
 
 
 class SDVisionTransformer(SDModelMixin, VisionTransformer):

@@ -93,7 +93,7 @@ def resolve_recipe(cfg: TrainConfig, n_train: int, head: str, world: int = 1) ->
 
 
 def recipe_lines(cfg: TrainConfig, head: str, pairs: List[Tuple[int, int]], classes: List[str],
-                 n_train: int, spe: int) -> List[str]:
+                 n_train: int, spe: int, rebased_from: Optional[Dict[str, Any]] = None) -> List[str]:
     """What the run will do, one setting a line, saying which came from a flag and which from a rule."""
     given = {k for k, v in cfg.recipe_notes.items() if v == 'given'}
 
@@ -110,6 +110,8 @@ def recipe_lines(cfg: TrainConfig, head: str, pairs: List[Tuple[int, int]], clas
            line('weight_decay', f'{cfg.weight_decay:g}'),
            line('class_weights', cfg.class_weights),
            line('drop_path_rate', f"{cfg.drop_path_rate}{'' if 'drop_path_rate' in given else ' (SD kept as trained)'}"),
+           *([f"  the weights were trained with {', '.join(f'{k}={v}' for k, v in rebased_from.items())}: each residual "
+              'branch is rescaled so that the starting network is the trained one'] if rebased_from else []),
            line('head_init', head)]
     if head in ('matched', 'partial'):
         names = [classes[i] for i, _ in pairs]

@@ -194,7 +194,7 @@ class SetupMixin:
         lines: List[str] = []
         if self.cfg.pretrained or self.cfg.pretrained_file:
             lines = recipe_lines(self.cfg, self.head, self.head_pairs, self.data.classes, len(self.train_split),
-                                 len(self.train_loader))
+                                 len(self.train_loader), getattr(self.model, 'sd_rebased_from', None))
         if not self.resume_path:
             loader = create_loader(self.train_split, 256, train=False, **self._loader_kwargs)
             done = init_head(self.model, self.head, self.head_pairs, loader, self.device)
