@@ -231,7 +231,7 @@ def main(argv=None) -> int:
                 # --epochs defaults to 3, so `new` is the very run `new3` is (same config.json); not run twice
                 cells = [dict(job='new', same_as='new3')]
             else:
-                seeds = range(args.seeds if name in args.seed_folders.split(',') and job.startswith('new') else 1)
+                seeds = range(args.seeds if name in args.seed_folders.split(',') and job in ('new', 'new3', 'nosd') else 1)
                 cells = []
                 for s in seeds:
                     extra = JOBS[job] + (['--seed', str(s), '--split-seed', str(s)] if s else [])

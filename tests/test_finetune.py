@@ -215,3 +215,39 @@ def test_int8_gate_keeps_to_the_images_the_finetune_never_trained_on(cifar_root,
     assert e.value.code == 2, err
     assert len(err) == 1 and 'changed since the model was trained' in err[0]
     assert not (tmp_path / 'changed.onnx').exists()
+
+
+@pytest.mark.timeout(300)
+def test_select_best_keeps_the_start_when_no_epoch_beats_it(readme_cut, tmp_path, capsys):
+    """A fine-tune that only makes the model worse (lr 1.0 wrecks it) leaves the start behind: the matched head
+    rows, i.e. exactly the pretrained model restricted to the folder's classes; `--select last` keeps the wreck.
+    The best record survives a pause and --resume."""
+    import timm
+    from safetensors.torch import load_file
+    from timm.data import resolve_data_config
+    from sdzoo.data import TensorLoader
+    base = ['finetune', 'sd_resnet20', '--data', str(readme_cut), '--num-classes', '3', '--threads', '1',
+            '--workers', '0', '--no-progress', '--lr', '1.0', '--epochs', '2']
+    assert cli_main(base + ['--out', str(tmp_path / 'best')]) == 0
+    assert cli_main(base + ['--select', 'last', '--out', str(tmp_path / 'last')]) == 0
+    out = capsys.readouterr().out
+    assert 'epoch 0 (start): val' in out and '--select best: keeping the start (no epoch beat it)' in out
+    best, last = (json.loads((tmp_path / r / 'summary.json').read_text()) for r in ('best', 'last'))
+    assert best['selected']['epoch'] == 0 and best['selected']['last_epoch'] == 2
+    assert 'selected' not in last
+    m = timm.create_model('sd_resnet20', pretrained=True).eval()
+    dc = resolve_data_config(model=m)
+    test = load_splits(str(readme_cut), (3, 32, 32), val_size=0).test
+    with torch.no_grad():
+        hits = [(m(x)[:, [3, 5, 8]].argmax(1) == y).sum().item() for x, y in
+                TensorLoader(test, 256, dc['mean'], dc['std']).iter_epoch(0)]
+    zero_shot = 100.0 * sum(hits) / len(test)
+    assert best['test']['top1'] == pytest.approx(zero_shot)  # the start, image for image
+    assert last['test']['top1'] < zero_shot - 5  # the wreck the default no longer leaves behind
+    # paused after the first epoch's steps and resumed: the same record, the same weights
+    assert cli_main(base + ['--out', str(tmp_path / 'part'), '--max-steps', '12']) == 0
+    assert cli_main(['finetune', '--resume', str(tmp_path / 'part'), '--no-progress']) == 0
+    part = json.loads((tmp_path / 'part' / 'summary.json').read_text())
+    assert part['selected'] == best['selected']
+    a, b = load_file(tmp_path / 'best' / 'model.safetensors'), load_file(tmp_path / 'part' / 'model.safetensors')
+    assert all(torch.equal(a[k], b[k]) for k in a)

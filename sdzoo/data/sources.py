@@ -22,7 +22,7 @@ from .images import IMG_EXTENSIONS, decode_images
 
 __all__ = [
     'DATA_ENV', 'default_data_root', 'Split', 'DataSplits', 'load_splits', 'find_fashion_mnist',
-    'IMG_EXTENSIONS', 'resolution_note',
+    'IMG_EXTENSIONS', 'resolution_note', 'named_data_set', 'split_pixels', 'normalized',
 ]
 
 DATA_ENV = 'SDZOO_DATA'
@@ -31,6 +31,31 @@ FASHION_MNIST_DIRS = ('/usr/share/datasets/fashion-mnist',)
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                          'Sneaker', 'Bag', 'Ankle boot')
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def named_data_set(data: str) -> Optional[str]:
+    """``'cifar10'`` / ``'fashion_mnist'`` when ``data`` names a built-in data set (any case, ``-`` or ``_``,
+    ``fashionmnist``, ``fashion_mnist:PATH``), else None: then it is a folder."""
+    key = str(data).lower().replace('-', '_')
+    if key in ('fashion_mnist', 'fashionmnist') or key.startswith('fashion_mnist:'):
+        return 'fashion_mnist'
+    return 'cifar10' if key == 'cifar10' else None
+
+
+def split_pixels(split: 'Split', idx: Sequence[int], input_size: Sequence[int], what: str = '') -> np.ndarray:
+    """uint8 NHWC pixels of the images ``idx`` of ``split``, decoded from their files when the split streams."""
+    c, h, w = (int(v) for v in input_size)
+    idx = [int(i) for i in idx]
+    if split.images is not None:
+        return split.images.numpy()[idx]
+    return decode_images([split.files[i] for i in idx], (h, w), 'L' if c == 1 else 'RGB', what)
+
+
+def normalized(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """float32 NCHW from uint8 NHWC, normalized as ``sdzoo validate`` does (``mean``/``std`` in [0, 1] units)."""
+    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1) * 255
+    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1) * 255
+    return np.ascontiguousarray(((pixels.transpose(0, 3, 1, 2).astype(np.float32) - m) / s).astype(np.float32))
 
 
 def default_data_root() -> Path:
@@ -319,9 +344,9 @@ def load_splits(
     if in_memory is None:
         in_memory = max(h, w) <= 64
     mode = 'L' if c == 1 else 'RGB'
-    key = data.lower().replace('-', '_')
+    named = named_data_set(data)
     notes: List[str] = []
-    if key in ('fashion_mnist', 'fashionmnist') or key.startswith('fashion_mnist:'):
+    if named == 'fashion_mnist':
         path = data.split(':', 1)[1] if ':' in data else None
         train, test = _fashion_mnist(path, size)
         if c == 3:
@@ -332,7 +357,7 @@ def load_splits(
         if val_size is None:
             val_size = 5000
     else:
-        if key == 'cifar10':
+        if named == 'cifar10':
             root = default_data_root() / 'cifar10'
             if not root.is_dir():
                 raise FileNotFoundError(

@@ -96,10 +96,9 @@ def _prune(args: argparse.Namespace, model):
 def _gate_depth(args: argparse.Namespace, full, pruned, name: str, out: Path) -> None:
     """The INT8 gate's rule for fewer blocks: pruned against full depth, paired, on held-out training images
     that greedy's calibration draw did not see; refused (nothing written) beyond --max-accuracy-drop."""
-    import numpy as np
     import torch
     from ..models.depth import load_images
-    from .quantize import judge_drop
+    from .quantize import hits, judge_drop
     skip = args.depth_calibration_images if args.strategy == 'greedy' else 0
     x, y, desc = load_images(full, args.depth_data, 'val', args.eval_images, seed=args.seed, skip=skip,
                              with_labels=True)
@@ -108,10 +107,9 @@ def _gate_depth(args: argparse.Namespace, full, pruned, name: str, out: Path) ->
         desc += ', the same images greedy chose the blocks on (too few to hold any back): optimistic'
         skip = 0
     with torch.no_grad():
-        hits = [np.concatenate([(m(x[i:i + 250]).argmax(1) == y[i:i + 250]).numpy() for i in range(0, len(x), 250)])
-                for m in (full.eval(), pruned.eval())]
+        h = [hits(lambda b, m=m: m(torch.from_numpy(b)).numpy(), x.numpy(), y.numpy()) for m in (full.eval(), pruned.eval())]
     depth = pruned.pretrained_cfg['depth']
-    depth['accuracy'] = judge_drop(hits[0], hits[1], 'val', desc + (' (not the greedy calibration images)' if skip else ''),
+    depth['accuracy'] = judge_drop(h[0], h[1], 'val', desc + (' (not the greedy calibration images)' if skip else ''),
                                    args.max_accuracy_drop, name, out,
                                    names=('full depth', f"{len(depth['kept_blocks'])} of {depth['blocks_total']} blocks"))
     a = depth['accuracy']

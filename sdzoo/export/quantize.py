@@ -74,9 +74,10 @@ def training_split(record: Optional[Mapping[str, Any]], data: str) -> Optional[D
     image of train/; ``val_sha256`` (a random holdout) lets the caller check the folder did not change."""
     if not record:
         return None
-    key = data.lower().replace('-', '_')
-    if key in ('cifar10', 'fashion_mnist', 'fashionmnist'):
-        same = str(record.get('name', '')).replace('-', '_') in (key, 'fashion_mnist' if 'fashion' in key else key)
+    from ..data.sources import named_data_set
+    named = named_data_set(data)
+    if named:
+        same = named_data_set(str(record.get('name', ''))) == named
     else:
         same = bool(record.get('source')) and Path(record['source']).resolve() == Path(data).expanduser().resolve()
     if not same:
@@ -101,16 +102,16 @@ def load_labelled_images(data: str, split: str, input_size: Sequence[int], num_c
     or uint8 NHWC with ``channels_last`` (graphs that normalize inside). ``trained_split``
     (:func:`training_split`) draws train and val exactly as the model's training run did.
     """
-    from ..data.sources import default_data_root, load_splits
+    from ..data.sources import default_data_root, load_splits, named_data_set, normalized, split_pixels
     c, h, w = (int(v) for v in input_size)
-    key = data.lower().replace('-', '_')
-    if key not in ('cifar10', 'fashion_mnist', 'fashionmnist') and not key.startswith('fashion_mnist:'):
+    named = named_data_set(data)
+    if named is None:
         root = Path(data).expanduser()
         if not root.is_dir():
             raise QuantizationError(f'data set {data!r} not found: neither cifar10/fashion_mnist nor a folder '
                                     f'({root.resolve()})')
         _check_image_size(root, 'train' if split in ('train', 'val') else split, (h, w))
-    elif key == 'cifar10' and not (default_data_root() / 'cifar10').is_dir():
+    elif named == 'cifar10' and not (default_data_root() / 'cifar10').is_dir():
         raise QuantizationError(f'CIFAR-10 image folders not found at {default_data_root() / "cifar10"} '
                                 '(set SDZOO_DATA or pass a folder)')
     try:
@@ -136,17 +137,8 @@ def load_labelled_images(data: str, split: str, input_size: Sequence[int], num_c
         raise QuantizationError(f'data set {data!r} has no {split} split ({splits.source})')
     labels = chosen.labels.numpy()
     idx = _class_balanced(labels, limit)
-    if chosen.images is not None:
-        pixels = chosen.images.numpy()[idx]
-    else:  # large inputs are streamed from files: decode the ones picked
-        from ..data.images import decode_images
-        pixels = decode_images([chosen.files[i] for i in idx], (h, w), 'L' if c == 1 else 'RGB', split)
-    if channels_last:
-        x = np.ascontiguousarray(pixels)
-    else:
-        m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1) * 255
-        s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1) * 255
-        x = np.ascontiguousarray(((pixels.transpose(0, 3, 1, 2).astype(np.float32) - m) / s).astype(np.float32))
+    pixels = split_pixels(chosen, idx, (c, h, w), split)
+    x = np.ascontiguousarray(pixels) if channels_last else normalized(pixels, mean, std)
     desc = f'{len(idx)} {split} images of {splits.name} ({splits.source})'
     return x, labels[idx], desc
 
@@ -159,9 +151,11 @@ def top1(session, x: np.ndarray, labels: np.ndarray, batch_size: int = 250) -> f
     return correct / len(x)
 
 
-def hits(session, x: np.ndarray, labels: np.ndarray, batch_size: int = 250) -> np.ndarray:
-    """Per-image top-1 hit (bool) of an :class:`sdzoo.runtime.OrtModel`: what the paired gate compares."""
-    return np.concatenate([session.run(x[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]
+def hits(model, x: np.ndarray, labels: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """Per-image top-1 hit (bool): what the paired gates compare. ``model`` is an
+    :class:`sdzoo.runtime.OrtModel` or any callable from a batch of ``x`` to numpy logits."""
+    predict = model.run if hasattr(model, 'run') else model
+    return np.concatenate([np.asarray(predict(x[i:i + batch_size])).argmax(1) == labels[i:i + batch_size]
                            for i in range(0, len(x), batch_size)])
 
 
@@ -285,8 +279,8 @@ def _gate_split(trained: Optional[Mapping[str, Any]], data: str, eval_split: str
     """The split the gate measures and why: a model trained on all of train/ (--val-size 0) is gated on test/."""
     if not (trained and trained['val_size'] == 0 and not trained.get('val_folder') and eval_split == 'val'):
         return eval_split, None
-    named = data.lower().replace('-', '_') in ('cifar10', 'fashion_mnist', 'fashionmnist')
-    if not named and not (Path(data).expanduser() / 'test').is_dir():
+    from ..data.sources import named_data_set
+    if named_data_set(data) is None and not (Path(data).expanduser() / 'test').is_dir():
         raise QuantizationError(f"{model} was trained on every image of {data}'s train/ (--val-size 0) and {data} "
                                 'has no test/: there are no held-out images to gate INT8 on (add a test/ folder, '
                                 'or fine-tune with a holdout)')

@@ -243,7 +243,7 @@ def load_images(model: nn.Module, data: str, split: str, n: Optional[int], seed:
     The draw is a seeded permutation: ``skip`` leaves out its first images, so ``skip=k`` with the same seed
     gives images disjoint from an ``n=k`` draw (an accuracy gate that never sees greedy's calibration images);
     ``n=None`` takes the rest. ``with_labels``: ``(x, labels, description)``."""
-    from ..data.sources import load_splits
+    from ..data.sources import load_splits, normalized, split_pixels
     from .load import data_config
     dcfg = data_config(model)
     c, h, w = (int(v) for v in dcfg['input_size'])
@@ -259,15 +259,7 @@ def load_images(model: nn.Module, data: str, split: str, n: Optional[int], seed:
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(chosen), generator=g)
     idx = perm[skip:None if n is None else skip + n].sort().values
-    if chosen.images is not None:
-        pixels = chosen.images[idx]
-    else:
-        from ..data.images import decode_images
-        pixels = torch.from_numpy(decode_images([chosen.files[i] for i in idx.tolist()], (h, w),
-                                                'L' if c == 1 else 'RGB', used))
-    mean = torch.tensor(dcfg['mean'], dtype=torch.float32).view(1, -1, 1, 1) * 255
-    std = torch.tensor(dcfg['std'], dtype=torch.float32).view(1, -1, 1, 1) * 255
-    x = (pixels.permute(0, 3, 1, 2).float() - mean) / std
+    x = torch.from_numpy(normalized(split_pixels(chosen, idx.tolist(), (c, h, w), used), dcfg['mean'], dcfg['std']))
     desc = f'{len(idx)} {used} images of {splits.name}'
     if with_labels:
         return x.contiguous(), chosen.labels[idx], desc

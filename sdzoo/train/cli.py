@@ -26,6 +26,7 @@ _FLAGS = [
     ('--device', 'device', str), ('--opt', 'optimizer', str),
     ('--num-classes', 'num_classes', int), ('--in-chans', 'in_chans', int),
     ('--holdout', 'holdout', str), ('--head', 'head_init', str), ('--class-weights', 'class_weights', str), ('--split-seed', 'split_seed', int),
+    ('--select', 'select', str),
 ]
 
 
@@ -54,6 +55,9 @@ _FLAG_HELP = {
     'val_size': 'training images held out for validation (default: 5000 for CIFAR-10 and Fashion-MNIST, '
                 'about 10%% of an image folder without val/; fine-tuning draws them at random per class, '
                 'proportionally, at least one per class, see --split-seed)',
+    'select': 'the weights the run leaves behind: last (the last epoch) or best (the epoch of best validation '
+              'top-1, ties to the lower loss; a fine-tune counts its start as epoch 0) (default: last; fine-tuning: '
+              'best)',
     'head_init': "fine-tuning: how the new head starts: auto (rows of the pretrained head for class names the "
                  "folder shares with the model's label names, else a linear probe), matched, probe, fresh "
                  '(default: auto; --keep-head keeps the old head)',

@@ -28,6 +28,7 @@ class CheckpointMixin:
             partial=dict(self.partial), sd_sampler=self.model.sd_sampler.state_dict(),
             torch_rng=torch_rngs[0], torch_rng_ranks=torch_rngs if self.world > 1 else None,
             config=jsonable(asdict(self.cfg)), sessions=list(self.sessions),
+            best=dict(self.best.record) if getattr(self, 'best', None) is not None and self.best.record else None,
         )
 
     def save_checkpoint(self) -> Path:
@@ -60,6 +61,8 @@ class CheckpointMixin:
         self.sessions = list(ckpt.get('sessions') or [dict(epoch=1, batch=0, hardware=None, amp=None,
                                                           note='not recorded (checkpoint predates session records)')])
         self.partial = dict(ckpt.get('partial') or self.partial)
+        if getattr(self, 'best', None) is not None and isinstance(ckpt.get('best'), dict):
+            self.best.record = dict(ckpt['best'])
         self.model.sd_sampler.load_state_dict(ckpt['sd_sampler'])
         restore_rng_state(ckpt, self.rank, self.world, self.cfg.seed)
 

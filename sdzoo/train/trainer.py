@@ -29,6 +29,7 @@ from .config import TrainConfig, jsonable, check_schedule_change, lr_at, recipe 
 from .distributed import dist_env
 from .records import append_metrics, hardware_summary, plot_curves
 from .resume import CHECKPOINT_NAME, CheckpointMixin
+from .selection import BestWeights
 from .hardware import hardware_string  # noqa: F401  (re-exported: tests and benchmarks read the label)
 from .setup import SetupMixin, autocast_for, create_train_model  # noqa: F401
 from .stopping import StopMixin, TrainingInterrupted, threading_main  # noqa: F401
@@ -103,6 +104,9 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         self._setup()
         cfg = self.cfg
         resume = self.resume_path
+        # --select best: rank 0 keeps the validation-best weights (it alone validates)
+        self.best = BestWeights(self.out / 'best.safetensors') \
+            if cfg.select == 'best' and self.val_loader is not None and self.is_main else None
         src_dir: Optional[Path] = None
         if resume:
             path = Path(resume)
@@ -133,6 +137,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
             self._print_header()
             for line in self.recipe_lines:
                 print(line, file=sys.stderr, flush=True)
+            if self.best is not None and not resume:
+                self._offer_start()
         old = self._install_signals()
         try:
             while self.epoch < cfg.epochs:
@@ -148,6 +154,14 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+    def _offer_start(self) -> None:
+        """The start (pretrained body, matched rows or probe head) is the first candidate: a fine-tune that does not
+        beat it on the validation images leaves it unchanged."""
+        ev = evaluate(self.model, self.val_loader, self.device, amp=self.cfg.amp)
+        self.best.offer(self.model, 0, ev['top1'], ev['loss'])
+        print(f"epoch 0 (start): val loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}%",
+              file=sys.stderr if self.progress else sys.stdout, flush=True)
 
     def _hit_max_steps(self) -> bool:
         return self.max_steps is not None and self._steps_this_process >= self.max_steps
@@ -251,6 +265,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         if self.is_main and self.val_loader is not None:
             ev = evaluate(self.model, self.val_loader, self.device, amp=cfg.amp)
             row.update(val_loss=ev['loss'], val_top1=ev['top1'])
+            if self.best is not None:
+                self.best.offer(self.model, self.epoch + 1, ev['top1'], ev['loss'])  # before the checkpoint records it
             if self.model.num_classes > 5:  # top-5 of 5 or fewer classes is 100% by construction
                 row['val_top5'] = ev['top5']
         self.epoch += 1
@@ -272,6 +288,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
                                        hardware=hardware_summary(self.sessions, cfg.epochs),
                                        sessions=self.sessions, run_dir=str(self.out))
         if self.is_main:
+            if self.best is not None:
+                summary['selected'] = self._select_best()
             meta = {'architecture': cfg.model, 'num_classes': str(self.model.num_classes),
                     'classes': json.dumps(self.data.classes)}
             save_safetensors(self.model.state_dict(), self.out / 'model.safetensors', meta)
@@ -298,6 +316,23 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
                 top5 = f"  top-5 {t['top5']:.2f}%" if self.model.num_classes > 5 else ''
                 print(f"test: top-1 {t['top1']:.2f}%{top5}  loss {t['loss']:.4f}  ({t['images']} images)", flush=True)
         return summary
+
+    def _select_best(self) -> Dict[str, Any]:
+        """Load the validation-best weights (--select best) and say which epoch the run leaves behind."""
+        rec = dict(self.best.record or {}, rule='best validation top-1 (ties: lower loss), the start as epoch 0',
+                   last_epoch=self.epoch)
+        if rec.get('epoch') is None or rec['epoch'] == self.epoch:
+            return rec
+        try:
+            self.best.restore(self.model)
+        except (OSError, ValueError) as e:
+            print(f'warning: --select best: cannot restore the best weights ({e}); keeping the last epoch',
+                  file=sys.stderr, flush=True)
+            return dict(rec, epoch=self.epoch, note=f'best weights not restorable: {e}')
+        what = 'the start (no epoch beat it)' if rec['epoch'] == 0 else f"epoch {rec['epoch']}"
+        print(f"--select best: keeping {what}: val top-1 {rec['val_top1']:.2f}%, loss {rec['val_loss']:.4f} "
+              f'(the last epoch was {self.epoch})', file=sys.stderr if self.progress else sys.stdout, flush=True)
+        return rec
 
     def _print_header(self) -> None:
         cfg = self.cfg

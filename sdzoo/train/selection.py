@@ -1,0 +1,47 @@
+"""Which weights a run leaves behind: the last epoch's, or the validation-best (``--select best``).
+
+A fine-tune of a few hundred images often gains nothing over its start (the pretrained rows of matching classes,
+or the linear probe) and can lose a little: the unbalanced CIFAR-10 cut of benchmarks/finetune.py ended 1.1 points
+below its zero-shot start. Keeping the weights of the best validation epoch, the start counted as epoch 0, makes
+the start a floor the run has to beat on held-out images (timm's train.py keeps ``model_best`` the same way).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch.nn as nn
+
+from .checkpoint import load_state_dict_file, save_safetensors
+
+__all__ = ['SELECTIONS', 'BestWeights']
+
+SELECTIONS = ('last', 'best')
+
+
+class BestWeights:
+    """The validation-best weights seen so far, kept in ``path`` (written atomically before the checkpoint that
+    records them). Better means a higher val top-1; a tie goes to the lower val loss, then to the earlier epoch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.record: Optional[Dict[str, Any]] = None
+
+    def offer(self, model: nn.Module, epoch: int, val_top1: float, val_loss: float) -> bool:
+        """Keep ``model``'s weights if this epoch beats the best so far; True when it did."""
+        best = self.record
+        if best is not None and (val_top1, -val_loss) <= (best['val_top1'], -best['val_loss']):
+            return False
+        save_safetensors(model.state_dict(), self.path, {'format': 'pt', 'epoch': str(epoch)})
+        self.record = dict(epoch=int(epoch), val_top1=float(val_top1), val_loss=float(val_loss))
+        return True
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best weights into ``model``; refuses a file that is not the recorded epoch's."""
+        from safetensors import safe_open
+        with safe_open(str(self.path), framework='pt') as f:
+            epoch = (f.metadata() or {}).get('epoch')
+        if self.record is None or epoch != str(self.record['epoch']):
+            raise ValueError(f'{self.path} holds epoch {epoch}, the checkpoint recorded '
+                             f"{None if self.record is None else self.record['epoch']} as the best")
+        model.load_state_dict(load_state_dict_file(self.path))
