@@ -40,6 +40,22 @@ def test_default_rules():
     assert default_warmup_steps(11, 28) == 6 and default_warmup_steps(11, 3) == 3 and default_warmup_steps(1, 3) == 1
 
 
+def test_large_convnet_finetunes_run_without_sd():
+    from dataclasses import replace
+    from sdzoo.train.config import SD_OFF_TRAIN_IMAGES, TrainConfig, recipe
+    from sdzoo.train.finetune import resolve_recipe
+
+    def cfg(model, rate, given=False):
+        return TrainConfig.from_dict(dict(recipe(model, True), model=model, data='x', out='x', pretrained=True,
+                                          drop_path_rate=rate, recipe_notes={'drop_path_rate': 'given'} if given else {}))
+    big, small = SD_OFF_TRAIN_IMAGES, SD_OFF_TRAIN_IMAGES - 1
+    assert resolve_recipe(cfg('sd_resnet20', 0.5), big, 'probe').drop_path_rate == 0.0
+    assert 'SD off' in resolve_recipe(cfg('sd_resnet20', 0.5), big, 'probe').recipe_notes['drop_path_rate']
+    assert resolve_recipe(cfg('sd_resnet20', 0.5), small, 'probe').drop_path_rate == 0.5
+    assert resolve_recipe(cfg('sd_resnet20', 0.3, given=True), big, 'probe').drop_path_rate == 0.3
+    assert resolve_recipe(cfg('sd_vit_lite_patch4_32', 0.1), big, 'probe').drop_path_rate == 0.1
+
+
 def test_no_tiny_tail_batch():
     sizes = [b - a for a, b in batch_bounds(162, 16, drop_last=False, even=True)]
     assert len(sizes) == 11 and sum(sizes) == 162 and min(sizes) >= 14 and max(sizes) <= 15
@@ -251,3 +267,34 @@ def test_select_best_keeps_the_start_when_no_epoch_beats_it(readme_cut, tmp_path
     assert part['selected'] == best['selected']
     a, b = load_file(tmp_path / 'best' / 'model.safetensors'), load_file(tmp_path / 'part' / 'model.safetensors')
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.timeout(300)
+def test_full_fashion_mnist_finetune_starts_from_the_trained_network_without_sd(tmp_path, capsys):
+    """55,000 training images: the recipe turns SD off and moves each trained p_l into its branch's last BatchNorm,
+    so the run starts from the network the weights were trained as (before the fix it dropped the p_l)."""
+    from safetensors.torch import load_file
+    from sdzoo.hub.weights import weights_dirs
+    from sdzoo.train.checkpoint import load_checkpoint
+    try:
+        from sdzoo.data import find_fashion_mnist
+        find_fashion_mnist()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    out = tmp_path / 'fm'
+    assert cli_main(['finetune', 'sd_resnet20', '--data', 'fashion_mnist', '--in-chans', '1', '--num-classes', '10',
+                     '--head', 'fresh', '--lr', '1e-12', '--select', 'last', '--no-test', '--threads', '1',
+                     '--workers', '0', '--no-progress', '--max-steps', '1', '--out', str(out)]) == 0
+    err = capsys.readouterr().err
+    assert 'SD off: 55000 >= 10000 train images' in err and 'each residual branch is rescaled' in err
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['drop_path_rate'] == 0.0
+    trained = load_file(next(d for d in weights_dirs() if (d / 'sd_resnet20.sd_cifar10').is_dir())
+                        / 'sd_resnet20.sd_cifar10' / 'model.safetensors')
+    state = load_checkpoint(out / 'last.pt')['model']
+    keys = [k for k in trained if k.endswith('bn2.weight')]
+    assert len(keys) == 9
+    for l, k in enumerate(keys, start=1):  # p_l = 1 - l/9 * 0.5; lr 1e-12 leaves the weights where they started
+        p = 1 - l / 9 * 0.5
+        torch.testing.assert_close(state[k], trained[k] * p)
+        torch.testing.assert_close(state[k.replace('weight', 'bias')], trained[k.replace('weight', 'bias')] * p)

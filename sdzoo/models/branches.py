@@ -82,8 +82,7 @@ def rebase_survival(model: nn.Module, trained: Mapping[str, Any]) -> Optional[Di
     something changed (also kept as ``model.sd_rebased_from``), else None (same settings, weights already
     folded, no SD units, or the trained settings unknown).
     """
-    groups = sd_blocks(model) if any(isinstance(m, StochasticDepth) for m in model.modules()) else []
-    units = [u for group in groups for u in group]
+    units = [u for group in sd_blocks(model) for u in group]
     if not units or any(u.folded for u in units):
         return None
     old = trained_eval_scales(model, trained)

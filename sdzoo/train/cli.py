@@ -56,7 +56,7 @@ _FLAG_HELP = {
                 'about 10%% of an image folder without val/; fine-tuning draws them at random per class, '
                 'proportionally, at least one per class, see --split-seed)',
     'select': 'the weights the run leaves behind: last (the last epoch) or best (the epoch of best validation '
-              'top-1, ties to the lower loss; a fine-tune counts its start as epoch 0) (default: last; fine-tuning: '
+              'top-1, ties to the later epoch; a fine-tune counts its start as epoch 0) (default: last; fine-tuning: '
               'best)',
     'head_init': "fine-tuning: how the new head starts: auto (rows of the pretrained head for class names the "
                  "folder shares with the model's label names, else a linear probe), matched, probe, fresh "

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import (TrainConfig, default_batch_size, default_epochs, default_lr, default_warmup_steps, is_vit)
+from .config import (SD_OFF_TRAIN_IMAGES, TrainConfig, default_batch_size, default_drop_path_rate, default_epochs,
+                     default_lr, default_warmup_steps, is_vit)
 
 __all__ = ['match_classes', 'resolve_head', 'resolve_recipe', 'recipe_lines', 'init_head', 'class_weights',
            'fit_linear_probe']
@@ -86,6 +87,12 @@ def resolve_recipe(cfg: TrainConfig, n_train: int, head: str, world: int = 1) ->
         w = default_warmup_steps(spe, epochs)
         d['warmup_epochs'] = w / spe
         notes['warmup_epochs'] = f'{w} steps: max(1, min(half an epoch, 10% of {spe * epochs} steps))'
+    if cfg.recipe_notes.get('drop_path_rate') != 'given' and cfg.model.startswith('sd_'):
+        rate = default_drop_path_rate(n_train, cfg.drop_path_rate, vit)
+        if rate is not None:
+            d['drop_path_rate'] = rate
+            notes['drop_path_rate'] = (f'SD off: {n_train} >= {SD_OFF_TRAIN_IMAGES} train images (p_L 0.5 underfit '
+                                       'a 10-epoch fine-tune on full Fashion-MNIST)')
     if cfg.head_init == 'auto' or (cfg.head_init == 'matched' and head == 'partial'):
         d['head_init'] = 'fresh' if head == 'keep' else head
         notes['head_init'] = 'auto: pretrained rows of matching class names, else a linear probe'
@@ -109,7 +116,7 @@ def recipe_lines(cfg: TrainConfig, head: str, pairs: List[Tuple[int, int]], clas
            line('warmup_epochs', f'{cfg.warmup_epochs:.4g} ({warm} steps)'),
            line('weight_decay', f'{cfg.weight_decay:g}'),
            line('class_weights', cfg.class_weights),
-           line('drop_path_rate', f"{cfg.drop_path_rate}{'' if 'drop_path_rate' in given else ' (SD kept as trained)'}"),
+           line('drop_path_rate', f"{cfg.drop_path_rate}{'' if 'drop_path_rate' in given or 'drop_path_rate' in cfg.recipe_notes else ' (SD kept as trained)'}"),
            *([f"  the weights were trained with {', '.join(f'{k}={v}' for k, v in rebased_from.items())}: each residual "
               'branch is rescaled so that the starting network is the trained one'] if rebased_from else []),
            line('head_init', head),

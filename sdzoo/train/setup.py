@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..data import create_loader, load_splits, resolution_note
-from ..layers import sd_modules, sd_settings
+from ..layers import apply_stochastic_depth, sd_modules, sd_settings
 from .config import TrainConfig
 from .distributed import init_distributed, rank_seed, wrap_ddp
 from .hardware import cpu_has_bf16
@@ -117,7 +117,19 @@ class SetupMixin:
         if None in (self.cfg.batch_size, self.cfg.lr, self.cfg.epochs, self.cfg.warmup_epochs) \
                 or self.cfg.head_init == 'auto':
             self.cfg = resolve_recipe(self.cfg, len(train_split), self.head, self.world)
+            self._apply_recipe_drop_path_rate()
         self.cfg.validate()
+
+    def _apply_recipe_drop_path_rate(self) -> None:
+        """A rate the recipe chose from the data (the model was built with its weights' own): re-assign the survival
+        schedule and move the trained p_l into the weights, so that the run starts from the trained network."""
+        rate = self.cfg.drop_path_rate
+        if rate is None or sd_settings(self.model).get('drop_path_rate') in (None, rate):
+            return
+        from ..models.branches import rebase_survival
+        trained = dict(getattr(self.model, 'pretrained_model_args', None) or sd_settings(self.model))
+        apply_stochastic_depth(self.model, rate, trained.get('sd_schedule') or 'linear')
+        rebase_survival(self.model, trained)
 
     def _setup_loaders(self, train_split, val_split) -> None:
         cfg = self.cfg

@@ -319,7 +319,7 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
 
     def _select_best(self) -> Dict[str, Any]:
         """Load the validation-best weights (--select best) and say which epoch the run leaves behind."""
-        rec = dict(self.best.record or {}, rule='best validation top-1 (ties: lower loss), the start as epoch 0',
+        rec = dict(self.best.record or {}, rule='best validation top-1 (ties: the later epoch), the start as epoch 0',
                    last_epoch=self.epoch)
         if rec.get('epoch') is None or rec['epoch'] == self.epoch:
             return rec
