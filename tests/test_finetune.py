@@ -234,7 +234,7 @@ def test_int8_gate_keeps_to_the_images_the_finetune_never_trained_on(cifar_root,
 
 
 @pytest.mark.timeout(300)
-def test_select_best_keeps_the_start_when_no_epoch_beats_it(readme_cut, tmp_path, capsys):
+def test_select_keeps_the_start_when_the_finetune_does_not_beat_it(readme_cut, tmp_path, capsys):
     """A fine-tune that only makes the model worse (lr 1.0 wrecks it) leaves the start behind: the matched head
     rows, i.e. exactly the pretrained model restricted to the folder's classes; `--select last` keeps the wreck.
     The best record survives a pause and --resume."""
@@ -247,7 +247,7 @@ def test_select_best_keeps_the_start_when_no_epoch_beats_it(readme_cut, tmp_path
     assert cli_main(base + ['--out', str(tmp_path / 'best')]) == 0
     assert cli_main(base + ['--select', 'last', '--out', str(tmp_path / 'last')]) == 0
     out = capsys.readouterr().out
-    assert 'epoch 0 (start): val' in out and '--select best: keeping the start (no epoch beat it)' in out
+    assert 'epoch 0 (start): val' in out and '--select start-or-last: keeping the start (no epoch beat it)' in out
     best, last = (json.loads((tmp_path / r / 'summary.json').read_text()) for r in ('best', 'last'))
     assert best['selected']['epoch'] == 0 and best['selected']['last_epoch'] == 2
     assert 'selected' not in last
@@ -298,3 +298,19 @@ def test_full_fashion_mnist_finetune_starts_from_the_trained_network_without_sd(
         p = 1 - l / 9 * 0.5
         torch.testing.assert_close(state[k], trained[k] * p)
         torch.testing.assert_close(state[k.replace('weight', 'bias')], trained[k.replace('weight', 'bias')] * p)
+
+
+def test_best_weights_keep_the_better_epoch_and_ties_go_to_the_later(tmp_path):
+    from sdzoo.train.selection import BestWeights
+    model = torch.nn.Linear(2, 2)
+    keeper = BestWeights(tmp_path / 'best.safetensors')
+    for epoch, top1 in ((0, 90.0), (1, 95.0), (2, 93.0), (3, 95.0), (4, 94.0)):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        keeper.offer(model, epoch, top1, 0.1)
+    assert keeper.record['epoch'] == 3  # 95 twice: the later one
+    keeper.restore(model)
+    assert torch.all(model.weight == 3)
+    keeper.record['epoch'] = 1  # a record that does not describe the file: refused, never loaded silently
+    with pytest.raises(ValueError, match='holds epoch 3'):
+        keeper.restore(model)

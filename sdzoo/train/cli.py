@@ -55,9 +55,10 @@ _FLAG_HELP = {
     'val_size': 'training images held out for validation (default: 5000 for CIFAR-10 and Fashion-MNIST, '
                 'about 10%% of an image folder without val/; fine-tuning draws them at random per class, '
                 'proportionally, at least one per class, see --split-seed)',
-    'select': 'the weights the run leaves behind: last (the last epoch) or best (the epoch of best validation '
-              'top-1, ties to the later epoch; a fine-tune counts its start as epoch 0) (default: last; fine-tuning: '
-              'best)',
+    'select': 'the weights the run leaves behind: last (the last epoch), start-or-last (the start, i.e. the '
+              'pretrained body with its matched or probed head, when the last epoch scores lower on validation), or '
+              'best (the epoch of best validation top-1, ties to the later epoch, the start as epoch 0) (default: '
+              'last; fine-tuning: start-or-last)',
     'head_init': "fine-tuning: how the new head starts: auto (rows of the pretrained head for class names the "
                  "folder shares with the model's label names, else a linear probe), matched, probe, fresh "
                  '(default: auto; --keep-head keeps the old head)',

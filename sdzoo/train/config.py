@@ -65,7 +65,7 @@ class TrainConfig:
     class_weights: str = 'none'          # none | balanced (loss weight N / (K * n_c))
     holdout: str = 'last'                # last (fixed last-N per class) | stratified (random, split_seed)
     split_seed: int = 0
-    select: str = 'last'                 # the weights a run leaves: last | best (validation-best, start included)
+    select: str = 'last'                 # the weights a run leaves: last | start-or-last | best (sdzoo.train.selection)
     recipe_notes: Dict[str, str] = field(default_factory=dict)  # how each derived default was chosen
     convert: Optional[bool] = None       # timm models: sdzoo.convert (None: when supported and drop_path_rate > 0)
 
@@ -90,7 +90,7 @@ class TrainConfig:
         need(self.head_init in HEAD_INITS + ('partial',), f"--head must be one of {'|'.join(HEAD_INITS)}, got {self.head_init!r}")
         need(self.class_weights in ('none', 'balanced'), f'--class-weights must be none|balanced, got '
              f'{self.class_weights!r}')
-        need(self.select in ('last', 'best'), f'--select must be last|best, got {self.select!r}')
+        need(self.select in ('last', 'start-or-last', 'best'), f'--select must be last|start-or-last|best, got {self.select!r}')
         need(self.holdout in ('last', 'stratified'), f'holdout must be last|stratified, got {self.holdout!r}')
         need(self.sched in ('step', 'cosine'), f"--sched must be 'step' or 'cosine', got {self.sched!r}")
         need(self.amp in ('auto', 'bf16', 'fp16', 'none'), f'--amp must be auto|bf16|fp16|none, got {self.amp!r}')
@@ -128,7 +128,7 @@ def recipe(model_name: str, finetune: bool = False) -> Dict[str, Any]:
     """
     if finetune:
         d = dict(epochs=None, batch_size=None, lr=None, sched='cosine', warmup_epochs=None, weight_decay=1e-4,
-                 head_init='auto', drop_last=False, class_weights='balanced', holdout='stratified', select='best')
+                 head_init='auto', drop_last=False, class_weights='balanced', holdout='stratified', select='start-or-last')
         if is_vit(model_name):  # SGD at the CNN rate wrecked the ViT (62.8% vs 88.9% probe): AdamW, small lr
             d.update(optimizer='adamw', weight_decay=0.05)
         return d

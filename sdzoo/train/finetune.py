@@ -120,8 +120,7 @@ def recipe_lines(cfg: TrainConfig, head: str, pairs: List[Tuple[int, int]], clas
            *([f"  the weights were trained with {', '.join(f'{k}={v}' for k, v in rebased_from.items())}: each residual "
               'branch is rescaled so that the starting network is the trained one'] if rebased_from else []),
            line('head_init', head),
-           line('select', f'{cfg.select} ' + ('(validation-best epoch, the start counted)' if cfg.select == 'best'
-                                               else '(the last epoch)'))]
+           line('select', cfg.select)]
     if head in ('matched', 'partial'):
         names = [classes[i] for i, _ in pairs]
         rest = [c for i, c in enumerate(classes) if i not in {p for p, _ in pairs}]

@@ -104,9 +104,9 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         self._setup()
         cfg = self.cfg
         resume = self.resume_path
-        # --select best: rank 0 keeps the validation-best weights (it alone validates)
+        # --select best / start-or-last: rank 0 keeps the candidate weights (it alone validates)
         self.best = BestWeights(self.out / 'best.safetensors') \
-            if cfg.select == 'best' and self.val_loader is not None and self.is_main else None
+            if cfg.select != 'last' and self.val_loader is not None and self.is_main else None
         src_dir: Optional[Path] = None
         if resume:
             path = Path(resume)
@@ -265,7 +265,7 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         if self.is_main and self.val_loader is not None:
             ev = evaluate(self.model, self.val_loader, self.device, amp=cfg.amp)
             row.update(val_loss=ev['loss'], val_top1=ev['top1'])
-            if self.best is not None:
+            if self.best is not None and (cfg.select == 'best' or self.epoch + 1 == cfg.epochs):
                 self.best.offer(self.model, self.epoch + 1, ev['top1'], ev['loss'])  # before the checkpoint records it
             if self.model.num_classes > 5:  # top-5 of 5 or fewer classes is 100% by construction
                 row['val_top5'] = ev['top5']
@@ -318,19 +318,21 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         return summary
 
     def _select_best(self) -> Dict[str, Any]:
-        """Load the validation-best weights (--select best) and say which epoch the run leaves behind."""
-        rec = dict(self.best.record or {}, rule='best validation top-1 (ties: the later epoch), the start as epoch 0',
+        """Load the selected weights (--select best / start-or-last) and say which epoch the run leaves behind."""
+        rule = ('best validation top-1 (ties: the later epoch), the start as epoch 0' if self.cfg.select == 'best' else
+                'the last epoch unless the start (epoch 0) had a strictly higher validation top-1')
+        rec = dict(self.best.record or {}, rule=rule, select=self.cfg.select,
                    last_epoch=self.epoch)
         if rec.get('epoch') is None or rec['epoch'] == self.epoch:
             return rec
         try:
             self.best.restore(self.model)
         except (OSError, ValueError) as e:
-            print(f'warning: --select best: cannot restore the best weights ({e}); keeping the last epoch',
+            print(f'warning: --select {self.cfg.select}: cannot restore the best weights ({e}); keeping the last epoch',
                   file=sys.stderr, flush=True)
             return dict(rec, epoch=self.epoch, note=f'best weights not restorable: {e}')
         what = 'the start (no epoch beat it)' if rec['epoch'] == 0 else f"epoch {rec['epoch']}"
-        print(f"--select best: keeping {what}: val top-1 {rec['val_top1']:.2f}%, loss {rec['val_loss']:.4f} "
+        print(f"--select {self.cfg.select}: keeping {what}: val top-1 {rec['val_top1']:.2f}%, loss {rec['val_loss']:.4f} "
               f'(the last epoch was {self.epoch})', file=sys.stderr if self.progress else sys.stdout, flush=True)
         return rec
 
