@@ -175,13 +175,14 @@ def report(files: list) -> str:
         out += [f'### {model}', '',
                 '| folder | zero-shot (restricted logits) | linear probe (all train) | today `--epochs 3` | '
                 'new `--epochs 3` | new, no recipe flags | hand grid best e3 / e8 (research, fresh head) | '
-                'matched-head lr grid best (research, 3 seeds) | wall s (new) |',
-                '|---|---|---|---|---|---|---|---|---|']
+                'matched-head lr grid best (research, 3 seeds) | SD off (`--drop-path-rate 0`), no other flags | '
+                'wall s (new) |',
+                '|---|---|---|---|---|---|---|---|---|---|']
         for folder in FOLDERS:
             mine = [r for r in rows if r['model'] == model and r['folder'] == folder]
             if not mine:
                 continue
-            by = {j: [r for r in mine if r['job'] == j] for j in ('zeroshot', 'probe', 'today3', 'new3', 'new')}
+            by = {j: [r for r in mine if r['job'] == j] for j in ('zeroshot', 'probe', 'today3', 'new3', 'new', 'nosd')}
             new = by['new']
             if (new and new[0].get('same_as')) or (not new and FOLDERS[folder][0] == 'cifar' and by['new3']):
                 new_cell = 'same run as `--epochs 3` (matched head: 3 epochs)'
@@ -193,7 +194,7 @@ def report(files: list) -> str:
             gm = GRID_MATCHED.get(folder) if model == 'sd_resnet20' else None
             gm = f'{gm[0]} (lr {gm[1]} x bs/16)' if gm else '–'
             out.append(f"| {folder} | {_cell(by['zeroshot'])} | {_cell(by['probe'])} | {_cell(by['today3'])} | "
-                       f"{_cell(by['new3'])} | {new_cell} | {grid} | {gm} | "
+                       f"{_cell(by['new3'])} | {new_cell} | {grid} | {gm} | {_cell(by['nosd'])} | "
                        f"{'/'.join(str(round(x)) for x in secs) or '–'} |")
         out.append('')
     out += ['Commands behind the cells:', '']

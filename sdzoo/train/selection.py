@@ -4,8 +4,8 @@
 A fine-tune of a few hundred images often gains nothing over its start (the pretrained rows of matching classes,
 or the linear probe) and can lose a little: the unbalanced CIFAR-10 cut of benchmarks/finetune.py ended 1.1 points
 below its zero-shot start. Measured on that benchmark's seven folders, 3 seeds (benchmarks/results/finetune.md),
-keeping the start when the last epoch is worse on validation took every gain of picking the best epoch (unbal
-+1.3 / +1.6, f3x125 at 3 epochs +1.8) without its losses: on validation sets of a few dozen images the best of 28
+keeping the start when the last epoch is worse on validation took the gains of picking the best epoch (unbal
++1.6 / +0.4 / +1.3, f3x125 at 3 epochs +1.8, c10x50 +0.7; readme -0.6, one image) without its losses: on validation sets of a few dozen images the best of 28
 epochs is often a lucky one (f3hard: -1.5 / -2.2 against the last epoch).
 """
 from __future__ import annotations
