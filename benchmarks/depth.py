@@ -447,6 +447,31 @@ def plot(rows: List[Dict], out: Path, latency: Optional[Dict] = None) -> None:
     plt.close(fig)
 
 
+PAIR = ('r110_sd160', 'r110_nosd160')  # equal recipe and training length: SD against constant depth
+
+
+def paired_rows(rows: List[Dict]) -> List[Dict]:
+    """SD against constant depth (PAIR) at each strategy and cut both were measured at, paired image by image on the
+    full test split (sdzoo.reports.paired: McNemar's exact test and the interval that agrees with it)."""
+    from sdzoo.reports.paired import paired_comparison
+    from sdzoo.train.records import PER_IMAGE_ENCODING
+    cell = {(r['model'], r['strategy'], r['removed']): r for r in rows if r.get('hits')}
+    out = []
+    for (model, strategy, removed), sd in sorted(cell.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        const = cell.get((PAIR[1], strategy, removed))
+        if model != PAIR[0] or const is None or sd['test_images'] != const['test_images']:
+            continue
+        # both evaluated on the same cached test tensors (same images, same order)
+        rec = [dict(images=c['test_images'], encoding=PER_IMAGE_ENCODING, labels_sha256='depth-test-split',
+                    top1_correct=c['hits']) for c in (sd, const)]
+        p = paired_comparison(*rec)
+        out.append(dict(strategy=strategy, removed=removed, kept=sd['kept'], sd_top1=sd['top1'],
+                        constant_top1=const['top1'], images=p.images, only_sd=p.only_a, only_constant=p.only_b,
+                        sd_minus_constant_error=round(p.error_difference, 4),
+                        ci95=[round(p.ci95[0], 4), round(p.ci95[1], 4)], p_value=p.p_value, differs=p.differs))
+    return out
+
+
 def report(args) -> None:
     work = Path(args.work)
     cells = _read_jsonl(work / 'accuracy.jsonl')
@@ -555,6 +580,19 @@ def report(args) -> None:
                f'{work}/accuracy.jsonl (and greedy orders in greedy.jsonl), e.g.:', '',
                '    SDZOO_DATA=/work/shared/datasets nice -n 10 python benchmarks/depth.py --phase accuracy '
                '--strategies survival greedy survival_bn --verify r56:3', '']
+    paired = paired_rows(rows)
+    if paired:
+        md += [f"## SD against constant depth at equal training length (160 epochs), paired on the full test split", '',
+               f"{MODELS[PAIR[0]]['label']} against {MODELS[PAIR[1]]['label']}, the same recipe otherwise; error "
+               'difference SD minus constant in points (negative: SD better), with the exact 95% interval that agrees '
+               "with McNemar's exact test on the images the two disagree on.", '',
+               '| strategy | blocks removed | SD top-1 % | constant top-1 % | SD - constant error (points) | 95% interval '
+               '| McNemar p | |', '|---|---:|---:|---:|---:|---|---:|---|']
+        for r in paired:
+            md.append(f"| {r['strategy']} | {r['removed']} | {r['sd_top1']:.2f} | {r['constant_top1']:.2f} | "
+                      f"{r['sd_minus_constant_error']:+.2f} | [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] | "
+                      f"{r['p_value']:.3g} | {'differ' if r['differs'] else 'not distinguishable'} |")
+        md.append('')
     if args.note:
         md += [args.note, '']
     md += ['## Latency (sd_resnet110.sd_cifar10, greedy + BN, onnxruntime, 2 intra-op threads)', '']
@@ -591,7 +629,7 @@ def report(args) -> None:
     write_atomic(results / 'depth.md', '\n'.join(md))
     raw = dict(meta=meta, data=DATA_NAME, models={k: {kk: vv for kk, vv in v.items()} for k, v in MODELS.items()},
                cells=sorted(rows, key=lambda r: (list(MODELS).index(r['model']), r['strategy'], r['removed'])),
-               greedy_orders=list(greedy.values()), verify=checks,
+               greedy_orders=list(greedy.values()), verify=checks, paired=paired,
                latency=latency if latency and latency.get('final') else None)
     write_atomic(results / 'depth.json', json.dumps(raw, indent=1) + '\n')
     if rows:

@@ -200,3 +200,33 @@ def test_pruned_int8_entry_is_gated_and_served_beside_full_depth(r20, cifar_smal
         main(base + ['--keep-blocks', '2', '--strategy', 'survival'])
     assert e.value.code == 2 and 'exceeds the allowed 0.5' in capsys.readouterr().err
     assert not (repo / 'sd_resnet20_k2').exists()
+
+
+def test_model_cards_depth_table_is_the_benchmark_record(tmp_path):
+    """MODEL_CARDS.md's depth-on-demand tables come from benchmarks/results/depth.json, cell for cell; the committed
+    MODEL_CARDS.md is what `sdzoo cards` renders from the committed record."""
+    import json
+    from pathlib import Path
+    from sdzoo.reports.cards import depth_section
+    record = dict(meta=dict(machine='test CPU', first_date='a', last_date='b'),
+                  models=dict(m=dict(label='Model M', cuts=[0, 2, 4])),
+                  cells=[dict(model='m', strategy='full', removed=0, blocks_total=9, top1=90.0),
+                         dict(model='m', strategy='survival', removed=2, blocks_total=9, top1=80.5),
+                         dict(model='m', strategy='greedy', removed=2, blocks_total=9, top1=88.25)],
+                  latency=dict(rows=dict(a=dict(keep=9, precision='fp32', batch1_median_ms=4.0, batch64_images_per_s=300,
+                                                top1=90.0),
+                                         b=dict(keep=7, precision='int8', batch1_median_ms=2.0, batch64_images_per_s=600,
+                                                top1=88.0))),
+                  paired=[dict(strategy='greedy', removed=2, sd_top1=88.25, constant_top1=87.0,
+                               sd_minus_constant_error=-1.25, ci95=[-2.0, -0.5], p_value=0.001, differs=True)])
+    (tmp_path / 'depth.json').write_text(json.dumps(record))
+    text = '\n'.join(depth_section(tmp_path))
+    assert '### Model M' in text and 'test CPU' in text
+    assert '| 0 | 9 | 90.00 | 90.00 | 90.00 |' in text
+    assert '| 2 | 7 | 80.50 | – | 88.25 |' in text and '| 4 | 5 | – | – | – |' in text
+    assert '| 7 | int8 | 2.00 | 2.00x | 600 | 88.00 |' in text
+    assert '| greedy | 2 | 88.25 | 87.00 | -1.25 | [-2.00, -0.50] | 0.001 | differ |' in text
+    repo = Path(__file__).resolve().parents[1]
+    cards = (repo / 'MODEL_CARDS.md').read_text()
+    section = '\n'.join(depth_section(repo / 'benchmarks' / 'results'))
+    assert section and section in cards

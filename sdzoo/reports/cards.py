@@ -242,7 +242,7 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
         '',
     ] + comparison_section(load_runs(root / 'runs', _default_drop_path_rate), COMPARISON_FIGURE,
                            load_step_benchmarks(root / 'benchmarks' / 'results'),
-                           load_epoch_benchmarks(root / 'benchmarks' / 'results')) + [
+                           load_epoch_benchmarks(root / 'benchmarks' / 'results')) + depth_section(root / 'benchmarks' / 'results') + [
         '## Runs in progress',
         '',
         'Long runs train across working sessions; their resumable checkpoints (`runs/<run>/last.pt`) are committed. '
@@ -251,6 +251,74 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
         '',
     ] + _in_training(root / 'runs')
     return '\n'.join(parts).rstrip() + '\n'
+
+
+DEPTH_STRATEGIES = (('survival', 'survival'), ('survival_bn', 'survival + BN'), ('greedy', 'greedy (+ BN)'))
+
+
+def depth_section(results: Path) -> List[str]:
+    """Depth on demand from ``benchmarks/results/depth.json`` (``python benchmarks/depth.py``): top-1 against blocks
+    removed per model and strategy, and the measured ONNX latency of the pruned exports."""
+    path = Path(results) / 'depth.json'
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text(encoding='utf-8'))
+    meta, cells = d.get('meta') or {}, d.get('cells') or []
+    out = ['## Depth on demand (`sdzoo.prune_depth`, `sdzoo export --keep-blocks N`)', '',
+           'One trained network served at fewer residual blocks: a removed block becomes its parameter-free shortcut, '
+           'no retraining. Top-1 on the full CIFAR-10 (JPEG q75 copy) test split, from `benchmarks/results/depth.json` '
+           f"(`python benchmarks/depth.py`; every command in `benchmarks/results/depth.md`; {meta.get('machine', '?')}; "
+           f"cells {meta.get('first_date', '?')} to {meta.get('last_date', '?')}). **survival**: the lowest-survival "
+           '(deepest) blocks go; **survival + BN**: the same, then BatchNorm statistics re-estimated on 2,000 training '
+           'images; **greedy**: the block whose removal changes the output least on 500 held-out training images, '
+           'repeatedly, then the same BN re-estimation. "–": not measured yet.', '']
+    for key, model in (d.get('models') or {}).items():
+        mine = [c for c in cells if c.get('model') == key]
+        if not mine:
+            continue
+        full = next((c for c in mine if c.get('strategy') == 'full'), None)
+        cuts = sorted({int(c['removed']) for c in mine} | set(int(x) for x in model.get('cuts') or ()))
+        total = mine[0].get('blocks_total')
+        out += [f"### {model.get('label', key)}", '',
+                '| blocks removed | kept | ' + ' | '.join(f'{label} top-1 %' for _, label in DEPTH_STRATEGIES) + ' |',
+                '|---:|---:|' + '---:|' * len(DEPTH_STRATEGIES)]
+        for cut in cuts:
+            vals = []
+            for strategy, _ in DEPTH_STRATEGIES:
+                c = full if cut == 0 else next((c for c in mine if c.get('strategy') == strategy
+                                                 and int(c['removed']) == cut), None)
+                vals.append(f"{c['top1']:.2f}" if c else '–')
+            out.append(f"| {cut} | {total - cut if total else '?'} | " + ' | '.join(vals) + ' |')
+        out.append('')
+    paired = d.get('paired') or []
+    if paired:
+        out += ['### SD against constant depth, 160 epochs each, paired on the full test split', '',
+                'The two ResNet-110 runs above with the same recipe and length; error difference SD minus constant in '
+                "points (negative: SD better), the exact 95% interval that agrees with McNemar's exact test.", '',
+                '| strategy | blocks removed | SD top-1 % | constant top-1 % | SD - constant error (points) | 95% interval '
+                '| McNemar p | |', '|---|---:|---:|---:|---:|---|---:|---|']
+        for r in paired:
+            out.append(f"| {r['strategy']} | {r['removed']} | {r['sd_top1']:.2f} | {r['constant_top1']:.2f} | "
+                       f"{r['sd_minus_constant_error']:+.2f} | [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] | "
+                       f"{r['p_value']:.3g} | {'differ' if r['differs'] else 'not distinguishable'} |")
+        out.append('')
+    rows = (d.get('latency') or {}).get('rows') or {}
+    if rows:
+        base = next((r for r in rows.values() if r.get('precision') == 'fp32'
+                     and r.get('keep') == max(x.get('keep', 0) for x in rows.values())), None)
+        out += ['### Latency of the pruned exports (sd_resnet110.sd_cifar10, greedy + BN)', '',
+                'onnxruntime on the CPU named above, 2 threads, every graph round-robin in one process: median batch-1 '
+                'latency and batch-64 throughput (`python benchmarks/depth.py --phase latency`).', '',
+                '| blocks kept | precision | batch-1 ms | batch-1 speed-up | batch-64 images/s | test top-1 % |',
+                '|---:|---|---:|---:|---:|---:|']
+        for r in sorted(rows.values(), key=lambda r: (-r['keep'], r['precision'])):
+            speed = f"{base['batch1_median_ms'] / r['batch1_median_ms']:.2f}x" if base else '–'
+            out.append(f"| {r['keep']} | {r['precision']} | {r['batch1_median_ms']:.2f} | {speed} | "
+                       f"{r['batch64_images_per_s']:.0f} | {r['top1']:.2f} |")
+        out.append('')
+    if (Path(results) / 'depth.png').is_file():
+        out += ['![accuracy against batch-1 latency](benchmarks/results/depth.png)', '']
+    return out
 
 
 def write_cards(root: Path = _REPO_ROOT) -> Path:
