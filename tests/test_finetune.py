@@ -30,6 +30,21 @@ def readme_cut(cifar_root, tmp_path_factory) -> Path:
                 test=60)
 
 
+@pytest.fixture(scope='module')
+def readme_zero_shot(readme_cut) -> float:
+    """Test top-1 of the pretrained sd_resnet20 with its logits restricted to cat, dog and ship."""
+    import timm
+    from timm.data import resolve_data_config
+    from sdzoo.data import TensorLoader
+    m = timm.create_model('sd_resnet20', pretrained=True).eval()
+    dc = resolve_data_config(model=m)
+    test = load_splits(str(readme_cut), (3, 32, 32), val_size=0).test
+    with torch.no_grad():
+        hits = [(m(x)[:, [3, 5, 8]].argmax(1) == y).sum().item() for x, y in
+                TensorLoader(test, 256, dc['mean'], dc['std']).iter_epoch(0)]
+    return 100.0 * sum(hits) / len(test)
+
+
 def test_default_rules():
     assert [default_batch_size(n) for n in (5, 100, 162, 320, 500, 1279, 1280, 55000)] == \
         [16, 16, 16, 32, 32, 64, 128, 128]
@@ -41,7 +56,6 @@ def test_default_rules():
 
 
 def test_large_convnet_finetunes_run_without_sd():
-    from dataclasses import replace
     from sdzoo.train.config import SD_OFF_TRAIN_IMAGES, TrainConfig, recipe
     from sdzoo.train.finetune import resolve_recipe
 
@@ -129,12 +143,9 @@ def test_matched_head_copies_the_pretrained_rows(readme_cut):
 
 
 @pytest.mark.timeout(300)
-def test_readme_quickstart_without_recipe_flags(readme_cut, tmp_path, capsys):
+def test_readme_quickstart_without_recipe_flags(readme_cut, readme_zero_shot, tmp_path, capsys):
     """`sdzoo finetune sd_resnet20 --data my_images --num-classes 3` (the README cut): the recipe is printed and
     recorded, the split is in data.json, and test top-1 is near the pretrained model's restricted zero-shot."""
-    import timm
-    from timm.data import resolve_data_config
-    from sdzoo.data import TensorLoader
     out = tmp_path / 'run'
     assert cli_main(['finetune', 'sd_resnet20', '--data', str(readme_cut), '--num-classes', '3', '--threads', '1',
                      '--workers', '0', '--no-progress', '--out', str(out)]) == 0
@@ -147,14 +158,7 @@ def test_readme_quickstart_without_recipe_flags(readme_cut, tmp_path, capsys):
     data = json.loads((out / 'data.json').read_text())
     assert data['split']['val_size'] == 18 and data['split']['seed'] == 0 and data['train'] == 162
     top1 = json.loads((out / 'summary.json').read_text())['test']['top1']
-    m = timm.create_model('sd_resnet20', pretrained=True).eval()
-    dc = resolve_data_config(model=m)
-    test = load_splits(str(readme_cut), (3, 32, 32), val_size=0).test
-    with torch.no_grad():
-        hits = [(m(x)[:, [3, 5, 8]].argmax(1) == y).sum().item() for x, y in
-                TensorLoader(test, 256, dc['mean'], dc['std']).iter_epoch(0)]
-    zero_shot = 100.0 * sum(hits) / len(test)
-    assert top1 >= zero_shot - 5.0, (top1, zero_shot)
+    assert top1 >= readme_zero_shot - 5.0, (top1, readme_zero_shot)
 
 
 @pytest.mark.timeout(300)
@@ -234,14 +238,11 @@ def test_int8_gate_keeps_to_the_images_the_finetune_never_trained_on(cifar_root,
 
 
 @pytest.mark.timeout(300)
-def test_select_keeps_the_start_when_the_finetune_does_not_beat_it(readme_cut, tmp_path, capsys):
+def test_select_keeps_the_start_when_the_finetune_does_not_beat_it(readme_cut, readme_zero_shot, tmp_path, capsys):
     """A fine-tune that only makes the model worse (lr 1.0 wrecks it) leaves the start behind: the matched head
     rows, i.e. exactly the pretrained model restricted to the folder's classes; `--select last` keeps the wreck.
     The best record survives a pause and --resume."""
-    import timm
     from safetensors.torch import load_file
-    from timm.data import resolve_data_config
-    from sdzoo.data import TensorLoader
     base = ['finetune', 'sd_resnet20', '--data', str(readme_cut), '--num-classes', '3', '--threads', '1',
             '--workers', '0', '--no-progress', '--lr', '1.0', '--epochs', '2']
     assert cli_main(base + ['--out', str(tmp_path / 'best')]) == 0
@@ -251,15 +252,8 @@ def test_select_keeps_the_start_when_the_finetune_does_not_beat_it(readme_cut, t
     best, last = (json.loads((tmp_path / r / 'summary.json').read_text()) for r in ('best', 'last'))
     assert best['selected']['epoch'] == 0 and best['selected']['last_epoch'] == 2
     assert 'selected' not in last
-    m = timm.create_model('sd_resnet20', pretrained=True).eval()
-    dc = resolve_data_config(model=m)
-    test = load_splits(str(readme_cut), (3, 32, 32), val_size=0).test
-    with torch.no_grad():
-        hits = [(m(x)[:, [3, 5, 8]].argmax(1) == y).sum().item() for x, y in
-                TensorLoader(test, 256, dc['mean'], dc['std']).iter_epoch(0)]
-    zero_shot = 100.0 * sum(hits) / len(test)
-    assert best['test']['top1'] == pytest.approx(zero_shot)  # the start, image for image
-    assert last['test']['top1'] < zero_shot - 5  # the wreck the default no longer leaves behind
+    assert best['test']['top1'] == pytest.approx(readme_zero_shot)  # the start, image for image
+    assert last['test']['top1'] < readme_zero_shot - 5  # the wreck the default no longer leaves behind
     # paused after the first epoch's steps and resumed: the same record, the same weights
     assert cli_main(base + ['--out', str(tmp_path / 'part'), '--max-steps', '12']) == 0
     assert cli_main(['finetune', '--resume', str(tmp_path / 'part'), '--no-progress']) == 0
