@@ -308,3 +308,7 @@ def test_best_weights_keep_the_better_epoch_and_ties_go_to_the_later(tmp_path):
     keeper.record['epoch'] = 1  # a record that does not describe the file: refused, never loaded silently
     with pytest.raises(ValueError, match='holds epoch 3'):
         keeper.restore(model)
+    # the run's last epoch only updates the record: its weights are the model at the end, nothing is written
+    assert keeper.offer(model, 5, 96.0, 0.1, final=True) and keeper.record['epoch'] == 5
+    with pytest.raises(ValueError, match='holds epoch 3'):
+        keeper.restore(model)

@@ -32,12 +32,14 @@ class BestWeights:
         self.path = Path(path)
         self.record: Optional[Dict[str, Any]] = None
 
-    def offer(self, model: nn.Module, epoch: int, val_top1: float, val_loss: float) -> bool:
-        """Keep ``model``'s weights if this epoch beats the best so far; True when it did."""
+    def offer(self, model: nn.Module, epoch: int, val_top1: float, val_loss: float, final: bool = False) -> bool:
+        """Keep ``model``'s weights if this epoch beats the best so far; True when it did. ``final``: the run's last
+        epoch, whose weights are the model itself at the end: only the record changes (nothing to restore)."""
         best = self.record
         if best is not None and val_top1 < best['val_top1']:
             return False
-        save_safetensors(model.state_dict(), self.path, {'format': 'pt', 'epoch': str(epoch)})
+        if not final:
+            save_safetensors(model.state_dict(), self.path, {'format': 'pt', 'epoch': str(epoch)})
         self.record = dict(epoch=int(epoch), val_top1=float(val_top1), val_loss=float(val_loss))
         return True
 

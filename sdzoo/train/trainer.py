@@ -266,7 +266,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
             ev = evaluate(self.model, self.val_loader, self.device, amp=cfg.amp)
             row.update(val_loss=ev['loss'], val_top1=ev['top1'])
             if self.best is not None and (cfg.select == 'best' or self.epoch + 1 == cfg.epochs):
-                self.best.offer(self.model, self.epoch + 1, ev['top1'], ev['loss'])  # before the checkpoint records it
+                # before the checkpoint records it; the last epoch's weights are the model at the end: no file
+                self.best.offer(self.model, self.epoch + 1, ev['top1'], ev['loss'], final=self.epoch + 1 == cfg.epochs)
             if self.model.num_classes > 5:  # top-5 of 5 or fewer classes is 100% by construction
                 row['val_top5'] = ev['top5']
         self.epoch += 1
