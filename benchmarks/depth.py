@@ -167,11 +167,13 @@ def _n_params(model) -> int:
 # ----------------------------------------------------------------------------------------------------
 # phase 1: accuracy vs depth
 
-def greedy_removal_order(key: str, model, work: Path, n_remove: int, calibration_images: int, seed: int) -> Dict:
-    """The greedy order for ``n_remove`` removals (cached in WORK/greedy.jsonl; a longer cached one serves)."""
+def greedy_removal_order(key: str, model, work: Path, n_remove: int, calibration_images: int, seed: int,
+                         results: Path = RESULTS) -> Dict:
+    """The greedy order for ``n_remove`` removals (cached in WORK/greedy.jsonl or recorded in the committed
+    depth.json; a longer cached one serves)."""
     from sdzoo.models.depth import greedy_order, load_images
     path = work / 'greedy.jsonl'
-    for row in _read_jsonl(path):
+    for row in _read_jsonl(path) + _previous(results).get('greedy', []):
         if (row['model'] == key and row['calibration_images'] == calibration_images and row['seed'] == seed
                 and len(row['order']) >= n_remove):
             return row
@@ -233,7 +235,8 @@ def run_accuracy(args) -> None:
             t0 = time.time()
             if strategy == 'greedy':
                 if greedy is None:  # once, for the largest cut: smaller cuts are its prefixes
-                    greedy = greedy_removal_order(key, model, work, max(cuts), args.calibration_images, args.seed)
+                    greedy = greedy_removal_order(key, model, work, max(cuts), args.calibration_images, args.seed,
+                                                    Path(args.results))
                 names = greedy['order'][:c]
                 extra = dict(calibration=greedy['calibration'], greedy_seconds=greedy['seconds'],
                              kl=greedy['kl'][c - 1])
@@ -259,7 +262,8 @@ def verify(key: str, model, work: Path, cut: int, args, x, y, bn_x) -> None:
     if any(r['model'] == key and r['removed'] == cut for r in _read_jsonl(path)):
         return
     infos = residual_blocks(model)
-    longest = greedy_removal_order(key, model, work, max(MODELS[key]['cuts']), args.calibration_images, args.seed)
+    longest = greedy_removal_order(key, model, work, max(MODELS[key]['cuts']), args.calibration_images,
+                                   args.seed, Path(args.results))
     t0 = time.time()
     theirs = sdzoo.prune_depth(model, keep=len(infos) - cut, strategy='greedy', data=DATA,
                                calibration_images=args.calibration_images, bn_images=args.bn_images, seed=args.seed)
@@ -315,7 +319,7 @@ def run_latency(args) -> Dict:
             if cut:
                 if greedy is None:  # the same order (and calibration) phase 1 used; smaller cuts are prefixes
                     greedy = greedy_removal_order(key, model, work, max(n_total - k for k in args.keep),
-                                                  args.calibration_images, args.seed)
+                                                  args.calibration_images, args.seed, Path(args.results))
                     bn_x, _ = load_images(model, DATA, 'train', args.bn_images, args.seed + 1)
                 pruned = remove_blocks(model, greedy['order'][:cut])
                 bn_recalibrate(pruned, bn_x)
@@ -397,25 +401,36 @@ def _machine_line() -> str:
     return describe() + (f' (lscpu Model name: {name})' if name else '')
 
 
-def plot(rows: List[Dict], out: Path, latency: Optional[Dict] = None) -> None:
+def latency_base(lat: Dict) -> Dict:
+    """The full-depth fp32 graph every speed-up of one latency run is measured against."""
+    return next(r for r in lat['rows'].values() if r['precision'] == 'fp32'
+                and r['keep'] == max(x['keep'] for x in lat['rows'].values()))
+
+
+def plot(rows: List[Dict], out: Path, latencies: Optional[List[Dict]] = None) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     groups = [('ResNet-110 (54 blocks)', ('r110', 'r110_sd160', 'r110_nosd160')), ('ResNet-56 (27 blocks)', ('r56',)),
               ('ViT-Lite-7/4 (7 blocks)', ('vit',))]
     groups = [(t, ks) for t, ks in groups if any(r['model'] in ks for r in rows)]
-    lat = list((latency or {}).get('rows', {}).values())
-    fig, axes = plt.subplots(1, len(groups) + bool(lat), figsize=(5.2 * (len(groups) + bool(lat)), 4.4), squeeze=False)
-    if lat:
+    latencies = latencies or []
+    lat = bool(latencies)
+    fig, axes = plt.subplots(1, len(groups) + lat, figsize=(5.2 * (len(groups) + lat), 4.4), squeeze=False)
+    if lat:  # speed-up against each machine's own full-depth fp32 graph: machines differ in absolute ms
         ax = axes[0][-1]
-        for prec, mk in (('fp32', 'o'), ('int8', 's')):
-            pts = sorted(((r['batch1_median_ms'], r['top1'], r['keep']) for r in lat if r['precision'] == prec),
-                         key=lambda p: -p[2])
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=mk, label=f'ONNX {prec}')
-            for x_, y_, k in pts:
-                ax.annotate(str(k), (x_, y_), fontsize=7, xytext=(3, 3), textcoords='offset points')
+        for i, run in enumerate(latencies):
+            base = latency_base(run)['batch1_median_ms']
+            cpu = run['machine'].split(' (')[0]
+            for prec, mk in (('fp32', 'o'), ('int8', 's')):
+                pts = sorted(((base / r['batch1_median_ms'], r['top1'], r['keep']) for r in run['rows'].values()
+                              if r['precision'] == prec), key=lambda p: -p[2])
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=mk, ls='-' if i == 0 else '--',
+                        label=f'ONNX {prec}, {cpu}')
+                for x_, y_, k in pts:
+                    ax.annotate(str(k), (x_, y_), fontsize=7, xytext=(3, 3), textcoords='offset points')
         ax.set_title('sd_resnet110.sd_cifar10, greedy + BN (labels: blocks kept)', fontsize=9)
-        ax.set_xlabel(f"batch-1 latency ms (onnxruntime, {latency['threads']} threads)")
+        ax.set_xlabel(f"batch-1 speed-up vs 54 blocks fp32 (onnxruntime, {latencies[-1]['threads']} threads)")
         ax.set_ylabel('top-1 % (test)')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -472,19 +487,42 @@ def paired_rows(rows: List[Dict]) -> List[Dict]:
     return out
 
 
+def _previous(results: Path) -> Dict:
+    """The committed record: WORK lives in /tmp and each session's machine is another, so a report adds to what
+    earlier sessions measured instead of replacing it with this session's cells only."""
+    path = results / 'depth.json'
+    if not path.is_file():
+        return {}
+    d = json.loads(path.read_text())
+    lat = d.get('latencies') or ([d['latency']] if d.get('latency') else [])
+    return dict(cells=d.get('cells') or [], greedy=d.get('greedy_orders') or [], verify=d.get('verify') or [],
+                runs=(d.get('meta') or {}).get('runs') or [], latencies=lat)
+
+
+def merge_latencies(previous: List[Dict], new: Optional[Dict]) -> List[Dict]:
+    """One final latency run per machine, oldest first; a new run on the same machine replaces the old one."""
+    out = [r for r in previous if r.get('final')]
+    if new and new.get('final'):
+        out = [r for r in out if r['machine'] != new['machine']] + [new]
+    return out
+
+
 def report(args) -> None:
     work = Path(args.work)
-    cells = _read_jsonl(work / 'accuracy.jsonl')
+    prev = _previous(Path(args.results))
+    cells = prev.get('cells', []) + _read_jsonl(work / 'accuracy.jsonl')
     # the last measurement of each cell wins (a re-run replaces)
     by = {}
     for r in cells:
         by[(r['model'], r['strategy'], r['removed'], r['test_images'])] = r
     rows = [r for r in by.values() if r['test_images'] >= args.min_test_images]
-    greedy = {r['model']: r for r in _read_jsonl(work / 'greedy.jsonl')}
-    checks = _read_jsonl(work / 'verify.jsonl')
+    greedy = {r['model']: r for r in prev.get('greedy', []) + _read_jsonl(work / 'greedy.jsonl')}
+    checks = list({(v['model'], v['removed']): v for v in prev.get('verify', []) + _read_jsonl(work / 'verify.jsonl')}
+                  .values())
     lat_path = work / 'latency.json'
-    latency = json.loads(lat_path.read_text()) if lat_path.is_file() else None
-    runs = [r for r in _read_jsonl(work / 'runs.jsonl') if r.get('busy_before') is not None]
+    latencies = merge_latencies(prev.get('latencies', []), json.loads(lat_path.read_text()) if lat_path.is_file() else None)
+    runs = list({(r['command'], r['started']): r for r in prev.get('runs', []) + _read_jsonl(work / 'runs.jsonl')
+                 if r.get('busy_before') is not None}.values())
     commands = list(dict.fromkeys([r['command'] for r in rows if r.get('command')] + [r['command'] for r in runs]))
     dates = [r['date'] for r in rows] + [r['started'] for r in runs]
     busy = ''
@@ -597,17 +635,17 @@ def report(args) -> None:
         md += [args.note, '']
     md += ['## Latency (sd_resnet110.sd_cifar10, greedy + BN, onnxruntime, 2 intra-op threads)', '']
     lat_cmd = 'python benchmarks/depth.py --phase latency   # defaults: keep 54 42 36, --iters 300 --iters64 30, --threads 2'
-    if latency and latency.get('final'):
-        md += [f"Measured {latency['date']} on {latency['machine']}; onnxruntime {latency['onnxruntime']}. "
-               f"{latency['busy']} Batch 1: median of {latency['iters']} runs, batch 64: median of "
-               f"{latency['iters64']} runs, after {latency['warmup']} warm-up runs, all six graphs round-robin "
-               'in one process.', '', f"Command: `{latency['command']}`", '',
+    for lat in latencies:
+        md += [f"### {lat['machine']}", '',
+               f"Measured {lat['date']}; onnxruntime {lat['onnxruntime']}. "
+               f"{lat['busy']} Batch 1: median of {lat['iters']} runs, batch 64: median of "
+               f"{lat['iters64']} runs, after {lat['warmup']} warm-up runs, all six graphs round-robin "
+               'in one process.', '', f"Command: `{lat['command']}`", '',
                '| blocks kept | precision | batch-1 latency ms | vs 54 fp32 | batch-64 img/s | vs 54 fp32 | '
                'top-1 % (test, 10,000) | INT8 gate |',
                '|---:|---|---:|---:|---:|---:|---:|---|']
-        base = next(r for r in latency['rows'].values() if r['keep'] == max(x['keep'] for x in latency['rows'].values())
-                    and r['precision'] == 'fp32')
-        for k, r in latency['rows'].items():
+        base = latency_base(lat)
+        for k, r in lat['rows'].items():
             g = r.get('gate')
             gate = '' if not g else ('**refused** by `sdzoo export --int8` (timed anyway)' if g.get('refused')
                                      else f"passed ({g.get('top1_fp32', float('nan')):.2f} -> "
@@ -615,25 +653,20 @@ def report(args) -> None:
             md.append(f"| {r['keep']} | {r['precision']} | {r['batch1_median_ms']:.2f} | "
                       f"{base['batch1_median_ms'] / r['batch1_median_ms']:.2f}x | {r['batch64_images_per_s']:.0f} | "
                       f"{r['batch64_images_per_s'] / base['batch64_images_per_s']:.2f}x | {r['top1']:.2f} | {gate} |")
-    else:
+        md.append('')
+    if not latencies:
         md += ['Not measured yet: timings need a quiet machine (the training queue was running when the accuracy '
-               'tables were made). Command for the final run (stop the queue first):', '', f'    {lat_cmd}', '',
-               '| blocks kept | precision | batch-1 latency ms | vs 54 fp32 | batch-64 img/s | vs 54 fp32 | '
-               'top-1 % (test, 10,000) | INT8 gate |',
-               '|---:|---|---:|---:|---:|---:|---:|---|',
-               '| 54 / 42 / 36 | fp32, INT8 | to be measured | | to be measured | | to be measured | to be measured |']
-    md.append('')
+               'tables were made). Command for the final run (stop the queue first):', '', f'    {lat_cmd}', '']
     md += ['Plot: [depth.png](depth.png) (top-1 vs blocks kept). Raw cells (per-image hits as base64 packbits, '
            'wall times, removed blocks): depth.json.', '']
     results = Path(args.results)
     write_atomic(results / 'depth.md', '\n'.join(md))
     raw = dict(meta=meta, data=DATA_NAME, models={k: {kk: vv for kk, vv in v.items()} for k, v in MODELS.items()},
                cells=sorted(rows, key=lambda r: (list(MODELS).index(r['model']), r['strategy'], r['removed'])),
-               greedy_orders=list(greedy.values()), verify=checks, paired=paired,
-               latency=latency if latency and latency.get('final') else None)
+               greedy_orders=list(greedy.values()), verify=checks, paired=paired, latencies=latencies)
     write_atomic(results / 'depth.json', json.dumps(raw, indent=1) + '\n')
     if rows:
-        plot(rows, results / 'depth.png', latency if latency and latency.get('final') else None)
+        plot(rows, results / 'depth.png', latencies)
     _log(f'written {results}/depth.md, depth.json' + (', depth.png' if rows else ''))
 
 

@@ -213,10 +213,12 @@ def test_model_cards_depth_table_is_the_benchmark_record(tmp_path):
                   cells=[dict(model='m', strategy='full', removed=0, blocks_total=9, top1=90.0),
                          dict(model='m', strategy='survival', removed=2, blocks_total=9, top1=80.5),
                          dict(model='m', strategy='greedy', removed=2, blocks_total=9, top1=88.25)],
-                  latency=dict(rows=dict(a=dict(keep=9, precision='fp32', batch1_median_ms=4.0, batch64_images_per_s=300,
-                                                top1=90.0),
-                                         b=dict(keep=7, precision='int8', batch1_median_ms=2.0, batch64_images_per_s=600,
-                                                top1=88.0))),
+                  latencies=[dict(machine='CPU one', date='d1', rows=dict(
+                      a=dict(keep=9, precision='fp32', batch1_median_ms=4.0, batch64_images_per_s=300, top1=90.0),
+                      b=dict(keep=7, precision='int8', batch1_median_ms=2.0, batch64_images_per_s=600, top1=88.0))),
+                      dict(machine='CPU two', date='d2', rows=dict(
+                          a=dict(keep=9, precision='fp32', batch1_median_ms=3.0, batch64_images_per_s=400, top1=90.0),
+                          b=dict(keep=7, precision='int8', batch1_median_ms=1.0, batch64_images_per_s=900, top1=88.1)))],
                   paired=[dict(strategy='greedy', removed=2, sd_top1=88.25, constant_top1=87.0,
                                sd_minus_constant_error=-1.25, ci95=[-2.0, -0.5], p_value=0.001, differs=True)])
     (tmp_path / 'depth.json').write_text(json.dumps(record))
@@ -224,9 +226,45 @@ def test_model_cards_depth_table_is_the_benchmark_record(tmp_path):
     assert '### Model M' in text and 'test CPU' in text
     assert '| 0 | 9 | 90.00 | 90.00 | 90.00 |' in text
     assert '| 2 | 7 | 80.50 | – | 88.25 |' in text and '| 4 | 5 | – | – | – |' in text
-    assert '| 7 | int8 | 2.00 | 2.00x | 600 | 88.00 |' in text
+    # one latency table per CPU, each speed-up against that CPU's own full-depth fp32 graph
+    one, two = text.index('CPU one, d1:'), text.index('CPU two, d2:')
+    assert one < text.index('| 7 | int8 | 2.00 | 2.00x | 600 | 88.00 |') < two
+    assert two < text.index('| 7 | int8 | 1.00 | 3.00x | 900 | 88.10 |')
     assert '| greedy | 2 | 88.25 | 87.00 | -1.25 | [-2.00, -0.50] | 0.001 | differ |' in text
     repo = Path(__file__).resolve().parents[1]
     cards = (repo / 'MODEL_CARDS.md').read_text()
     section = '\n'.join(depth_section(repo / 'benchmarks' / 'results'))
     assert section and section in cards
+
+
+def test_depth_report_adds_this_machines_latency_to_the_committed_record(repo_root, tmp_path):
+    """benchmarks/depth.py --phase report keeps what earlier sessions measured (their WORK in /tmp is gone) and adds
+    this session's: one latency run per CPU, a new run on the same CPU replacing its old one."""
+    import json
+    import subprocess
+    import sys
+    results, work = tmp_path / 'results', tmp_path / 'work'
+    results.mkdir()
+    work.mkdir()
+
+    def lat(machine, ms, date):
+        rows = {f'keep{k}_{p}': dict(keep=k, precision=p, batch1_median_ms=ms * k / 54 / (2 if p == 'int8' else 1),
+                                     batch64_images_per_s=300.0, top1=90.0, test_images=10000)
+                for k in (54, 36) for p in ('fp32', 'int8')}
+        return dict(final=True, rows=rows, threads=2, warmup=1, iters=300, iters64=30, machine=machine, busy='idle.',
+                    onnxruntime='1', torch='2', date=date, command='python benchmarks/depth.py --phase latency')
+    cell = dict(model='r56', strategy='full', removed=0, kept=27, blocks_total=27, params=855770, top1=93.1,
+                test_images=10000, command='python benchmarks/depth.py --phase accuracy', date='2026-12-01 00:00:00')
+    (results / 'depth.json').write_text(json.dumps(dict(
+        cells=[cell], greedy_orders=[], verify=[], meta=dict(runs=[]),
+        latencies=[lat('CPU A', 6.0, 'old A'), lat('CPU B', 5.0, 'old B')])))
+    (work / 'latency.json').write_text(json.dumps(lat('CPU B', 4.0, 'new B')))
+    done = subprocess.run([sys.executable, str(repo_root / 'benchmarks' / 'depth.py'), '--phase', 'report',
+                           '--work', str(work), '--results', str(results)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((results / 'depth.json').read_text())
+    assert [(r['machine'], r['date']) for r in record['latencies']] == [('CPU A', 'old A'), ('CPU B', 'new B')]
+    assert [c['top1'] for c in record['cells']] == [93.1]  # the committed cell survives a report from an empty WORK
+    md = (results / 'depth.md').read_text()
+    assert '### CPU A' in md and '### CPU B' in md and 'Measured new B' in md and 'old B' not in md
+    assert '| 36 | int8 | 1.33 | 3.00x |' in md  # against CPU B's own full-depth fp32 graph (4.00 ms)

@@ -302,13 +302,16 @@ def depth_section(results: Path) -> List[str]:
                        f"{r['sd_minus_constant_error']:+.2f} | [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] | "
                        f"{r['p_value']:.3g} | {'differ' if r['differs'] else 'not distinguishable'} |")
         out.append('')
-    rows = (d.get('latency') or {}).get('rows') or {}
-    if rows:
+    latencies = d.get('latencies') or []
+    if latencies:
+        out += ['### Latency of the pruned exports (sd_resnet110.sd_cifar10, greedy + BN)', '',
+                'onnxruntime, 2 threads, every graph round-robin in one process, one table per CPU: median batch-1 '
+                'latency and batch-64 throughput (`python benchmarks/depth.py --phase latency`).', '']
+    for lat in latencies:
+        rows = lat.get('rows') or {}
         base = next((r for r in rows.values() if r.get('precision') == 'fp32'
                      and r.get('keep') == max(x.get('keep', 0) for x in rows.values())), None)
-        out += ['### Latency of the pruned exports (sd_resnet110.sd_cifar10, greedy + BN)', '',
-                'onnxruntime on the CPU named above, 2 threads, every graph round-robin in one process: median batch-1 '
-                'latency and batch-64 throughput (`python benchmarks/depth.py --phase latency`).', '',
+        out += [f"{lat.get('machine', '?')}, {lat.get('date', '?')}:", '',
                 '| blocks kept | precision | batch-1 ms | batch-1 speed-up | batch-64 images/s | test top-1 % |',
                 '|---:|---|---:|---:|---:|---:|']
         for r in sorted(rows.values(), key=lambda r: (-r['keep'], r['precision'])):
@@ -317,7 +320,7 @@ def depth_section(results: Path) -> List[str]:
                        f"{r['batch64_images_per_s']:.0f} | {r['top1']:.2f} |")
         out.append('')
     if (Path(results) / 'depth.png').is_file():
-        out += ['![accuracy against batch-1 latency](benchmarks/results/depth.png)', '']
+        out += ['![accuracy against blocks kept and batch-1 speed-up](benchmarks/results/depth.png)', '']
     return out
 
 
