@@ -74,7 +74,7 @@ MODELS = {
     'vit': dict(label='SD ViT-Lite-7/4 (shipped sd_vit_lite_patch4_32.sd_cifar10)', name='sd_vit_lite_patch4_32',
                 pretrained=True, cuts=(0, 1, 2, 3)),
 }
-STRATEGIES = ('survival', 'survival_bn', 'greedy')
+STRATEGIES = ('survival', 'survival_bn', 'greedy', 'greedy_heal')
 LATENCY_KEEP = (54, 42, 36)
 
 
@@ -171,6 +171,7 @@ def greedy_removal_order(key: str, model, work: Path, n_remove: int, calibration
                          results: Path = RESULTS) -> Dict:
     """The greedy order for ``n_remove`` removals (cached in WORK/greedy.jsonl or recorded in the committed
     depth.json; a longer cached one serves)."""
+    import torch
     from sdzoo.models.depth import greedy_order, load_images
     path = work / 'greedy.jsonl'
     for row in _read_jsonl(path) + _previous(results).get('greedy', []):
@@ -183,15 +184,15 @@ def greedy_removal_order(key: str, model, work: Path, n_remove: int, calibration
     order = greedy_order(model, calib, n_remove, log=lambda m: _log(f'{key}: {m} ({time.time() - t0:.0f} s)'))
     row = dict(model=key, calibration_images=calibration_images, seed=seed, calibration=desc,
                order=[n for n, _ in order], kl=[round(k, 6) for _, k in order], seconds=round(time.time() - t0, 1),
-               date=time.strftime('%Y-%m-%d %H:%M:%S'))
+               threads=torch.get_num_threads(), machine=describe(), date=time.strftime('%Y-%m-%d %H:%M:%S'))
     _append(path, row)
     return row
 
 
 def run_accuracy(args) -> None:
     import torch
-    from sdzoo.models.depth import bn_recalibrate, load_images, residual_blocks
-    torch.set_num_threads(1)
+    from sdzoo.models.depth import bn_recalibrate, heal, load_images, residual_blocks
+    torch.set_num_threads(args.eval_threads)
     work = Path(args.work)
     cells_path = work / 'accuracy.jsonl'
     for key in args.models:
@@ -226,14 +227,14 @@ def run_accuracy(args) -> None:
         if (key, 'full', 0) not in done:
             cell('full', [], time.time(), {}, model)
         bn_x = bn_desc = None
-        if any(s in ('survival_bn', 'greedy') for s, _ in todo) or args.verify:
+        if any(s in ('survival_bn', 'greedy', 'greedy_heal') for s, _ in todo) or args.verify:
             bn_x, bn_desc = load_images(model, DATA, 'train', args.bn_images, args.seed + 1)
         survival_order = [b.name for b in sorted((b for b in infos if not b.downsampling),
                                                  key=lambda b: (b.survival_prob, -b.index))]
-        greedy = None
+        greedy = heal_x = None
         for strategy, c in todo:
             t0 = time.time()
-            if strategy == 'greedy':
+            if strategy in ('greedy', 'greedy_heal'):
                 if greedy is None:  # once, for the largest cut: smaller cuts are its prefixes
                     greedy = greedy_removal_order(key, model, work, max(cuts), args.calibration_images, args.seed,
                                                     Path(args.results))
@@ -244,9 +245,16 @@ def run_accuracy(args) -> None:
                 names = survival_order[:c]
                 extra = {}
             pruned = remove_blocks(model, names)
-            if strategy in ('greedy', 'survival_bn'):
+            if strategy in ('greedy', 'survival_bn', 'greedy_heal'):
                 extra['bn_recalibrated'] = bn_recalibrate(pruned, bn_x)
                 extra['bn_images'] = bn_desc
+            if strategy == 'greedy_heal':  # what prune_depth(..., heal_steps=N) does after the BN re-estimation
+                if heal_x is None:
+                    heal_x, heal_desc = load_images(model, DATA, 'train', args.heal_images, args.seed + 2)
+                torch.set_num_threads(args.threads)
+                extra['heal'] = dict(heal(pruned, model, heal_x, args.heal_steps, lr=args.heal_lr, seed=args.seed),
+                                     images=heal_desc)
+                torch.set_num_threads(args.eval_threads)
             cell(strategy, names, t0, extra, pruned)
         if args.verify and args.verify.split(':')[0] == key:
             verify(key, model, work, int(args.verify.split(':')[1]), args, x, y, bn_x)
@@ -436,7 +444,7 @@ def plot(rows: List[Dict], out: Path, latencies: Optional[List[Dict]] = None) ->
         ax.legend(fontsize=7)
     colors = {'r110': 'tab:blue', 'r110_sd160': 'tab:green', 'r110_nosd160': 'tab:red', 'r56': 'tab:blue',
               'vit': 'tab:blue'}
-    styles = {'survival': (':', 'v'), 'survival_bn': ('--', 's'), 'greedy': ('-', 'o')}
+    styles = {'survival': (':', 'v'), 'survival_bn': ('--', 's'), 'greedy': ('-', 'o'), 'greedy_heal': ('-.', 'D')}
     short = {'r110': 'SD 300 ep (shipped)', 'r110_sd160': 'SD 160 ep', 'r110_nosd160': 'constant depth 160 ep',
              'r56': 'SD (shipped)', 'vit': 'SD (shipped)'}
     for ax, (title, keys) in zip(axes[0], groups):
@@ -529,7 +537,8 @@ def report(args) -> None:
     if runs and all(r.get('busy_after') is not None for r in runs):
         busy = busy_note(max(r['busy_before'] for r in runs), max(r['busy_after'] for r in runs)).replace(
             'just before / after the run', 'just before / after the runs (highest)')
-    meta = dict(machine=runs[-1]['machine'] if runs else _machine_line(), busy=busy, commands=commands,
+    machines = list(dict.fromkeys(r['machine'] for r in runs)) or [_machine_line()]
+    meta = dict(machine='; '.join(machines), busy=busy, commands=commands,
                 first_date=min(dates, default='?'), last_date=max(dates, default='?'), runs=runs)
     md = [f'# Depth on demand: accuracy vs residual blocks kept (issue 50)', '',
           f'`sdzoo.prune_depth` on {DATA_NAME} (`$SDZOO_DATA/cifar10`), top-1 on the full test split (10,000 images). '
@@ -538,17 +547,21 @@ def report(args) -> None:
           '**survival + BN**: the same blocks, then the BatchNorms after the first removed block re-estimate their '
           f'statistics on {args.bn_images} training images (what `prune_depth(..., data=...)` does for every strategy); '
           '**greedy**: `prune_depth`\'s default, KL-greedy on '
-          f'{args.calibration_images} held-out training images (the val split) + the same BN re-estimation. '
+          f'{args.calibration_images} held-out training images (the val split) + the same BN re-estimation; '
+          '**greedy + BN + heal**: then `sdzoo.models.depth.heal`, a short distillation from the full network on '
+          f'{args.heal_images} training images (`prune_depth(..., heal_steps={args.heal_steps})`). '
           'Greedy\'s order was computed once for the largest cut; smaller cuts are its prefixes (greedy is '
           'sequential), ' + ('checked against `prune_depth` itself below.' if checks else 'to be checked against '
                              '`prune_depth` itself by `--verify r56:3` (not run at full scale yet).')
           + ' No test image is used for any choice.', '',
-          f"Machine: {meta['machine']}. {meta['busy'] + ' ' if meta['busy'] else ''}Accuracy does not depend on the load; wall times "
+          f"Machines of the accuracy runs: {meta['machine']}. {meta['busy'] + ' ' if meta['busy'] else ''}"
+          'Accuracy does not depend on the load or the CPU (the greedy order came out the same on two CPUs); wall times '
           '(per cell, in depth.json) do.', '',
           'Commands (run side by side, each resuming from the shared cache ' + f"{work}/accuracy.jsonl; cells "
           f"dated {meta['first_date']} to {meta['last_date']}, $SDZOO_DATA=/work/shared/datasets):", '']
     md += [f'    {c}' for c in commands] + ['']
-    strat_cols = [('survival', 'survival'), ('survival_bn', 'survival + BN'), ('greedy', 'greedy + BN')]
+    strat_cols = [('survival', 'survival'), ('survival_bn', 'survival + BN'), ('greedy', 'greedy + BN'),
+                  ('greedy_heal', 'greedy + BN + heal')]
     for key, spec in MODELS.items():
         mine = [r for r in rows if r['model'] == key]
         if not mine:
@@ -575,8 +588,9 @@ def report(args) -> None:
                       f'| {c} | {kept} | ' + ' | '.join(vals) + ' | – |')
         g = greedy.get(key)
         if g and any(r['strategy'] == 'greedy' for r in mine):
-            md += ['', f"Greedy order ({g['calibration']}, {g['seconds'] / 60:.1f} min single-threaded on the shared "
-                       f"machine): " + ', '.join(f'`{n}`' for n in g['order'][:max(spec['cuts'])]) + '.']
+            how = f"{g['threads']} thread(s), {g.get('machine', '')}" if g.get('threads') else 'single-threaded on the shared machine'
+            md += ['', f"Greedy order ({g['calibration']}, {g['seconds'] / 60:.1f} min, {how}): "
+                   + ', '.join(f'`{n}`' for n in g['order'][:max(spec['cuts'])]) + '.']
         md.append('')
     # the paper's comparison
     r110 = {k: {(r['strategy'], r['removed']): r['top1'] for r in rows if r['model'] == k}
@@ -586,7 +600,7 @@ def report(args) -> None:
                'Top-1 loss in points against each network\'s own full depth:', '',
                '| blocks removed | ' + ' | '.join(f'SD 160 {t}' for _, t in strat_cols) + ' | '
                + ' | '.join(f'constant {t}' for _, t in strat_cols) + ' |',
-               '|---:|' + '---:|' * 6]
+               '|---:|' + '---:|' * (2 * len(strat_cols))]
         for c in MODELS['r110_sd160']['cuts'][1:]:
             cellv = []
             for k in ('r110_sd160', 'r110_nosd160'):
@@ -679,6 +693,10 @@ def main(argv=None) -> int:
     p.add_argument('--work', default='/tmp/depth', help='checkpoints, cached test tensors, JSON-lines cells')
     p.add_argument('--calibration-images', type=int, default=500, help="greedy's held-out images (prune_depth's default)")
     p.add_argument('--bn-images', type=int, default=2000, help="BN re-estimation images (prune_depth's default)")
+    p.add_argument('--eval-threads', type=int, default=1, help='torch threads of the accuracy phase (1: runs side by side)')
+    p.add_argument('--heal-steps', type=int, default=300, help='greedy_heal: distillation steps (sdzoo.models.depth.heal)')
+    p.add_argument('--heal-lr', type=float, default=None, help="greedy_heal: learning rate (default: heal's)")
+    p.add_argument('--heal-images', type=int, default=20000, help="greedy_heal: training images (prune_depth's default)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--test-images', type=int, default=None, help='first N test images only (default all 10,000)')
     p.add_argument('--verify', default=None, metavar='MODEL:CUT',

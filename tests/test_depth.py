@@ -115,6 +115,77 @@ def test_greedy_keeps_accuracy_at_mild_cut(r20, cifar_small):
     assert cut >= full - 5, (full, cut)
 
 
+@torch.no_grad()
+def _kl_to(teacher, student, x) -> float:
+    t = torch.log_softmax(teacher(x), -1)
+    return torch.nn.functional.kl_div(torch.log_softmax(student(x), -1), t, log_target=True,
+                                      reduction='batchmean').item()
+
+
+def test_heal_distils_the_full_model_into_the_pruned_one(r20, cifar_small):
+    """prune_depth(..., heal_steps=N): the pruned network moves towards the full one (KL on the training images it
+    was healed on), only the kept blocks' tensors remain, the record says what was done, and the original and
+    its removed blocks are untouched; the unhealed prune of the same blocks is the baseline."""
+    kw = dict(keep=6, strategy='survival', data=str(cifar_small), bn_images=200, heal_images=300)
+    before = {k: v.clone() for k, v in r20.state_dict().items()}
+    plain = sdzoo.prune_depth(r20, **kw)
+    healed = sdzoo.prune_depth(r20, heal_steps=40, **kw)
+    h = healed.pretrained_cfg['depth']['heal']
+    assert h['steps'] == 40 and h['optimizer'] == 'SGD' and h['images'] == '300 train images of ' + cifar_small.name
+    assert healed.pretrained_cfg['depth']['removed_blocks'] == plain.pretrained_cfg['depth']['removed_blocks']
+    assert healed.state_dict().keys() == plain.state_dict().keys()
+    assert not healed.training and all(p.grad is None for p in healed.parameters())
+    x, _ = load_images(r20, str(cifar_small), 'train', 300, kw.get('seed', 0) + 2)
+    kl_plain, kl_healed = _kl_to(r20, plain, x), _kl_to(r20, healed, x)
+    assert kl_healed < 0.8 * kl_plain, (kl_plain, kl_healed)
+    assert all(torch.equal(before[k], v) for k, v in r20.state_dict().items())
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(keep=6, strategy='survival', heal_steps=5), 'heal_steps needs data='),
+    (dict(keep=6, strategy='survival', heal_steps=-1), 'heal_steps must be an int >= 0'),
+    (dict(keep=6, strategy='survival', heal_steps=5, heal_images=0, data='cifar10'), 'heal_images must be'),
+])
+def test_heal_bad_input_one_line(r20, kwargs, message):
+    with pytest.raises(ValueError) as e:
+        sdzoo.prune_depth(r20, **kwargs)
+    assert message in str(e.value) and '\n' not in str(e.value)
+
+
+def test_pruned_model_saves_as_a_timm_folder_and_loads_back(r20, cifar_small, tmp_path):
+    """A pruned PyTorch model written as a Hub-layout folder (config.json's model_args carry removed_blocks) loads
+    with timm's own local-dir: path into the same shallower network, and with another drop_path_rate still
+    computes what was saved (its survival scaling rebased over full depth's schedule, not the kept blocks')."""
+    import timm
+    from sdzoo.hub.publish import write_model_folder
+    pruned = sdzoo.prune_depth(r20, keep=6, data=str(cifar_small), calibration_images=50, bn_images=200)
+    folder = write_model_folder(pruned, tmp_path / 'k6', model_name='sd_resnet20', tag='sd_cifar10_k6',
+                                results={'top1': 80.0}, train_info={}, dataset={'id': 'cifar10', 'name': 'CIFAR-10'})
+    config = json.loads((folder / 'config.json').read_text())
+    removed = pruned.pretrained_cfg['depth']['removed_blocks']
+    assert config['model_args']['removed_blocks'] == removed and config['depth']['strategy'] == 'greedy'
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        want = pruned(x)
+        again = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+        assert again.state_dict().keys() == pruned.state_dict().keys()
+        assert all(isinstance(again.get_submodule(n), SkippedBlock) for n in removed)
+        assert torch.equal(again(x), want)
+        other = timm.create_model(f'local-dir:{folder}', pretrained=True, drop_path_rate=0.2).eval()
+        torch.testing.assert_close(other(x), want, rtol=1e-5, atol=1e-5)
+    # the same network rebuilt from scratch: only the constructor's removed_blocks, no weights
+    assert timm.create_model('sd_resnet20', removed_blocks=removed).state_dict().keys() == pruned.state_dict().keys()
+
+
+@pytest.mark.parametrize('names, message', [(['layer9.0'], "no residual block 'layer9.0'"),
+                                            (['layer2.0'], 'layer2.0 changes the shape')])
+def test_removed_blocks_bad_names_one_line(names, message):
+    import timm
+    with pytest.raises(ValueError) as e:
+        timm.create_model('sd_resnet20', removed_blocks=names)
+    assert message in str(e.value) and '\n' not in str(e.value)
+
+
 def test_load_images_uses_training_splits(r20, cifar_small):
     x, desc = load_images(r20, str(cifar_small), 'val', 30)
     assert x.shape == (30, 3, 32, 32) and desc.startswith('30 val')
@@ -143,11 +214,24 @@ def test_export_keep_blocks(r20, tmp_path):
     assert depth['strategy'] == 'survival' and depth['blocks_total'] == 9
 
 
+def test_export_keep_blocks_heal_steps_records_the_distillation(r20, cifar_small, tmp_path):
+    from sdzoo.cli import main
+    out = tmp_path / 'k6.onnx'
+    assert main(['export', 'sd_resnet20', '--pretrained', '--out', str(out), '--exporter', 'torchscript',
+                 '--keep-blocks', '6', '--strategy', 'survival', '--data', str(cifar_small), '--heal-steps', '20',
+                 '--max-accuracy-drop', '100']) == 0
+    depth = json.loads(_conv_count_and_meta(out)[1]['sdzoo.depth'])
+    assert depth['heal']['steps'] == 20 and 'train images' in depth['heal']['images'] and 'accuracy' in depth
+
+
 @pytest.mark.parametrize('extra, message', [
     (['--keep-blocks', '0', '--strategy', 'survival'], '--keep-blocks must be >= 1'),
     (['--keep-blocks', '10', '--strategy', 'survival'], 'keep must lie in 2..9'),
     (['--keep-blocks', '5'], 'needs --data'),
     (['--strategy', 'survival'], 'add --keep-blocks'),
+    (['--heal-steps', '10'], '--heal-steps acts on the blocks --keep-blocks N keeps'),
+    (['--keep-blocks', '5', '--strategy', 'survival', '--heal-steps', '10'], '--heal-steps needs --data'),
+    (['--keep-blocks', '5', '--strategy', 'survival', '--heal-steps', '-2', '--data', 'cifar10'], '--heal-steps must be >= 0'),
     (['--keep-blocks', '5', '--strategy', 'deepest'], 'invalid choice'),
 ])
 def test_export_bad_input(r20, tmp_path, capsys, extra, message):

@@ -87,7 +87,7 @@ def _prune(args: argparse.Namespace, model):
     from ..models.depth import prune_depth
     try:
         return prune_depth(model, args.keep_blocks, strategy=args.strategy, data=args.depth_data,
-                           calibration_images=args.depth_calibration_images, seed=args.seed,
+                           calibration_images=args.depth_calibration_images, heal_steps=args.heal_steps, seed=args.seed,
                            log=(lambda m: print(m, file=sys.stderr)) if args.debug else None)
     except ValueError as e:
         raise CLIError(f'--keep-blocks: {e}') from None
@@ -123,8 +123,9 @@ def _check_keep_blocks(args: argparse.Namespace) -> None:
     from ..cli_args import CLIError
     args.depth_data = args.data  # training images of the data set (before --data becomes its test folder)
     if args.keep_blocks is None:
-        if args.strategy is not None:
-            raise CLIError('--strategy chooses the blocks --keep-blocks N keeps: add --keep-blocks')
+        if args.strategy is not None or args.heal_steps:
+            raise CLIError(f"--{'strategy' if args.strategy is not None else 'heal-steps'} acts on the blocks "
+                           '--keep-blocks N keeps: add --keep-blocks')
         return
     if args.model is None:
         raise CLIError('--keep-blocks needs a MODEL')
@@ -132,6 +133,10 @@ def _check_keep_blocks(args: argparse.Namespace) -> None:
         raise CLIError(f'--keep-blocks must be >= 1, got {args.keep_blocks}')
     if args.depth_calibration_images < 1:
         raise CLIError(f'--depth-calibration-images must be >= 1, got {args.depth_calibration_images}')
+    if args.heal_steps < 0:
+        raise CLIError(f'--heal-steps must be >= 0, got {args.heal_steps}')
+    if args.heal_steps and args.data is None:
+        raise CLIError('--heal-steps needs --data DATASET: it distils the full model on its training images')
     args.strategy = args.strategy or 'greedy'
     if args.strategy == 'greedy' and args.data is None:
         raise CLIError("--keep-blocks with --strategy greedy (the default) needs --data DATASET (e.g. cifar10, or a "
@@ -450,6 +455,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         'after the first removed block re-estimate their statistics on training images)')
     d.add_argument('--depth-calibration-images', type=int, default=500,
                    help='held-out training images greedy scores blocks on (default 500)')
+    d.add_argument('--heal-steps', type=int, default=0, metavar='N',
+                   help='after removing blocks, distil the full model into the pruned one for N SGD steps of 64 '
+                        'augmented training images of --data (default 0: off)')
     p.add_argument('--json', action='store_true', help='print the report as JSON')
     p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')
     p.set_defaults(func=_cmd_export)

@@ -78,17 +78,21 @@ def sd_model_args(model: nn.Module) -> Dict[str, Any]:
     if len(scalings) > 1 or len(modes) > 1:
         raise ValueError(f'mixed stochastic-depth scaling {sorted(scalings)} / mode {sorted(modes)} '
                          'cannot be described by the model arguments')
-    probs = [g[0].survival_prob for g in groups]
+    # a network sdzoo.prune_depth shortened is rebuilt at full depth, then loses the same blocks
+    removed = list(getattr(model, 'sd_removed_blocks', None) or [])
+    probs = list(model.sd_full_survival_probs) if removed else [g[0].survival_prob for g in groups]
     rate = getattr(model, 'sd_drop_path_rate', None)
     args: Dict[str, Any] = {}
     for schedule in ('linear', 'uniform'):
         if rate is not None and all(math.isclose(a, b, rel_tol=0, abs_tol=1e-9)
-                                    for a, b in zip(probs, survival_schedule(len(groups), rate, schedule))):
+                                    for a, b in zip(probs, survival_schedule(len(probs), rate, schedule))):
             args.update(drop_path_rate=float(rate), sd_schedule=schedule)
             break
     else:
         args['sd_schedule'] = [float(p) for p in probs]
     args.update(sd_scaling=scalings.pop(), sd_mode=modes.pop())
+    if removed:
+        args['removed_blocks'] = removed
     return args
 
 
@@ -404,11 +408,20 @@ def write_model_folder(
         if label_names is not None:
             model_config['label_names'] = list(label_names)
 
+        depth = model.pretrained_cfg.get('depth')
+        if depth:  # sdzoo.prune_depth's record: beside timm's pretrained_cfg, whose loader knows no such key
+            model_config['depth'] = depth
+
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f'.{name}.', suffix='.tmp', dir=root))
+        saved_cfg = model.pretrained_cfg
         try:
-            save_for_hf(model, tmp, model_config=model_config, model_args=model_args,
-                        data_config=data_config, safe_serialization=True)
+            model.pretrained_cfg = {k: v for k, v in saved_cfg.items() if k != 'depth'}
+            try:
+                save_for_hf(model, tmp, model_config=model_config, model_args=model_args,
+                            data_config=data_config, safe_serialization=True)
+            finally:
+                model.pretrained_cfg = saved_cfg
             for dst, src in extras.items():
                 shutil.copyfile(src, tmp / dst)
             config = json.loads((tmp / 'config.json').read_text(encoding='utf-8'))

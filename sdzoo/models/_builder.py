@@ -35,6 +35,13 @@ class SDModelMixin:
         self.survival_probs = apply_stochastic_depth(self, drop_path_rate, sd_schedule, mode=sd_mode,
                                                      scaling=sd_scaling)
 
+    def remove_residual_blocks(self, names: Sequence[str]) -> None:
+        """Rebuild a network ``sdzoo.prune_depth`` shortened (its saved ``model_args['removed_blocks']``), so
+        that its weights, which hold no tensors for those blocks, load as they were saved."""
+        if names:
+            from .depth import remove_blocks
+            remove_blocks(self, list(names))
+
 
 def sd_model_class(model_name: str) -> Optional[type]:
     """The class a registered model name builds (None if timm does not know the name), found by

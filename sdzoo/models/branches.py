@@ -70,7 +70,11 @@ def trained_eval_scales(model: nn.Module, trained: Mapping[str, Any]) -> Optiona
     if scaling not in SD_SCALINGS:
         raise ValueError(f"the weights were trained with sd_scaling {scaling!r}; expected one of {SD_SCALINGS}")
     groups = sd_blocks(model)
-    probs = survival_schedule(len(groups), 0.0 if rate is None else float(rate), schedule)
+    kept = getattr(model, 'sd_kept_groups', None)  # a network prune_depth shortened: its schedule is full depth's
+    probs = survival_schedule(len(model.sd_full_survival_probs) if kept is not None else len(groups),
+                              0.0 if rate is None else float(rate), schedule)
+    if kept is not None:
+        probs = [probs[i] for i in kept]
     return [1.0 if scaling == 'inverted' else p for p, group in zip(probs, groups) for _ in group]
 
 

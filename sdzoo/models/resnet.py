@@ -88,10 +88,12 @@ class SDResNet(SDModelMixin, ResNet):
             sd_mode: str = 'batch',
             sd_scaling: str = 'paper',
             sd_seed: int = 0,
+            removed_blocks: Sequence[str] = (),
             **kwargs,
     ):
         super().__init__(*args, drop_path_rate=0., **kwargs)
         self.init_stochastic_depth(drop_path_rate, sd_schedule, sd_mode, sd_scaling, sd_seed)
+        self.remove_residual_blocks(removed_blocks)
 
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> SDResNet:

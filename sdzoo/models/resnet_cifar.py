@@ -26,6 +26,8 @@ __all__ = ['CifarResNet', 'CifarBasicBlock']
 class CifarBasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN residual branch, ReLU after the add (as in ResidualDrop.lua)."""
 
+    residual_shortcut = 'shortcut'  # sdzoo.prune_depth: a removed block becomes this module (Identity: no shape change)
+
     def __init__(
             self,
             in_chs: int,
@@ -85,6 +87,7 @@ class CifarResNet(SDModelMixin, nn.Module):
             sd_mode: str = 'batch',
             sd_scaling: str = 'paper',
             sd_seed: int = 0,
+            removed_blocks: Sequence[str] = (),
             zero_init_last: bool = False,
             act_layer: Type[nn.Module] = nn.ReLU,
             norm_layer: Type[nn.Module] = nn.BatchNorm2d,
@@ -121,6 +124,7 @@ class CifarResNet(SDModelMixin, nn.Module):
 
         self.init_stochastic_depth(drop_path_rate, sd_schedule, sd_mode, sd_scaling, sd_seed)
         self._init_weights(zero_init_last)
+        self.remove_residual_blocks(removed_blocks)
 
     def _init_weights(self, zero_init_last: bool = False) -> None:
         # the paper's init (He normal, BN weight 1); zero_init_last is timm's, off for the paper's recipe
@@ -209,8 +213,11 @@ class CifarResNet(SDModelMixin, nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(self.bn1(self.conv1(x)))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.forward_stem(x)
         for stage in self.stages:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 from timm.models import checkpoint_seq

@@ -62,11 +62,13 @@ class SDVisionTransformer(SDModelMixin, VisionTransformer):
             sd_mode: str = 'batch',
             sd_scaling: str = 'paper',
             sd_seed: int = 0,
+            removed_blocks: Sequence[str] = (),
             **kwargs,
     ):
         kwargs.setdefault('block_fn', SDBlock)
         super().__init__(*args, drop_path_rate=0., **kwargs)
         self.init_stochastic_depth(drop_path_rate, sd_schedule, sd_mode, sd_scaling, sd_seed)
+        self.remove_residual_blocks(removed_blocks)
 
     def sd_block_groups(self) -> List[List[StochasticDepth]]:
         # a block sdzoo.prune_depth removed is its parameter-free shortcut: it has no units

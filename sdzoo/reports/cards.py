@@ -253,7 +253,8 @@ def render_cards(root: Path = _REPO_ROOT) -> str:
     return '\n'.join(parts).rstrip() + '\n'
 
 
-DEPTH_STRATEGIES = (('survival', 'survival'), ('survival_bn', 'survival + BN'), ('greedy', 'greedy (+ BN)'))
+DEPTH_STRATEGIES = (('survival', 'survival'), ('survival_bn', 'survival + BN'), ('greedy', 'greedy (+ BN)'),
+                    ('greedy_heal', 'greedy + BN + heal'))
 
 
 def depth_section(results: Path) -> List[str]:
@@ -271,7 +272,8 @@ def depth_section(results: Path) -> List[str]:
            f"cells {meta.get('first_date', '?')} to {meta.get('last_date', '?')}). **survival**: the lowest-survival "
            '(deepest) blocks go; **survival + BN**: the same, then BatchNorm statistics re-estimated on 2,000 training '
            'images; **greedy**: the block whose removal changes the output least on 500 held-out training images, '
-           'repeatedly, then the same BN re-estimation. "–": not measured yet.', '']
+           'repeatedly, then the same BN re-estimation; **heal**: then a short distillation from the full network on '
+           'training images (`prune_depth(..., heal_steps=N)`). "–": not measured yet.', '']
     for key, model in (d.get('models') or {}).items():
         mine = [c for c in cells if c.get('model') == key]
         if not mine:
