@@ -198,7 +198,7 @@ def run_accuracy(args) -> None:
     for key in args.models:
         spec = MODELS[key]
         done = {(r['model'], r['strategy'], r['removed']) for r in _read_jsonl(cells_path)
-                if r.get('test_images') == (args.test_images or 10000)}
+                + _previous(Path(args.results)).get('cells', []) if r.get('test_images') == (args.test_images or 10000)}
         cuts = spec['cuts']
         # the largest cut first, then the middle one, then the rest: a run cut short still spans the range
         nonzero = [c for c in cuts if c]
@@ -627,9 +627,9 @@ def report(args) -> None:
                if not any(r['model'] == k and r['strategy'] == s_ and r['removed'] == c for r in rows)]
     if missing:
         md += ['## Not measured yet', '',
-               f'{len(missing)} cells are missing (`–` above, and the models without a section): the accuracy run '
-               'was stopped before them. The same command resumes from the cached cells in '
-               f'{work}/accuracy.jsonl (and greedy orders in greedy.jsonl), e.g.:', '',
+               f'{len(missing)} cells are missing (`–` above, and the models without a section): no accuracy run '
+               'has reached them yet. The same command skips the cells the committed depth.json holds (and those '
+               f'cached in {work}/accuracy.jsonl; greedy orders likewise), e.g.:', '',
                '    SDZOO_DATA=/work/shared/datasets nice -n 10 python benchmarks/depth.py --phase accuracy '
                '--strategies survival greedy survival_bn --verify r56:3', '']
     paired = paired_rows(rows)
