@@ -629,9 +629,10 @@ def report(args) -> None:
         md += ['## Not measured yet', '',
                f'{len(missing)} cells are missing (`–` above, and the models without a section): no accuracy run '
                'has reached them yet. The same command skips the cells the committed depth.json holds (and those '
-               f'cached in {work}/accuracy.jsonl; greedy orders likewise), e.g.:', '',
-               '    SDZOO_DATA=/work/shared/datasets nice -n 10 python benchmarks/depth.py --phase accuracy '
-               '--strategies survival greedy survival_bn --verify r56:3', '']
+               f'cached in {work}/accuracy.jsonl; greedy orders likewise):', '',
+               '    SDZOO_DATA=/work/shared/datasets python benchmarks/depth.py --phase accuracy --eval-threads 2 '
+               '--models ' + ' '.join(dict.fromkeys(k for k, _, _ in missing)) + ' --strategies '
+               + ' '.join(dict.fromkeys(s_ for _, s_, _ in missing)), '']
     paired = paired_rows(rows)
     if paired:
         md += [f"## SD against constant depth at equal training length (160 epochs), paired on the full test split", '',
