@@ -53,6 +53,7 @@ import numpy as np
 
 from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
 from results_file import write_atomic  # benchmarks/results_file.py
+from sdzoo.reports.cards import latency_base, paired_table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / 'benchmarks' / 'results'
@@ -148,16 +149,8 @@ def _packbits(hits: np.ndarray) -> str:
 
 def remove_blocks(model, names: List[str]):
     """An eval copy of ``model`` with the named residual blocks replaced by their shortcut, as prune_depth does."""
-    from sdzoo.models.depth import residual_blocks
-    infos = residual_blocks(model)
-    by_name = {b.name: b for b in infos}
-    out = copy.deepcopy(model).eval()
-    for n in names:
-        parent, child = n.rsplit('.', 1) if '.' in n else ('', n)
-        setattr(out.get_submodule(parent), child, by_name[n].replacement())
-    if hasattr(out, 'survival_probs'):
-        out.survival_probs = [b.survival_prob for b in infos if b.name not in set(names)]
-    return out
+    from sdzoo.models.depth import remove_blocks as remove_in_place
+    return remove_in_place(copy.deepcopy(model).eval(), names)
 
 
 def _n_params(model) -> int:
@@ -409,12 +402,6 @@ def _machine_line() -> str:
     return describe() + (f' (lscpu Model name: {name})' if name else '')
 
 
-def latency_base(lat: Dict) -> Dict:
-    """The full-depth fp32 graph every speed-up of one latency run is measured against."""
-    return next(r for r in lat['rows'].values() if r['precision'] == 'fp32'
-                and r['keep'] == max(x['keep'] for x in lat['rows'].values()))
-
-
 def plot(rows: List[Dict], out: Path, latencies: Optional[List[Dict]] = None) -> None:
     import matplotlib
     matplotlib.use('Agg')
@@ -428,7 +415,7 @@ def plot(rows: List[Dict], out: Path, latencies: Optional[List[Dict]] = None) ->
     if lat:  # speed-up against each machine's own full-depth fp32 graph: machines differ in absolute ms
         ax = axes[0][-1]
         for i, run in enumerate(latencies):
-            base = latency_base(run)['batch1_median_ms']
+            base = latency_base(run['rows'])['batch1_median_ms']
             cpu = run['machine'].split(' (')[0]
             for prec, mk in (('fp32', 'o'), ('int8', 's')):
                 pts = sorted(((base / r['batch1_median_ms'], r['top1'], r['keep']) for r in run['rows'].values()
@@ -502,9 +489,8 @@ def _previous(results: Path) -> Dict:
     if not path.is_file():
         return {}
     d = json.loads(path.read_text())
-    lat = d.get('latencies') or ([d['latency']] if d.get('latency') else [])
     return dict(cells=d.get('cells') or [], greedy=d.get('greedy_orders') or [], verify=d.get('verify') or [],
-                runs=(d.get('meta') or {}).get('runs') or [], latencies=lat)
+                runs=(d.get('meta') or {}).get('runs') or [], latencies=d.get('latencies') or [])
 
 
 def merge_latencies(previous: List[Dict], new: Optional[Dict]) -> List[Dict]:
@@ -639,13 +625,7 @@ def report(args) -> None:
                f"{MODELS[PAIR[0]]['label']} against {MODELS[PAIR[1]]['label']}, the same recipe otherwise; error "
                'difference SD minus constant in points (negative: SD better), with the exact 95% interval that agrees '
                "with McNemar's exact test on the images the two disagree on.", '',
-               '| strategy | blocks removed | SD top-1 % | constant top-1 % | SD - constant error (points) | 95% interval '
-               '| McNemar p | |', '|---|---:|---:|---:|---:|---|---:|---|']
-        for r in paired:
-            md.append(f"| {r['strategy']} | {r['removed']} | {r['sd_top1']:.2f} | {r['constant_top1']:.2f} | "
-                      f"{r['sd_minus_constant_error']:+.2f} | [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] | "
-                      f"{r['p_value']:.3g} | {'differ' if r['differs'] else 'not distinguishable'} |")
-        md.append('')
+               ] + paired_table(paired)
     if args.note:
         md += [args.note, '']
     md += ['## Latency (sd_resnet110.sd_cifar10, greedy + BN, onnxruntime, 2 intra-op threads)', '']
@@ -659,7 +639,7 @@ def report(args) -> None:
                '| blocks kept | precision | batch-1 latency ms | vs 54 fp32 | batch-64 img/s | vs 54 fp32 | '
                'top-1 % (test, 10,000) | INT8 gate |',
                '|---:|---|---:|---:|---:|---:|---:|---|']
-        base = latency_base(lat)
+        base = latency_base(lat['rows'])
         for k, r in lat['rows'].items():
             g = r.get('gate')
             gate = '' if not g else ('**refused** by `sdzoo export --int8` (timed anyway)' if g.get('refused')

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -326,9 +327,9 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
         raise ValueError(f'heal steps must be an int >= 0, got {steps!r}')
     if not steps:
         return {}
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
+    bns = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     params = [p for p in student.parameters() if p.requires_grad]
-    if has_bn:  # convnets: SGD as they were trained; transformers: AdamW
+    if bns:  # convnets: SGD as they were trained; transformers: AdamW
         lr = 0.01 if lr is None else lr
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
     else:
@@ -337,7 +338,9 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
     g = torch.Generator().manual_seed(seed)
     teacher.eval()
-    bns = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    student.eval()
+    for m in bns if train_bn else ():
+        m.train()
     losses: List[float] = []
     try:
         for step in range(steps):
@@ -345,9 +348,6 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
             xb = _augment(xb, g) if augment else xb
             with torch.no_grad():
                 target = F.log_softmax(teacher(xb) / temperature, -1)
-            student.eval()
-            for m in bns if train_bn else ():
-                m.train()
             loss = F.kl_div(F.log_softmax(student(xb) / temperature, -1), target, log_target=True,
                             reduction='batchmean') * temperature ** 2
             opt.zero_grad(set_to_none=True)
@@ -356,15 +356,14 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
             sched.step()
             losses.append(loss.item())
             if log and (step + 1) % max(1, steps // 10) == 0:
-                log(f'heal step {step + 1}/{steps}: KL {sum(losses[-10:]) / len(losses[-10:]):.4f}')
+                log(f'heal step {step + 1}/{steps}: KL {statistics.fmean(losses[-10:]):.4f}')
     finally:
         student.eval()
         for p_ in params:
             p_.grad = None
     return dict(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, train_bn=train_bn, augment=augment,
-                optimizer=type(opt).__name__,
-                kl_first=round(sum(losses[:10]) / len(losses[:10]), 5), kl_last=round(sum(losses[-10:]) / len(losses[-10:]), 5))
-
+                optimizer=type(opt).__name__, kl_first=round(statistics.fmean(losses[:10]), 5),
+                kl_last=round(statistics.fmean(losses[-10:]), 5))
 
 # ----------------------------------------------------------------------------------------------------
 
@@ -382,16 +381,17 @@ def remove_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
     fixed = [n for n in names if by_name[n].downsampling]
     if fixed:
         raise ValueError(f'{_model_name(model)}: block {fixed[0]} changes the shape and cannot be removed')
-    if hasattr(model, 'survival_probs'):
-        model.sd_full_survival_probs = list(model.survival_probs)
     for n in names:
         parent, child = n.rsplit('.', 1) if '.' in n else ('', n)
         setattr(model.get_submodule(parent), child, by_name[n].replacement())
+    gone = set(names)
+    kept = [b for b in infos if b.name not in gone]
     if hasattr(model, 'survival_probs'):
+        model.sd_full_survival_probs = list(model.survival_probs)
         if len(model.survival_probs) == len(infos):  # one SD group per residual block: where the kept ones sat
-            model.sd_kept_groups = [b.index for b in infos if b.name not in set(names)]
-        model.survival_probs = [b.survival_prob for b in infos if b.name not in set(names)]
-    model.sd_removed_blocks = [b.name for b in infos if b.name in set(names)]
+            model.sd_kept_groups = [b.index for b in kept]
+        model.survival_probs = [b.survival_prob for b in kept]
+    model.sd_removed_blocks = [b.name for b in infos if b.name in gone]
     return model
 
 

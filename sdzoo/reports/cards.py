@@ -257,6 +257,23 @@ DEPTH_STRATEGIES = (('survival', 'survival'), ('survival_bn', 'survival + BN'), 
                     ('greedy_heal', 'greedy + BN + heal'))
 
 
+def paired_table(paired: List[Dict[str, Any]]) -> List[str]:
+    """SD against constant depth per strategy and cut (``benchmarks/depth.py``'s paired rows), as a markdown table."""
+    out = ['| strategy | blocks removed | SD top-1 % | constant top-1 % | SD - constant error (points) | 95% interval '
+           '| McNemar p | |', '|---|---:|---:|---:|---:|---|---:|---|']
+    for r in paired:
+        out.append(f"| {r['strategy']} | {r['removed']} | {r['sd_top1']:.2f} | {r['constant_top1']:.2f} | "
+                   f"{r['sd_minus_constant_error']:+.2f} | [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] | "
+                   f"{r['p_value']:.3g} | {'differ' if r['differs'] else 'not distinguishable'} |")
+    return out + ['']
+
+
+def latency_base(rows: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The full-depth fp32 graph of one latency run: what its speed-ups are measured against."""
+    return next((r for r in rows.values() if r.get('precision') == 'fp32'
+                 and r.get('keep') == max(x.get('keep', 0) for x in rows.values())), None)
+
+
 def depth_section(results: Path) -> List[str]:
     """Depth on demand from ``benchmarks/results/depth.json`` (``python benchmarks/depth.py``): top-1 against blocks
     removed per model and strategy, and the measured ONNX latency of the pruned exports."""
@@ -297,13 +314,7 @@ def depth_section(results: Path) -> List[str]:
         out += ['### SD against constant depth, 160 epochs each, paired on the full test split', '',
                 'The two ResNet-110 runs above with the same recipe and length; error difference SD minus constant in '
                 "points (negative: SD better), the exact 95% interval that agrees with McNemar's exact test.", '',
-                '| strategy | blocks removed | SD top-1 % | constant top-1 % | SD - constant error (points) | 95% interval '
-                '| McNemar p | |', '|---|---:|---:|---:|---:|---|---:|---|']
-        for r in paired:
-            out.append(f"| {r['strategy']} | {r['removed']} | {r['sd_top1']:.2f} | {r['constant_top1']:.2f} | "
-                       f"{r['sd_minus_constant_error']:+.2f} | [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] | "
-                       f"{r['p_value']:.3g} | {'differ' if r['differs'] else 'not distinguishable'} |")
-        out.append('')
+                ] + paired_table(paired)
     latencies = d.get('latencies') or []
     if latencies:
         out += ['### Latency of the pruned exports (sd_resnet110.sd_cifar10, greedy + BN)', '',
@@ -311,8 +322,7 @@ def depth_section(results: Path) -> List[str]:
                 'latency and batch-64 throughput (`python benchmarks/depth.py --phase latency`).', '']
     for lat in latencies:
         rows = lat.get('rows') or {}
-        base = next((r for r in rows.values() if r.get('precision') == 'fp32'
-                     and r.get('keep') == max(x.get('keep', 0) for x in rows.values())), None)
+        base = latency_base(rows)
         out += [f"{lat.get('machine', '?')}, {lat.get('date', '?')}:", '',
                 '| blocks kept | precision | batch-1 ms | batch-1 speed-up | batch-64 images/s | test top-1 % |',
                 '|---:|---|---:|---:|---:|---:|']
