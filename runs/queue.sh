@@ -6,6 +6,7 @@
 #   nohup runs/queue.sh >> runs/queue.log 2>&1 &      # start / continue
 #   runs/queue.sh --dry-run                           # what it would train, and from where
 #   pkill -TERM -f runs/queue.sh                      # stop: the current run checkpoints, the queue ends
+#   SDZOO_QUEUE_THREADS=1 nohup runs/queue.sh >> runs/queue.log 2>&1 &   # leave one core for other work
 #
 # Two runs side by side on one thread each do no more work in all than one run on both threads: measured on a
 # 2-core AMD EPYC (AVX-512 + BF16, 2026-12-01), the constant-depth sd_resnet20 control went from 48-53 s per epoch
@@ -90,7 +91,7 @@ run() {  # run DIR [ARGS to start it]: one queue entry
     esac
     mkdir -p "$dir"
     echo "$(date -u +%FT%TZ) sdzoo train $*"
-    sdzoo train "$@" --threads "$(nproc)" --no-progress >> "$dir/train.log" 2>&1 &
+    sdzoo train "$@" --threads "${SDZOO_QUEUE_THREADS:-$(nproc)}" --no-progress >> "$dir/train.log" 2>&1 &
     child=$!
     wait "$child"; local rc=$?
     child=

@@ -44,6 +44,7 @@ def tree(tmp_path):
     (bin_dir / 'sdzoo').chmod(0o755)
     env = dict(os.environ, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
                QUEUE_TEST_LOG=str(tmp_path / 'calls.log'), QUEUE_TEST_SECONDS='0.2')
+    env.pop('SDZOO_QUEUE_THREADS', None)
     return root, env, tmp_path / 'calls.log'
 
 
@@ -111,6 +112,15 @@ def test_runs_train_one_after_the_other_on_every_core_then_resume(tree):
     assert _queue(root, env).returncode == 0
     (call,) = [line.split() for line in log.read_text().splitlines() if line.startswith('start')]
     assert call[3:] == ['train', '--resume', runs[1], '--threads', str(CORES), '--no-progress'], call
+
+
+def test_queue_threads_leaves_cores_for_other_work(tree):
+    root, env, log = tree
+    (run,) = _open_only(root, env, 1)
+    r = _queue(root, dict(env, SDZOO_QUEUE_THREADS='1'))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (call,) = [line.split() for line in log.read_text().splitlines() if line.startswith('start')]
+    assert call[2] == run and call[-3:] == ['--threads', '1', '--no-progress'], call
 
 
 def test_term_stops_the_running_trainer_and_the_queue(tree):
