@@ -264,6 +264,29 @@ def test_select_keeps_the_start_when_the_finetune_does_not_beat_it(readme_cut, r
 
 
 @pytest.mark.timeout(300)
+def test_select_leaves_a_matched_start_only_for_a_win_beyond_chance(cifar_root, tmp_path, capsys):
+    """Folder classes named like pretrained labels but holding the other class's images (cat/ holds dogs, dog/
+    cats): the matched start is wrong on most of them, fine-tuning learns the swap, and the last epoch wins on
+    validation by far more than chance, so the run keeps it and records the duel (issue 45)."""
+    root = tmp_path / 'swapped'
+    for split, n in (('train', 90), ('test', 30)):
+        for folder, source in (('cat', 'dog'), ('dog', 'cat'), ('ship', 'ship')):
+            (root / split / folder).mkdir(parents=True)
+            for f in sorted((cifar_root / split / source).glob('*.jpg'))[:n]:
+                shutil.copy(f, root / split / folder / f.name)
+    assert cli_main(['finetune', 'sd_resnet20', '--data', str(root), '--num-classes', '3', '--threads', '1',
+                     '--workers', '0', '--no-progress', '--lr', '0.02', '--epochs', '6', '--val-size', '45',
+                     '--out', str(tmp_path / 'run')]) == 0
+    out = capsys.readouterr()
+    assert 'matched' in out.err
+    sel = json.loads((tmp_path / 'run' / 'summary.json').read_text())['selected']
+    assert 'beyond chance' in sel['rule'] and sel['epoch'] == 6, sel
+    duel = sel['challenge']
+    assert duel['epoch'] == 6 and duel['wins'] > duel['losses'] and duel['p'] < 0.05, duel
+    assert 'hits' not in sel  # the start's per-image record stays in the checkpoint
+
+
+@pytest.mark.timeout(300)
 def test_full_fashion_mnist_finetune_starts_from_the_trained_network_without_sd(tmp_path, capsys):
     """55,000 training images: the recipe turns SD off and moves each trained p_l into its branch's last BatchNorm,
     so the run starts from the network the weights were trained as (before the fix it dropped the p_l)."""
@@ -308,7 +331,79 @@ def test_best_weights_keep_the_better_epoch_and_ties_go_to_the_later(tmp_path):
     keeper.record['epoch'] = 1  # a record that does not describe the file: refused, never loaded silently
     with pytest.raises(ValueError, match='holds epoch 3'):
         keeper.restore(model)
+
+
+def _hits(n_right: int, n: int = 20):
+    hits = torch.zeros(n, dtype=torch.bool)
+    hits[:n_right] = True
+    return hits
+
+
+def test_an_incumbent_start_yields_only_to_a_win_beyond_chance(tmp_path):
+    """A matched start (already a classifier of the folder's classes) against the last epoch: one-sided exact
+    sign test on the validation images they disagree on, p < 0.05."""
+    from sdzoo.train.selection import INCUMBENT_ALPHA, BestWeights
+    model, labels = torch.nn.Linear(2, 2), torch.arange(20) % 3
+    keeper = BestWeights(tmp_path / 'best.safetensors', incumbent_start=True)
+    assert keeper.offer(model, 0, 50.0, 0.5, hits=_hits(10), labels=labels) and keeper.record['hits']['images'] == 20
+    # 4 more right, none lost: p = 1/16 = 0.0625, not beyond chance -> the start stays, the duel is recorded
+    assert not keeper.offer(model, 3, 70.0, 0.4, final=True, hits=_hits(14), labels=labels)
+    assert keeper.record['epoch'] == 0 and keeper.record['challenge']['p'] == pytest.approx(1 / 16)
+    assert (keeper.record['challenge']['wins'], keeper.record['challenge']['losses']) == (4, 0)
+    assert 'beyond chance' in keeper.rule('start-or-last') and INCUMBENT_ALPHA == 0.05
+    # 5 more right: p = 1/32 -> the challenger is kept
+    assert keeper.offer(model, 3, 75.0, 0.4, final=True, hits=_hits(15), labels=labels)
+    assert keeper.record['epoch'] == 3 and keeper.record['challenge']['p'] == pytest.approx(1 / 32)
+    # a worse epoch never challenges; other images are refused, not compared
+    other = BestWeights(tmp_path / 'other.safetensors', incumbent_start=True)
+    other.offer(model, 0, 50.0, 0.5, hits=_hits(10), labels=labels)
+    assert not other.offer(model, 1, 40.0, 0.6, hits=_hits(8), labels=labels) and 'challenge' not in other.record
+    with pytest.raises(ValueError, match='different images'):
+        other.offer(model, 2, 60.0, 0.4, hits=_hits(12), labels=labels.flip(0))
+    with pytest.raises(ValueError, match='per-image'):
+        other.offer(model, 2, 60.0, 0.4)
+    # without an incumbent start the old rule holds: one image more is enough
+    plain = BestWeights(tmp_path / 'plain.safetensors')
+    plain.offer(model, 0, 50.0, 0.5)
+    assert plain.offer(model, 1, 55.0, 0.5, final=True) and 'hits' not in plain.record
+    assert 'strictly higher' in plain.rule('start-or-last')
     # the run's last epoch only updates the record: its weights are the model at the end, nothing is written
     assert keeper.offer(model, 5, 96.0, 0.1, final=True) and keeper.record['epoch'] == 5
     with pytest.raises(ValueError, match='holds epoch 3'):
         keeper.restore(model)
+
+
+def _hits(n_right: int, n: int = 20):
+    hits = torch.zeros(n, dtype=torch.bool)
+    hits[:n_right] = True
+    return hits
+
+
+def test_an_incumbent_start_yields_only_to_a_win_beyond_chance(tmp_path):
+    """A matched start (already a classifier of the folder's classes) against the last epoch: one-sided exact
+    sign test on the validation images they disagree on, p < 0.05."""
+    from sdzoo.train.selection import INCUMBENT_ALPHA, BestWeights
+    model, labels = torch.nn.Linear(2, 2), torch.arange(20) % 3
+    keeper = BestWeights(tmp_path / 'best.safetensors', incumbent_start=True)
+    assert keeper.offer(model, 0, 50.0, 0.5, hits=_hits(10), labels=labels) and keeper.record['hits']['images'] == 20
+    # 4 more right, none lost: p = 1/16 = 0.0625, not beyond chance -> the start stays, the duel is recorded
+    assert not keeper.offer(model, 3, 70.0, 0.4, final=True, hits=_hits(14), labels=labels)
+    assert keeper.record['epoch'] == 0 and keeper.record['challenge']['p'] == pytest.approx(1 / 16)
+    assert (keeper.record['challenge']['wins'], keeper.record['challenge']['losses']) == (4, 0)
+    assert 'beyond chance' in keeper.rule('start-or-last') and INCUMBENT_ALPHA == 0.05
+    # 5 more right: p = 1/32 -> the challenger is kept
+    assert keeper.offer(model, 3, 75.0, 0.4, final=True, hits=_hits(15), labels=labels)
+    assert keeper.record['epoch'] == 3 and keeper.record['challenge']['p'] == pytest.approx(1 / 32)
+    # a worse epoch never challenges; other images are refused, not compared
+    other = BestWeights(tmp_path / 'other.safetensors', incumbent_start=True)
+    other.offer(model, 0, 50.0, 0.5, hits=_hits(10), labels=labels)
+    assert not other.offer(model, 1, 40.0, 0.6, hits=_hits(8), labels=labels) and 'challenge' not in other.record
+    with pytest.raises(ValueError, match='different images'):
+        other.offer(model, 2, 60.0, 0.4, hits=_hits(12), labels=labels.flip(0))
+    with pytest.raises(ValueError, match='per-image'):
+        other.offer(model, 2, 60.0, 0.4)
+    # without an incumbent start the old rule holds: one image more is enough
+    plain = BestWeights(tmp_path / 'plain.safetensors')
+    plain.offer(model, 0, 50.0, 0.5)
+    assert plain.offer(model, 1, 55.0, 0.5, final=True) and 'hits' not in plain.record
+    assert 'strictly higher' in plain.rule('start-or-last')

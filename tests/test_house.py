@@ -111,7 +111,7 @@ def test_the_three_biggest_rooms_are_split(unit: str):
 # rooms listed before it, never one listed after. The package itself (``sdzoo``: version, model registration)
 # is importable from anywhere, as Python runs it before any submodule anyway.
 LAYERS = [
-    ('compat', 'files', 'cli_args'),
+    ('compat', 'files', 'cli_args', 'stats'),
     ('layers',),
     ('data',),
     ('runtime',),

@@ -138,3 +138,18 @@ def test_exact_and_log_space_p_values_agree_where_they_meet():
                                                   2 ** n)))
         assert mcnemar_exact_p(only_a, only_b) == pytest.approx(exact, rel=1e-9)
     assert 0 < mcnemar_exact_p(10000, 10500) < 1e-3  # 20,500 discordant images: in milliseconds now, was 34 s
+
+
+def test_sign_test_is_the_one_sided_binomial_tail():
+    from sdzoo.stats import EXACT_INTEGERS_UP_TO, binomial_cdf, sign_test_p
+    assert sign_test_p(5, 0) == 1 / 32 and sign_test_p(2, 0) == 0.25 and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(3, 1) == 5 / 16  # P(X >= 3), X ~ Bin(4, 1/2): (C(4,3) + C(4,4)) / 16
+    assert sign_test_p(0, 4) == 1.0 and sign_test_p(1, 1) == 0.75
+    assert sign_test_p(9, 1) * 2 == mcnemar_exact_p(9, 1)  # one side of the two-sided test
+    import math
+    from fractions import Fraction
+    n = EXACT_INTEGERS_UP_TO + 2  # the log-space path above agrees with exact integers
+    losses = n // 2 - 40
+    exact = float(Fraction(sum(math.comb(n, i) for i in range(losses + 1)), 2 ** n))
+    assert sign_test_p(n - losses, losses) == pytest.approx(exact, rel=1e-9)
+    assert binomial_cdf(losses, n, 0.5) == pytest.approx(exact, rel=1e-9)

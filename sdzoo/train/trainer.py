@@ -105,7 +105,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         cfg = self.cfg
         resume = self.resume_path
         # --select best / start-or-last: rank 0 keeps the candidate weights (it alone validates)
-        self.best = BestWeights(self.out / 'best.safetensors') \
+        self.best = BestWeights(self.out / 'best.safetensors', incumbent_start=cfg.select == 'start-or-last' and
+                                getattr(self, 'head', None) in ('matched', 'keep')) \
             if cfg.select != 'last' and self.val_loader is not None and self.is_main else None
         src_dir: Optional[Path] = None
         if resume:
@@ -158,8 +159,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
     def _offer_start(self) -> None:
         """The start (pretrained body, matched rows or probe head) is the first candidate: a fine-tune that does not
         beat it on the validation images leaves it unchanged."""
-        ev = evaluate(self.model, self.val_loader, self.device, amp=self.cfg.amp)
-        self.best.offer(self.model, 0, ev['top1'], ev['loss'])
+        ev = evaluate(self.model, self.val_loader, self.device, amp=self.cfg.amp, per_image=self.best.incumbent_start)
+        self.best.offer(self.model, 0, ev['top1'], ev['loss'], hits=ev.get('correct'), labels=ev.get('labels'))
         print(f"epoch 0 (start): val loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}%",
               file=sys.stderr if self.progress else sys.stdout, flush=True)
 
@@ -263,11 +264,14 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
                    wall_clock_hours=self.wall_clock / 3600,
                    blocks_run_fraction=p['kept'] / p['units'] if p['units'] else float('nan'))
         if self.is_main and self.val_loader is not None:
-            ev = evaluate(self.model, self.val_loader, self.device, amp=cfg.amp)
+            offer = self.best is not None and (cfg.select == 'best' or self.epoch + 1 == cfg.epochs)
+            ev = evaluate(self.model, self.val_loader, self.device, amp=cfg.amp,
+                          per_image=offer and self.best.incumbent_start)
             row.update(val_loss=ev['loss'], val_top1=ev['top1'])
-            if self.best is not None and (cfg.select == 'best' or self.epoch + 1 == cfg.epochs):
+            if offer:
                 # before the checkpoint records it; the last epoch's weights are the model at the end: no file
-                self.best.offer(self.model, self.epoch + 1, ev['top1'], ev['loss'], final=self.epoch + 1 == cfg.epochs)
+                self.best.offer(self.model, self.epoch + 1, ev['top1'], ev['loss'], final=self.epoch + 1 == cfg.epochs,
+                                hits=ev.get('correct'), labels=ev.get('labels'))
             if self.model.num_classes > 5:  # top-5 of 5 or fewer classes is 100% by construction
                 row['val_top5'] = ev['top5']
         self.epoch += 1
@@ -320,10 +324,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
 
     def _select_best(self) -> Dict[str, Any]:
         """Load the selected weights (--select best / start-or-last) and say which epoch the run leaves behind."""
-        rule = ('best validation top-1 (ties: the later epoch), the start as epoch 0' if self.cfg.select == 'best' else
-                'the last epoch unless the start (epoch 0) had a strictly higher validation top-1')
-        rec = dict(self.best.record or {}, rule=rule, select=self.cfg.select,
-                   last_epoch=self.epoch)
+        rec = {k: v for k, v in (self.best.record or {}).items() if k != 'hits'}
+        rec.update(rule=self.best.rule(self.cfg.select), select=self.cfg.select, last_epoch=self.epoch)
         if rec.get('epoch') is None or rec['epoch'] == self.epoch:
             return rec
         try:
@@ -332,7 +334,11 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
             print(f'warning: --select {self.cfg.select}: cannot restore the best weights ({e}); keeping the last epoch',
                   file=sys.stderr, flush=True)
             return dict(rec, epoch=self.epoch, note=f'best weights not restorable: {e}')
+        duel = rec.get('challenge')
         what = 'the start (no epoch beat it)' if rec['epoch'] == 0 else f"epoch {rec['epoch']}"
+        if duel and rec['epoch'] == 0:
+            what = (f"the start: the last epoch won {duel['wins']} and lost {duel['losses']} of the validation images "
+                    f"they disagree on, p = {duel['p']:.2f}, not beyond chance (p < {duel['alpha']})")
         print(f"--select {self.cfg.select}: keeping {what}: val top-1 {rec['val_top1']:.2f}%, loss {rec['val_loss']:.4f} "
               f'(the last epoch was {self.epoch})', file=sys.stderr if self.progress else sys.stdout, flush=True)
         return rec
