@@ -129,9 +129,9 @@ def test_heal_distils_the_full_model_into_the_pruned_one(r20, cifar_small):
     kw = dict(keep=6, strategy='survival', data=str(cifar_small), bn_images=200, heal_images=300)
     before = {k: v.clone() for k, v in r20.state_dict().items()}
     plain = sdzoo.prune_depth(r20, **kw)
-    healed = sdzoo.prune_depth(r20, heal_steps=40, **kw)
+    healed = sdzoo.prune_depth(r20, heal_steps=150, **kw)
     h = healed.pretrained_cfg['depth']['heal']
-    assert h['steps'] == 40 and h['optimizer'] == 'SGD' and h['images'] == '300 train images of ' + cifar_small.name
+    assert h['steps'] == 150 and h['optimizer'] == 'SGD' and h['lr'] == 0.002 and h['images'] == '300 train images of ' + cifar_small.name
     assert healed.pretrained_cfg['depth']['removed_blocks'] == plain.pretrained_cfg['depth']['removed_blocks']
     assert healed.state_dict().keys() == plain.state_dict().keys()
     assert not healed.training and all(p.grad is None for p in healed.parameters())

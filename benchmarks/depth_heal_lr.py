@@ -1,0 +1,106 @@
+"""Healing's learning rate after depth pruning (issue 50), chosen on held-out *training* images, reported on test.
+
+For one model of benchmarks/depth.py and each cut: remove the greedy order's first CUT blocks (the order the
+committed depth.json records), re-estimate the BatchNorms (2,000 training images), then heal 300 steps at each
+learning rate (`sdzoo.models.depth.heal`, 20,000 training images); score every network on the 5,000 validation
+images (held out of training: what chooses) and on the 10,000 test images (what is reported):
+
+    SDZOO_DATA=/path/to/datasets python benchmarks/depth_heal_lr.py --model r110 --cuts 12 18 --lrs 0.002 0.005
+    python benchmarks/depth_heal_lr.py --report        # benchmarks/results/depth_heal_lr.md from the .jsonl
+
+Rows append to benchmarks/results/depth_heal_lr.jsonl (lr 0: the unhealed network).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import depth as D  # noqa: E402  benchmarks/depth.py: models, test set, greedy orders
+from machine import describe  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / 'results'
+
+
+def measure(args) -> None:
+    import torch
+    from sdzoo.models.depth import bn_recalibrate, heal, load_images
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = D.build_model(args.model, work)
+    order = next(r for r in json.loads((RESULTS / 'depth.json').read_text())['greedy_orders']
+                 if r['model'] == args.model)['order']
+    xt, yt = D.test_set(model, work)
+    xv, yv, _ = load_images(model, D.DATA, 'val', None, 0, with_labels=True)
+    xv, yv = xv.numpy(), np.asarray(yv)
+    bn_x, _ = load_images(model, D.DATA, 'train', 2000, 1)
+    heal_x, _ = load_images(model, D.DATA, 'train', 20000, 2)
+    common = dict(model=args.model, date=time.strftime('%Y-%m-%d %H:%M:%S'), machine=describe(), note=args.note,
+                  command='python benchmarks/depth_heal_lr.py ' + shlex.join(sys.argv[1:]))
+
+    def top1(m, x, y) -> float:
+        return round(100 * float((D.predict(m, x) == y).mean()), 2)
+
+    for cut in args.cuts:
+        base = D.remove_blocks(model, order[:cut])
+        bn_recalibrate(base, bn_x)
+        rows = [dict(common, cut=cut, lr=0, steps=0, val=top1(base, xv, yv), test=top1(base, xt, yt))]
+        for lr in args.lrs:
+            t0 = time.time()
+            healed = copy.deepcopy(base)
+            info = heal(healed, model, heal_x, args.steps, lr=lr, seed=0)
+            rows.append(dict(common, cut=cut, lr=lr, steps=args.steps, val=top1(healed, xv, yv),
+                             test=top1(healed, xt, yt), seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
+        with open(args.out, 'a') as f:
+            for r in rows:
+                print(r, flush=True)
+                f.write(json.dumps(r) + '\n')
+
+
+def report(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = ['# Healing learning rate after depth pruning (issue 50)', '',
+           'Greedy order of the committed depth.json, BatchNorms re-estimated on 2,000 training images, then 300 steps '
+           'of `sdzoo.models.depth.heal` (SGD for the ResNets, AdamW for the ViT) at each learning rate; top-1 on the '
+           '5,000 validation images held out of training (what chooses the default) and on the 10,000 test images of '
+           'CIFAR-10 (JPEG q75 copy). lr 0: not healed.', '',
+           'Machine and load of every row (as recorded in the .jsonl):', '']
+    out += [f'- {m}; {n}' for m, n in dict.fromkeys((r.get('machine', '?'), r.get('note', '')) for r in rows)]
+    out += ['', '| model | blocks removed | lr | steps | val top-1 % | test top-1 % | heal seconds | date |',
+            '|---|---:|---:|---:|---:|---:|---:|---|']
+    for r in sorted(rows, key=lambda r: (r['model'], r['cut'], r['lr'], r['steps'])):
+        out.append(f"| {r['model']} | {r['cut']} | {r['lr'] or '-'} | {r['steps'] or '-'} | {r['val']:.2f} | {r['test']:.2f} | "
+                   f"{r.get('seconds', '')} | {r.get('date', '')} |")
+    out += ['', 'Commands:', ''] + [f'    {c}' for c in dict.fromkeys(r['command'] for r in rows if r.get('command'))]
+    return '\n'.join(out) + '\n'
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', choices=list(D.MODELS), default='r110')
+    p.add_argument('--cuts', nargs='+', type=int, default=[12, 18])
+    p.add_argument('--lrs', nargs='+', type=float, default=[0.002, 0.005])
+    p.add_argument('--steps', type=int, default=300)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--work', default='/tmp/depth')
+    p.add_argument('--out', default=str(RESULTS / 'depth_heal_lr.jsonl'))
+    p.add_argument('--note', default='', help='what else ran (accuracy does not depend on it; seconds do)')
+    p.add_argument('--report', action='store_true', help='write benchmarks/results/depth_heal_lr.md and stop')
+    args = p.parse_args(argv)
+    if args.report:
+        (RESULTS / 'depth_heal_lr.md').write_text(report(Path(args.out)))
+        return 0
+    measure(args)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
