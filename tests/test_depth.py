@@ -141,6 +141,27 @@ def test_heal_distils_the_full_model_into_the_pruned_one(r20, cifar_small):
     assert all(torch.equal(before[k], v) for k, v in r20.state_dict().items())
 
 
+def test_heal_defaults_follow_the_architecture():
+    """SGD at lr 0.002 for a BatchNorm convnet, AdamW at 1e-4 for a ViT (the rates depth_heal_lr.md chose on held-out
+    training images); the student moves, the teacher does not."""
+    import copy
+    import timm
+    from sdzoo.models.depth import heal
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 32, 32)
+    for name, optimizer, lr in (('sd_resnet20', 'SGD', 0.002), ('sd_vit_lite_patch4_32', 'AdamW', 1e-4)):
+        teacher = timm.create_model(name, pretrained=False).eval()
+        student = copy.deepcopy(teacher)
+        with torch.no_grad():  # a student that disagrees with its teacher, as a pruned network does
+            student.get_classifier().weight.mul_(3.0)
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
+        head0 = student.get_classifier().weight.detach().clone()
+        rec = heal(student, teacher, x, steps=2, batch_size=8)
+        assert (rec['optimizer'], rec['lr'], rec['steps']) == (optimizer, lr, 2) and rec['kl_first'] > 1e-3, rec
+        assert (student.get_classifier().weight - head0).abs().max() > 1e-6
+        assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(keep=6, strategy='survival', heal_steps=5), 'heal_steps needs data='),
     (dict(keep=6, strategy='survival', heal_steps=-1), 'heal_steps must be an int >= 0'),
