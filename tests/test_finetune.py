@@ -331,42 +331,6 @@ def test_best_weights_keep_the_better_epoch_and_ties_go_to_the_later(tmp_path):
     keeper.record['epoch'] = 1  # a record that does not describe the file: refused, never loaded silently
     with pytest.raises(ValueError, match='holds epoch 3'):
         keeper.restore(model)
-
-
-def _hits(n_right: int, n: int = 20):
-    hits = torch.zeros(n, dtype=torch.bool)
-    hits[:n_right] = True
-    return hits
-
-
-def test_an_incumbent_start_yields_only_to_a_win_beyond_chance(tmp_path):
-    """A matched start (already a classifier of the folder's classes) against the last epoch: one-sided exact
-    sign test on the validation images they disagree on, p < 0.05."""
-    from sdzoo.train.selection import INCUMBENT_ALPHA, BestWeights
-    model, labels = torch.nn.Linear(2, 2), torch.arange(20) % 3
-    keeper = BestWeights(tmp_path / 'best.safetensors', incumbent_start=True)
-    assert keeper.offer(model, 0, 50.0, 0.5, hits=_hits(10), labels=labels) and keeper.record['hits']['images'] == 20
-    # 4 more right, none lost: p = 1/16 = 0.0625, not beyond chance -> the start stays, the duel is recorded
-    assert not keeper.offer(model, 3, 70.0, 0.4, final=True, hits=_hits(14), labels=labels)
-    assert keeper.record['epoch'] == 0 and keeper.record['challenge']['p'] == pytest.approx(1 / 16)
-    assert (keeper.record['challenge']['wins'], keeper.record['challenge']['losses']) == (4, 0)
-    assert 'beyond chance' in keeper.rule('start-or-last') and INCUMBENT_ALPHA == 0.05
-    # 5 more right: p = 1/32 -> the challenger is kept
-    assert keeper.offer(model, 3, 75.0, 0.4, final=True, hits=_hits(15), labels=labels)
-    assert keeper.record['epoch'] == 3 and keeper.record['challenge']['p'] == pytest.approx(1 / 32)
-    # a worse epoch never challenges; other images are refused, not compared
-    other = BestWeights(tmp_path / 'other.safetensors', incumbent_start=True)
-    other.offer(model, 0, 50.0, 0.5, hits=_hits(10), labels=labels)
-    assert not other.offer(model, 1, 40.0, 0.6, hits=_hits(8), labels=labels) and 'challenge' not in other.record
-    with pytest.raises(ValueError, match='different images'):
-        other.offer(model, 2, 60.0, 0.4, hits=_hits(12), labels=labels.flip(0))
-    with pytest.raises(ValueError, match='per-image'):
-        other.offer(model, 2, 60.0, 0.4)
-    # without an incumbent start the old rule holds: one image more is enough
-    plain = BestWeights(tmp_path / 'plain.safetensors')
-    plain.offer(model, 0, 50.0, 0.5)
-    assert plain.offer(model, 1, 55.0, 0.5, final=True) and 'hits' not in plain.record
-    assert 'strictly higher' in plain.rule('start-or-last')
     # the run's last epoch only updates the record: its weights are the model at the end, nothing is written
     assert keeper.offer(model, 5, 96.0, 0.1, final=True) and keeper.record['epoch'] == 5
     with pytest.raises(ValueError, match='holds epoch 3'):
