@@ -3,9 +3,10 @@
 Builds the seven test folders itself (CIFAR-10 cuts from $SDZOO_DATA/cifar10, Fashion-MNIST cuts from the
 Debian IDX files), then per folder measures: zero-shot (pretrained logits restricted to the folder's classes,
 CIFAR classes only), a linear probe on all train images, today's defaults (bs 128, lr 0.01, drop_last, last-N
-holdout, fresh head) and the new defaults, each through the real `sdzoo finetune` command (printed per cell).
+holdout, fresh head), the new defaults and, for convnets, the previous default of keeping SD while fine-tuning
+(`sdkept3`, `sdkept`: `--drop-path-rate 0.5`), each through the real `sdzoo finetune` command (printed per cell).
 
-    python benchmarks/finetune.py --work /tmp/ftbench [--only readme,c5x20] [--jobs new3,new,today3]
+    python benchmarks/finetune.py --work /tmp/ftbench [--only readme,c5x20] [--jobs new3,new,today3,sdkept3,sdkept]
         [--model sd_resnet20] [--seeds 3 --seed-folders readme,c5x20] --out benchmarks/results/finetune.jsonl
 
 Results go to a JSON-lines file (one cell a line, with its command and wall time); `--report MD` turns it
@@ -136,7 +137,9 @@ JOBS = {
     'today': TODAY + ['--epochs', '10'],
     'new3': ['--epochs', '3'],
     'new': [],
-    'nosd': ['--drop-path-rate', '0'],  # SD off while fine-tuning (the trained p_l moved into the weights)
+    # the previous default for convnets: SD kept at the weights' own rate while fine-tuning (now it is off)
+    'sdkept3': ['--epochs', '3', '--drop-path-rate', '0.5'],
+    'sdkept': ['--drop-path-rate', '0.5'],
 }
 
 
@@ -175,14 +178,15 @@ def report(files: list) -> str:
         out += [f'### {model}', '',
                 '| folder | zero-shot (restricted logits) | linear probe (all train) | today `--epochs 3` | '
                 'new `--epochs 3` | new, no recipe flags | hand grid best e3 / e8 (research, fresh head) | '
-                'matched-head lr grid best (research, 3 seeds) | SD off (`--drop-path-rate 0`), no other flags | '
-                'wall s (new) |',
+                'matched-head lr grid best (research, 3 seeds) | SD kept (p_L 0.5, the previous default) `--epochs 3` / '
+                'no other flags | wall s (new) |',
                 '|---|---|---|---|---|---|---|---|---|---|']
         for folder in FOLDERS:
             mine = [r for r in rows if r['model'] == model and r['folder'] == folder]
             if not mine:
                 continue
-            by = {j: [r for r in mine if r['job'] == j] for j in ('zeroshot', 'probe', 'today3', 'new3', 'new', 'nosd')}
+            by = {j: [r for r in mine if r['job'] == j]
+                  for j in ('zeroshot', 'probe', 'today3', 'new3', 'new', 'sdkept3', 'sdkept')}
             new = by['new']
             if (new and new[0].get('same_as')) or (not new and FOLDERS[folder][0] == 'cifar' and by['new3']):
                 new_cell = 'same run as `--epochs 3` (matched head: 3 epochs)'
@@ -191,16 +195,22 @@ def report(files: list) -> str:
             g = GRID.get(folder) if model == 'sd_resnet20' else None
             grid = f'{g[0][0]} (bs{g[0][1]} lr{g[0][2]}) / {g[1][0]} (bs{g[1][1]} lr{g[1][2]})' if g else '–'
             secs = [r['seconds'] for r in by['new3'] + new if 'top1' in r]
+            kept = _cell(by['sdkept3'])
+            if by['sdkept'] and not by['sdkept'][0].get('same_as'):
+                kept += ' / ' + _cell(by['sdkept'])
+            elif by['sdkept3'] and FOLDERS[folder][0] == 'cifar':
+                kept += ' / same run'
             gm = GRID_MATCHED.get(folder) if model == 'sd_resnet20' else None
             gm = f'{gm[0]} (lr {gm[1]} x bs/16)' if gm else '–'
             out.append(f"| {folder} | {_cell(by['zeroshot'])} | {_cell(by['probe'])} | {_cell(by['today3'])} | "
-                       f"{_cell(by['new3'])} | {new_cell} | {grid} | {gm} | {_cell(by['nosd'])} | "
+                       f"{_cell(by['new3'])} | {new_cell} | {grid} | {gm} | {kept} | "
                        f"{'/'.join(str(round(x)) for x in secs) or '–'} |")
         out.append('')
     out += ['Commands behind the cells:', '']
     for r in rows:
         if r.get('cmd'):
-            out.append(f"- {r['folder']} {r['job']} seed {r.get('seed', 0)}: `{r['cmd']}`")
+            note = f" ({r['note']})" if r.get('note') else ''
+            out.append(f"- {r['model']} {r['folder']} {r['job']} seed {r.get('seed', 0)}: `{r['cmd']}`{note}")
     return '\n'.join(out) + '\n'
 
 
@@ -227,12 +237,13 @@ def main(argv=None) -> int:
         for job in args.jobs.split(','):
             if job == 'ref':
                 cells = [dict(job=j, **v) for j, v in zero_shot_and_probe(args.model, folder).items()]
-            elif job == 'new' and FOLDERS[name][0] == 'cifar':
+            elif job in ('new', 'sdkept') and FOLDERS[name][0] == 'cifar':
                 # every class is a CIFAR label the shipped models name: the head is matched and the omitted
                 # --epochs defaults to 3, so `new` is the very run `new3` is (same config.json); not run twice
-                cells = [dict(job='new', same_as='new3')]
+                cells = [dict(job=job, same_as=job + '3')]
             else:
-                seeds = range(args.seeds if name in args.seed_folders.split(',') and job in ('new', 'new3', 'nosd') else 1)
+                seeds = range(args.seeds if name in args.seed_folders.split(',') and job in ('new', 'new3', 'sdkept3', 'sdkept')
+                              else 1)
                 cells = []
                 for s in seeds:
                     extra = JOBS[job] + (['--seed', str(s), '--split-seed', str(s)] if s else [])

@@ -55,19 +55,21 @@ def test_default_rules():
     assert default_warmup_steps(11, 28) == 6 and default_warmup_steps(11, 3) == 3 and default_warmup_steps(1, 3) == 1
 
 
-def test_large_convnet_finetunes_run_without_sd():
-    from sdzoo.train.config import SD_OFF_TRAIN_IMAGES, TrainConfig, recipe
+def test_convnet_finetunes_run_without_sd_unless_told():
+    """The recipe turns SD off for a convnet fine-tune of any size (benchmarks/results/finetune_sd_size.md), keeps
+    a ViT's rate, and a --drop-path-rate flag wins."""
+    from sdzoo.train.config import TrainConfig, recipe
     from sdzoo.train.finetune import resolve_recipe
 
     def cfg(model, rate, given=False):
         return TrainConfig.from_dict(dict(recipe(model, True), model=model, data='x', out='x', pretrained=True,
                                           drop_path_rate=rate, recipe_notes={'drop_path_rate': 'given'} if given else {}))
-    big, small = SD_OFF_TRAIN_IMAGES, SD_OFF_TRAIN_IMAGES - 1
-    assert resolve_recipe(cfg('sd_resnet20', 0.5), big, 'probe').drop_path_rate == 0.0
-    assert 'SD off' in resolve_recipe(cfg('sd_resnet20', 0.5), big, 'probe').recipe_notes['drop_path_rate']
-    assert resolve_recipe(cfg('sd_resnet20', 0.5), small, 'probe').drop_path_rate == 0.5
-    assert resolve_recipe(cfg('sd_resnet20', 0.3, given=True), big, 'probe').drop_path_rate == 0.3
-    assert resolve_recipe(cfg('sd_vit_lite_patch4_32', 0.1), big, 'probe').drop_path_rate == 0.1
+    for n, head in ((55_000, 'probe'), (337, 'probe'), (12, 'matched')):
+        got = resolve_recipe(cfg('sd_resnet20', 0.5), n, head)
+        assert got.drop_path_rate == 0.0 and 'SD off' in got.recipe_notes['drop_path_rate'], (n, head)
+    assert resolve_recipe(cfg('sd_resnet20', 0.3, given=True), 337, 'probe').drop_path_rate == 0.3
+    assert resolve_recipe(cfg('sd_resnet20', 0.5, given=True), 55_000, 'probe').drop_path_rate == 0.5
+    assert resolve_recipe(cfg('sd_vit_lite_patch4_32', 0.1), 55_000, 'probe').drop_path_rate == 0.1
 
 
 def test_no_tiny_tail_batch():
@@ -288,8 +290,8 @@ def test_select_leaves_a_matched_start_only_for_a_win_beyond_chance(cifar_root, 
 
 @pytest.mark.timeout(300)
 def test_full_fashion_mnist_finetune_starts_from_the_trained_network_without_sd(tmp_path, capsys):
-    """55,000 training images: the recipe turns SD off and moves each trained p_l into its branch's last BatchNorm,
-    so the run starts from the network the weights were trained as (before the fix it dropped the p_l)."""
+    """The recipe turns SD off for a convnet and moves each trained p_l into its branch's last BatchNorm, so the
+    run starts from the network the weights were trained as (before the fix it dropped the p_l)."""
     from safetensors.torch import load_file
     from sdzoo.hub.weights import weights_dirs
     from sdzoo.train.checkpoint import load_checkpoint
@@ -303,7 +305,7 @@ def test_full_fashion_mnist_finetune_starts_from_the_trained_network_without_sd(
                      '--head', 'fresh', '--lr', '1e-12', '--select', 'last', '--no-test', '--threads', '1',
                      '--workers', '0', '--no-progress', '--max-steps', '1', '--out', str(out)]) == 0
     err = capsys.readouterr().err
-    assert 'SD off: 55000 >= 10000 train images' in err and 'each residual branch is rescaled' in err
+    assert 'SD off for a convnet fine-tune' in err and 'each residual branch is rescaled' in err
     cfg = json.loads((out / 'config.json').read_text())
     assert cfg['drop_path_rate'] == 0.0
     trained = load_file(next(d for d in weights_dirs() if (d / 'sd_resnet20.sd_cifar10').is_dir())
