@@ -289,6 +289,34 @@ def test_select_leaves_a_matched_start_only_for_a_win_beyond_chance(cifar_root, 
 
 
 @pytest.mark.timeout(300)
+def test_a_one_channel_finetune_scores_the_same_from_its_model_folder(tmp_path, capsys):
+    """A 1-channel fine-tune (Fashion-MNIST from the RGB CIFAR weights) is trained on inputs normalized the way its
+    model folder tells `sdzoo validate`, export and serving to normalize them: the run's own test pass and
+    `sdzoo validate` of the folder agree. The trainer used to take the red channel's mean and std while the folder
+    recorded the mean of the three channels (timm's convention), and the folder scored up to 1.5 points below the
+    run's own test figure."""
+    try:
+        from sdzoo.data import find_fashion_mnist
+        find_fashion_mnist()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    out = tmp_path / 'fm'
+    assert cli_main(['finetune', 'sd_resnet20', '--data', 'fashion_mnist', '--in-chans', '1', '--num-classes', '10',
+                     '--train-subset', '1000', '--val-subset', '100', '--epochs', '2', '--drop-path-rate', '0.5',
+                     '--threads', '2', '--workers', '0', '--no-progress', '--out', str(out)]) == 0
+    run_test = json.loads((out / 'summary.json').read_text())['test']
+    folder = json.loads((out / 'model' / 'config.json').read_text())['pretrained_cfg']
+    assert folder['mean'] == pytest.approx([0.4733667], abs=1e-6) and folder['std'] == pytest.approx([0.2507], abs=1e-6)
+    capsys.readouterr()
+    assert cli_main(['validate', str(out), '--amp', 'none', '--threads', '2', '--workers', '0',
+                     '--out', str(tmp_path / 'v.json')]) == 0
+    folder_test = json.loads((tmp_path / 'v.json').read_text())
+    assert folder_test['images'] == run_test['images'] == 10000
+    # the same weights, inputs and fp32 arithmetic; only the memory layout may differ (a few images at most)
+    assert abs(folder_test['top1'] - run_test['top1']) <= 0.05, (folder_test['top1'], run_test['top1'])
+
+
+@pytest.mark.timeout(300)
 def test_full_fashion_mnist_finetune_starts_from_the_trained_network_without_sd(tmp_path, capsys):
     """The recipe turns SD off for a convnet and moves each trained p_l into its branch's last BatchNorm, so the
     run starts from the network the weights were trained as (before the fix it dropped the p_l)."""

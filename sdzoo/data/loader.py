@@ -5,14 +5,14 @@ DDP shards (rank r takes every world-th index of the same permutation) agree acr
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .sources import Split
 
-__all__ = ['epoch_order', 'batch_bounds', 'TensorLoader', 'StreamLoader', 'create_loader']
+__all__ = ['epoch_order', 'batch_bounds', 'channel_stats', 'TensorLoader', 'StreamLoader', 'create_loader']
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -88,8 +88,9 @@ class TensorLoader:
         self.channels_last = channels_last
         self.rank, self.world = rank, world
         c = split.images.shape[-1]
-        self.mean = torch.tensor(mean[:c] if len(mean) >= c else list(mean) * c).view(1, c, 1, 1) * 255
-        self.std = torch.tensor(std[:c] if len(std) >= c else list(std) * c).view(1, c, 1, 1) * 255
+        mean, std = channel_stats(mean, std, c)
+        self.mean = torch.tensor(mean).view(1, c, 1, 1) * 255
+        self.std = torch.tensor(std).view(1, c, 1, 1) * 255
 
     @property
     def num_samples(self) -> int:
@@ -195,6 +196,17 @@ class StreamLoader:
         return self.iter_epoch(0)
 
 
+def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> Tuple[List[float], List[float]]:
+    """Normalization statistics for ``channels`` input channels: as given when they match, else timm's convention
+    for a first conv adapted to other channels (``in_chans=1``: the mean of the RGB statistics, repeated). Training,
+    validation, export and serving all normalize through this one rule, so a 1-channel model meets at deployment
+    the inputs it was trained on."""
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if len(mean) == channels and len(std) == channels:
+        return mean, std
+    return [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+
+
 def create_loader(split: Split, batch_size: int, data_cfg: dict, train: bool, seed: int = 0,
                   cifar_aug: bool = True, workers: int = 2, channels_last: bool = False,
                   rank: int = 0, world: int = 1, in_chans: int = 3, drop_last: Optional[bool] = None):
@@ -204,6 +216,7 @@ def create_loader(split: Split, batch_size: int, data_cfg: dict, train: bool, se
                             pad=4 if (train and cifar_aug) else 0, flip=train, seed=seed,
                             channels_last=channels_last, rank=rank, world=world, drop_last=drop_last)
     from timm.data import create_transform
-    transform = create_transform(**data_cfg, is_training=train)
+    mean, std = channel_stats(data_cfg['mean'], data_cfg['std'], in_chans)
+    transform = create_transform(**dict(data_cfg, mean=tuple(mean), std=tuple(std)), is_training=train)
     return StreamLoader(split, batch_size, transform, in_chans=in_chans, train=train, seed=seed,
                         workers=workers, channels_last=channels_last, rank=rank, world=world, drop_last=drop_last)

@@ -158,9 +158,8 @@ def data_config(model: nn.Module) -> Dict[str, Any]:
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and first.in_channels != c:
         c = first.in_channels
-    mean, std = list(cfg['mean']), list(cfg['std'])
-    if len(mean) != c:  # e.g. in_chans=1: timm's convention is the mean of the RGB statistics
-        mean, std = [sum(mean) / len(mean)] * c, [sum(std) / len(std)] * c
+    from ..data.loader import channel_stats
+    mean, std = channel_stats(cfg['mean'], cfg['std'], c)
     return dict(input_size=[c, *cfg['input_size'][1:]], mean=mean, std=std,
                 crop_pct=cfg.get('crop_pct', 0.875), crop_mode=cfg.get('crop_mode', 'center'),
                 interpolation=cfg.get('interpolation', 'bilinear'))
