@@ -163,10 +163,11 @@ def default_drop_path_rate(trained: Optional[float], vit: bool) -> Optional[floa
     """0 for a convnet fine-tune (the trained p_l are moved into the weights), else None (keep the weights' rate).
 
     Measured from sd_resnet20.sd_cifar10 on Fashion-MNIST (benchmarks/results/finetune_sd_size.md, 10,000 test
-    images): p_L 0.5 kept scored 0.4-2.3 points below rate 0 on random subsets of 500 to 20,000 training images
-    and 1.2 below on all 55,000 (it underfits: train top-1 below val); on the small benchmark folders rate 0 won
-    at 3 epochs (f3x125 97.8 vs 96.8, f5x50 94.2 vs 93.2, f3hard 73.5 vs 70.8, 3 seeds) and tied at the
-    300-step default. A ViT keeps its rate (not measured)."""
+    images): p_L 0.5 kept scored on average 0.6-2.0 points below rate 0 on random subsets of 500 to 20,000 training
+    images (2 seeds; one seed at 500 was 0.4 above) and 1.2 below on all 55,000 (it underfits: train top-1 below
+    val); on the small benchmark folders rate 0 won at 3 epochs (f3x125 97.8 vs 96.8, f5x50 94.2 vs 93.2, f3hard
+    73.5 vs 70.8, 3 seeds) and tied at the 300-step default. The price is depth on demand: pruned below two thirds of its blocks, an SD-off fine-tune
+    falls far below an SD-kept one (benchmarks/results/finetune_sd_depth.md). A ViT keeps its rate (not measured)."""
     return 0.0 if not vit and trained else None
 
 
