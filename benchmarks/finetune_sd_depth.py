@@ -16,26 +16,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
+import numpy as np
 import torch
 
 
-@torch.no_grad()
-def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
-    hits = sum(int((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum()) for i in range(0, len(x), bs))
-    return 100.0 * hits / len(y)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from depth import predict  # noqa: E402  benchmarks/depth.py: batched argmax
 
 
-def test_images(model: torch.nn.Module, data: str):
-    """All test images of ``data``, normalized for ``model`` (as ``sdzoo validate`` does), their labels, a name."""
-    from sdzoo.data.sources import load_splits, normalized, split_pixels
+def test_images(model: torch.nn.Module, data: str) -> Tuple[np.ndarray, np.ndarray, str]:
+    """All test images of ``data`` preprocessed as ``sdzoo validate`` does for ``model``, their labels, a name."""
+    from sdzoo.export.quantize import load_labelled_images
     from sdzoo.models.load import data_config
-    dcfg = data_config(model)
-    shape = tuple(int(v) for v in dcfg['input_size'])
-    test = load_splits(str(data), shape).test
-    x = torch.from_numpy(normalized(split_pixels(test, list(range(len(test))), shape, 'test'), dcfg['mean'], dcfg['std']))
-    return x, torch.as_tensor(test.labels), f'all {len(test)} test images of {data}'
+    cfg = data_config(model)
+    return load_labelled_images(data, 'test', cfg['input_size'], model.num_classes, cfg['mean'], cfg['std'])
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -59,7 +55,7 @@ def main(argv: List[str] | None = None) -> int:
                 pruned = sdzoo.prune_depth(model, keep=keep, data=cfg['data'])
             except ValueError:  # fewer blocks than the downsampling ones it must keep
                 break
-            accs[keep] = top1(pruned, x, y)
+            accs[keep] = round(100 * float((predict(pruned, x) == y).mean()), 2)
         depths = sorted(set(depths or accs) & set(accs), reverse=True)
         rows.append((run.name, cfg['drop_path_rate'], accs))
         print(f'{run.name}: ' + ', '.join(f'{k}: {v:.2f}' for k, v in accs.items()), file=sys.stderr, flush=True)

@@ -41,6 +41,17 @@ def cifar_root() -> Path:
 
 
 @pytest.fixture(scope='session')
+def fashion_mnist_root() -> Path:
+    """The Fashion-MNIST IDX files (Debian ``dataset-fashion-mnist``, or ``$SDZOO_FASHION_MNIST``); the test is
+    skipped when they are not installed."""
+    from sdzoo.data import find_fashion_mnist
+    try:
+        return find_fashion_mnist()
+    except FileNotFoundError as e:
+        pytest.skip(str(e).splitlines()[0])
+
+
+@pytest.fixture(scope='session')
 def onnx_file(tmp_path_factory):
     """A real sd_resnet20 ONNX export (random init) with CIFAR-10 labels, shared by the serving tests."""
     from serve_support import CIFAR10_LABELS, export_onnx

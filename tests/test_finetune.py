@@ -45,6 +45,10 @@ def readme_zero_shot(readme_cut) -> float:
     return 100.0 * sum(hits) / len(test)
 
 
+# sd_resnet20.sd_cifar10 (RGB, 10 CIFAR classes) fine-tuned on the 1-channel, 10-class Fashion-MNIST
+FASHION_MNIST_FINETUNE = ['finetune', 'sd_resnet20', '--data', 'fashion_mnist', '--in-chans', '1', '--num-classes', '10']
+
+
 def test_default_rules():
     assert [default_batch_size(n) for n in (5, 100, 162, 320, 500, 1279, 1280, 55000)] == \
         [16, 16, 16, 32, 32, 64, 128, 128]
@@ -289,21 +293,16 @@ def test_select_leaves_a_matched_start_only_for_a_win_beyond_chance(cifar_root, 
 
 
 @pytest.mark.timeout(300)
-def test_a_one_channel_finetune_scores_the_same_from_its_model_folder(tmp_path, capsys):
+def test_a_one_channel_finetune_scores_the_same_from_its_model_folder(tmp_path, capsys, fashion_mnist_root):
     """A 1-channel fine-tune (Fashion-MNIST from the RGB CIFAR weights) is trained on inputs normalized the way its
     model folder tells `sdzoo validate`, export and serving to normalize them: the run's own test pass and
     `sdzoo validate` of the folder agree. The trainer used to take the red channel's mean and std while the folder
     recorded the mean of the three channels (timm's convention), and the folder scored 0.1-4.8 points below the
     run's own test figure (4.8 in this test)."""
-    try:
-        from sdzoo.data import find_fashion_mnist
-        find_fashion_mnist()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
     out = tmp_path / 'fm'
-    assert cli_main(['finetune', 'sd_resnet20', '--data', 'fashion_mnist', '--in-chans', '1', '--num-classes', '10',
-                     '--train-subset', '1000', '--val-subset', '100', '--epochs', '2', '--drop-path-rate', '0.5',
-                     '--threads', '2', '--workers', '0', '--no-progress', '--out', str(out)]) == 0
+    assert cli_main(FASHION_MNIST_FINETUNE + ['--train-subset', '1000', '--val-subset', '100', '--epochs', '2',
+                                              '--drop-path-rate', '0.5', '--threads', '2', '--workers', '0',
+                                              '--no-progress', '--out', str(out)]) == 0
     run_test = json.loads((out / 'summary.json').read_text())['test']
     folder = json.loads((out / 'model' / 'config.json').read_text())['pretrained_cfg']
     assert folder['mean'] == pytest.approx([0.4733667], abs=1e-6) and folder['std'] == pytest.approx([0.2507], abs=1e-6)
@@ -317,21 +316,17 @@ def test_a_one_channel_finetune_scores_the_same_from_its_model_folder(tmp_path, 
 
 
 @pytest.mark.timeout(300)
-def test_full_fashion_mnist_finetune_starts_from_the_trained_network_without_sd(tmp_path, capsys):
+def test_full_fashion_mnist_finetune_starts_from_the_trained_network_without_sd(tmp_path, capsys,
+                                                                               fashion_mnist_root):
     """The recipe turns SD off for a convnet and moves each trained p_l into its branch's last BatchNorm, so the
     run starts from the network the weights were trained as (before the fix it dropped the p_l)."""
     from safetensors.torch import load_file
     from sdzoo.hub.weights import weights_dirs
     from sdzoo.train.checkpoint import load_checkpoint
-    try:
-        from sdzoo.data import find_fashion_mnist
-        find_fashion_mnist()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
     out = tmp_path / 'fm'
-    assert cli_main(['finetune', 'sd_resnet20', '--data', 'fashion_mnist', '--in-chans', '1', '--num-classes', '10',
-                     '--head', 'fresh', '--lr', '1e-12', '--select', 'last', '--no-test', '--threads', '1',
-                     '--workers', '0', '--no-progress', '--max-steps', '1', '--out', str(out)]) == 0
+    assert cli_main(FASHION_MNIST_FINETUNE + ['--head', 'fresh', '--lr', '1e-12', '--select', 'last', '--no-test',
+                                              '--threads', '1', '--workers', '0', '--no-progress', '--max-steps', '1',
+                                              '--out', str(out)]) == 0
     err = capsys.readouterr().err
     assert 'SD off for a convnet fine-tune' in err and 'each residual branch is rescaled' in err
     cfg = json.loads((out / 'config.json').read_text())

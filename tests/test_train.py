@@ -36,15 +36,6 @@ def _cfg(tmp_path: Path, data: Path, **kw) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
-def _fashion_available() -> bool:
-    from sdzoo.data import find_fashion_mnist
-    try:
-        find_fashion_mnist()
-        return True
-    except FileNotFoundError:
-        return False
-
-
 def test_lr_schedule_matches_paper():
     cfg = TrainConfig(model='sd_resnet110', epochs=500)
     spe = 352
@@ -270,8 +261,7 @@ def test_sigterm_mid_epoch_leaves_checkpoint(tmp_path, small_cifar):
     assert load_checkpoint(out / 'last.pt')['global_step'] == ckpt['global_step'] + 1
 
 
-@pytest.mark.skipif(not _fashion_available(), reason='Debian dataset-fashion-mnist not installed')
-def test_finetune_fashion_mnist_beats_chance(tmp_path):
+def test_finetune_fashion_mnist_beats_chance(tmp_path, fashion_mnist_root):
     """Fine-tune path: weights file -> 1-channel input via timm's in_chans adaptation -> new data set."""
     import timm
     from sdzoo.train.checkpoint import save_safetensors
