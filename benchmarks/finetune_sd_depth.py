@@ -52,7 +52,7 @@ def main(argv: List[str] | None = None) -> int:
         accs = {}
         for keep in range(n, 0, -1):
             try:
-                pruned = sdzoo.prune_depth(model, keep=keep, data=cfg['data'])
+                pruned = sdzoo.prune_depth(model, keep=keep, data=cfg['data'], heal_steps=0)
             except ValueError:  # fewer blocks than the downsampling ones it must keep
                 break
             accs[keep] = round(100 * float((predict(pruned, x) == y).mean()), 2)
@@ -60,7 +60,7 @@ def main(argv: List[str] | None = None) -> int:
         rows.append((run.name, cfg['drop_path_rate'], accs))
         print(f'{run.name}: ' + ', '.join(f'{k}: {v:.2f}' for k, v in accs.items()), file=sys.stderr, flush=True)
     print(f'Test top-1 % on {desc}, greedy block removal with BatchNorm re-estimation (`sdzoo.prune_depth(model, keep, '
-          f'data=...)`), by blocks kept:\n')
+          f'data=..., heal_steps=0)`), by blocks kept:\n')
     print('| run | fine-tuned with drop_path_rate | ' + ' | '.join(str(k) for k in depths) + ' |')
     print('|---|---:|' + '---:|' * len(depths))
     for name, rate, accs in rows:

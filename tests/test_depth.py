@@ -95,7 +95,7 @@ def _top1(model, x, y) -> float:
 
 def test_greedy_keeps_accuracy_at_mild_cut(r20, cifar_small):
     from sdzoo.data.sources import load_splits
-    pruned = sdzoo.prune_depth(r20, keep=8, data=str(cifar_small), calibration_images=100, bn_images=500)
+    pruned = sdzoo.prune_depth(r20, keep=8, data=str(cifar_small), calibration_images=100, bn_images=500, heal_steps=0)
     depth = pruned.pretrained_cfg['depth']
     assert depth['strategy'] == 'greedy' and len(depth['kept_blocks']) == 8
     assert 'val' in depth['calibration']  # held-out training images, never test ones
@@ -128,8 +128,9 @@ def test_heal_distils_the_full_model_into_the_pruned_one(r20, cifar_small):
     its removed blocks are untouched; the unhealed prune of the same blocks is the baseline."""
     kw = dict(keep=6, strategy='survival', data=str(cifar_small), bn_images=200, heal_images=300)
     before = {k: v.clone() for k, v in r20.state_dict().items()}
-    plain = sdzoo.prune_depth(r20, **kw)
+    plain = sdzoo.prune_depth(r20, heal_steps=0, **kw)
     healed = sdzoo.prune_depth(r20, heal_steps=150, **kw)
+    assert 'heal' not in plain.pretrained_cfg['depth']
     h = healed.pretrained_cfg['depth']['heal']
     assert h['steps'] == 150 and h['optimizer'] == 'SGD' and h['lr'] == 0.002 and h['images'] == '300 train images of ' + cifar_small.name
     assert healed.pretrained_cfg['depth']['removed_blocks'] == plain.pretrained_cfg['depth']['removed_blocks']
@@ -179,7 +180,7 @@ def test_pruned_model_saves_as_a_timm_folder_and_loads_back(r20, cifar_small, tm
     computes what was saved (its survival scaling rebased over full depth's schedule, not the kept blocks')."""
     import timm
     from sdzoo.hub.publish import write_model_folder
-    pruned = sdzoo.prune_depth(r20, keep=6, data=str(cifar_small), calibration_images=50, bn_images=200)
+    pruned = sdzoo.prune_depth(r20, keep=6, data=str(cifar_small), calibration_images=50, bn_images=200, heal_steps=0)
     folder = write_model_folder(pruned, tmp_path / 'k6', model_name='sd_resnet20', tag='sd_cifar10_k6',
                                 results={'top1': 80.0}, train_info={}, dataset={'id': 'cifar10', 'name': 'CIFAR-10'})
     config = json.loads((folder / 'config.json').read_text())
@@ -251,6 +252,7 @@ def test_export_keep_blocks_heal_steps_records_the_distillation(r20, cifar_small
     (['--keep-blocks', '5'], 'needs --data'),
     (['--strategy', 'survival'], 'add --keep-blocks'),
     (['--heal-steps', '10'], '--heal-steps acts on the blocks --keep-blocks N keeps'),
+    (['--heal-steps', '0'], '--heal-steps acts on the blocks --keep-blocks N keeps'),
     (['--keep-blocks', '5', '--strategy', 'survival', '--heal-steps', '10'], '--heal-steps needs --data'),
     (['--keep-blocks', '5', '--strategy', 'survival', '--heal-steps', '-2', '--data', 'cifar10'], '--heal-steps must be >= 0'),
     (['--keep-blocks', '5', '--strategy', 'deepest'], 'invalid choice'),
@@ -285,11 +287,12 @@ def test_pruned_int8_entry_is_gated_and_served_beside_full_depth(r20, cifar_smal
     assert main(base) == 0
     assert main(base + ['--keep-blocks', '7', '--int8', '--max-accuracy-drop', '10']) == 0
     err = capsys.readouterr().err
-    assert 'depth: 7 of 9 blocks (greedy)' in err
+    assert 'depth: 7 of 9 blocks (greedy)' in err and '300 steps of distillation' in err and '--heal-steps 0' in err
     assert sorted(p.name for p in repo.iterdir()) == ['sd_resnet20', 'sd_resnet20_k7', 'sd_resnet20_k7_int8']
     _, meta = _conv_count_and_meta(repo / 'sd_resnet20_k7' / '1' / 'model.onnx')
     depth = json.loads(meta['sdzoo.depth'])
     assert len(depth['kept_blocks']) == 7 and depth['accuracy']['split'] == 'val'
+    assert depth['heal']['steps'] == 300 and 'train images' in depth['heal']['images']  # healing is the default
     assert depth['accuracy']['images'] == 60 and 'optimistic' in depth['accuracy']['data']  # 60 held out: all scored
     images = [Image.open(f) for f in sorted((cifar_small / 'test' / 'cat').glob('*.jpg'))[:2]]
     with ServerThread(create_app(repo, ServeSettings(), intra_op_num_threads=1)) as s:
@@ -302,7 +305,7 @@ def test_pruned_int8_entry_is_gated_and_served_beside_full_depth(r20, cifar_smal
             got = np.array(r.json()['outputs'][0]['data']).reshape(2, 10)
             np.testing.assert_allclose(got, ort.run(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(SystemExit) as e:  # 2 of 9 blocks: far beyond the default 0.5-point limit
-        main(base + ['--keep-blocks', '2', '--strategy', 'survival'])
+        main(base + ['--keep-blocks', '2', '--strategy', 'survival', '--heal-steps', '0'])
     assert e.value.code == 2 and 'exceeds the allowed 0.5' in capsys.readouterr().err
     assert not (repo / 'sd_resnet20_k2').exists()
 

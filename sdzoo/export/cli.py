@@ -84,10 +84,14 @@ def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool
 def _prune(args: argparse.Namespace, model):
     """``--keep-blocks N``: :func:`sdzoo.models.depth.prune_depth` before export (a plain, shallower graph)."""
     from ..cli_args import CLIError
-    from ..models.depth import prune_depth
+    from ..models.depth import default_heal_steps, prune_depth
+    steps = default_heal_steps(args.depth_data) if args.heal_steps is None else args.heal_steps
+    if steps:
+        print(f'depth: after removing blocks, {steps} steps of distillation from the full model on training images of '
+              f'{args.depth_data} (--heal-steps 0 skips it)', file=sys.stderr)
     try:
         return prune_depth(model, args.keep_blocks, strategy=args.strategy, data=args.depth_data,
-                           calibration_images=args.depth_calibration_images, heal_steps=args.heal_steps, seed=args.seed,
+                           calibration_images=args.depth_calibration_images, heal_steps=steps, seed=args.seed,
                            log=(lambda m: print(m, file=sys.stderr)) if args.debug else None)
     except ValueError as e:
         raise CLIError(f'--keep-blocks: {e}') from None
@@ -123,7 +127,7 @@ def _check_keep_blocks(args: argparse.Namespace) -> None:
     from ..cli_args import CLIError
     args.depth_data = args.data  # training images of the data set (before --data becomes its test folder)
     if args.keep_blocks is None:
-        if args.strategy is not None or args.heal_steps:
+        if args.strategy is not None or args.heal_steps is not None:
             raise CLIError(f"--{'strategy' if args.strategy is not None else 'heal-steps'} acts on the blocks "
                            '--keep-blocks N keeps: add --keep-blocks')
         return
@@ -133,7 +137,7 @@ def _check_keep_blocks(args: argparse.Namespace) -> None:
         raise CLIError(f'--keep-blocks must be >= 1, got {args.keep_blocks}')
     if args.depth_calibration_images < 1:
         raise CLIError(f'--depth-calibration-images must be >= 1, got {args.depth_calibration_images}')
-    if args.heal_steps < 0:
+    if args.heal_steps is not None and args.heal_steps < 0:
         raise CLIError(f'--heal-steps must be >= 0, got {args.heal_steps}')
     if args.heal_steps and args.data is None:
         raise CLIError('--heal-steps needs --data DATASET: it distils the full model on its training images')
@@ -455,9 +459,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         'after the first removed block re-estimate their statistics on training images)')
     d.add_argument('--depth-calibration-images', type=int, default=500,
                    help='held-out training images greedy scores blocks on (default 500)')
-    d.add_argument('--heal-steps', type=int, default=0, metavar='N',
+    d.add_argument('--heal-steps', type=int, default=None, metavar='N',
                    help='after removing blocks, distil the full model into the pruned one for N SGD steps of 64 '
-                        'augmented training images of --data (default 0: off)')
+                        'augmented training images of --data (default 300 with --data: it never measured worse and '
+                        'gains most at deep cuts, but takes minutes on sd_resnet110; 0: off)')
     p.add_argument('--json', action='store_true', help='print the report as JSON')
     p.add_argument('--debug', action='store_true', help='tracebacks instead of one-line errors')
     p.set_defaults(func=_cmd_export)

@@ -290,7 +290,8 @@ def depth_section(results: Path) -> List[str]:
            '(deepest) blocks go; **survival + BN**: the same, then BatchNorm statistics re-estimated on 2,000 training '
            'images; **greedy**: the block whose removal changes the output least on 500 held-out training images, '
            'repeatedly, then the same BN re-estimation; **heal**: then a short distillation from the full network on '
-           'training images (`prune_depth(..., heal_steps=N)`). "–": not measured yet.', '']
+           'training images (300 steps, what `prune_depth` and `sdzoo export --keep-blocks` do by default when given '
+           'data; `heal_steps=0` / `--heal-steps 0`: off). "–": not measured yet.', '']
     for key, model in (d.get('models') or {}).items():
         mine = [c for c in cells if c.get('model') == key]
         if not mine:
