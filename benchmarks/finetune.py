@@ -4,9 +4,10 @@ Builds the seven test folders itself (CIFAR-10 cuts from $SDZOO_DATA/cifar10, Fa
 Debian IDX files), then per folder measures: zero-shot (pretrained logits restricted to the folder's classes,
 CIFAR classes only), a linear probe on all train images, today's defaults (bs 128, lr 0.01, drop_last, last-N
 holdout, fresh head), the new defaults and, for convnets, the previous default of keeping SD while fine-tuning
-(`sdkept3`, `sdkept`: `--drop-path-rate 0.5`), each through the real `sdzoo finetune` command (printed per cell).
+(`sdkept3`, `sdkept`: `--drop-path-rate 0.5`), and a flag grid (`grid`: batch size x lr x epochs given as flags,
+what a user tuning by hand would try), each through the real `sdzoo finetune` command (printed per cell).
 
-    python benchmarks/finetune.py --work /tmp/ftbench [--only readme,c5x20] [--jobs new3,new,today3,sdkept3,sdkept]
+    python benchmarks/finetune.py --work /tmp/ftbench [--only readme,c5x20] [--jobs new3,new,today3,sdkept3,sdkept,grid]
         [--model sd_resnet20] [--seeds 3 --seed-folders readme,c5x20] --out benchmarks/results/finetune.jsonl
 
 Results go to a JSON-lines file (one cell a line, with its command and wall time); `--report MD` turns it
@@ -142,6 +143,17 @@ JOBS = {
     'sdkept': ['--drop-path-rate', '0.5'],
 }
 
+# the flag grid (job `grid`): the real `sdzoo finetune` with everything at its default except batch size, lr and
+# epochs given as flags, what a user tuning by hand would try; one seed, classes the model never saw
+FLAG_GRID = {'convnet': dict(bs=(16, 64), lr=(0.03, 0.1), epochs=(30,)),
+             'vit': dict(bs=(16, 64), lr=(3e-5, 1e-4, 3e-4), epochs=(30,))}
+
+
+def grid_flags(model: str) -> list:
+    g = FLAG_GRID['vit' if 'vit' in model else 'convnet']
+    return [['--batch-size', str(b), '--lr', f'{lr:g}', '--epochs', str(e)]
+            for b in g['bs'] for lr in g['lr'] for e in g['epochs']]
+
 
 # the research hand grid (benchmarks/finetune_grid.py, jobs and results in benchmarks/results/finetune_grid/
 # jobs_grid / res_grid; SGD nesterov, wd 1e-4, cosine, warm-up 0.5 epoch, no drop_last, fresh head, SD kept),
@@ -170,6 +182,15 @@ def _cell(rows: list) -> str:
     return f'{mean:.1f} ±{(max(vals) - min(vals)) / 2:.1f} (n={len(vals)}: {"/".join(f"{v:.1f}" for v in vals)})'
 
 
+def _grid_cell(rows: list) -> str:
+    done = [r for r in rows if 'top1' in r]
+    if not done:
+        return '–'
+    best = max(done, key=lambda r: r['top1'])
+    return (f"{best['top1']:.1f} (bs{best['batch_size']} lr{best['lr']:g} e{best['epochs']}; best of {len(done)}: "
+            f"{min(r['top1'] for r in done):.1f}-{best['top1']:.1f})")
+
+
 def report(files: list) -> str:
     """The markdown tables of one or more result files."""
     rows = [json.loads(line) for f in files for line in open(f) if line.strip()]
@@ -178,15 +199,15 @@ def report(files: list) -> str:
         out += [f'### {model}', '',
                 '| folder | zero-shot (restricted logits) | linear probe (all train) | today `--epochs 3` | '
                 'new `--epochs 3` | new, no recipe flags | hand grid best e3 / e8 (research, fresh head) | '
-                'matched-head lr grid best (research, 3 seeds) | SD kept (p_L 0.5, the previous default) `--epochs 3` / '
-                'no other flags | wall s (new) |',
-                '|---|---|---|---|---|---|---|---|---|---|']
+                'matched-head lr grid best (research, 3 seeds) | flag grid best (`sdzoo finetune` with bs, lr, epochs '
+                'given; 1 seed) | SD kept (p_L 0.5, the previous default) `--epochs 3` / no other flags | wall s (new) |',
+                '|---|---|---|---|---|---|---|---|---|---|---|']
         for folder in FOLDERS:
             mine = [r for r in rows if r['model'] == model and r['folder'] == folder]
             if not mine:
                 continue
             by = {j: [r for r in mine if r['job'] == j]
-                  for j in ('zeroshot', 'probe', 'today3', 'new3', 'new', 'sdkept3', 'sdkept')}
+                  for j in ('zeroshot', 'probe', 'today3', 'new3', 'new', 'sdkept3', 'sdkept', 'grid')}
             new = by['new']
             if (new and new[0].get('same_as')) or (not new and FOLDERS[folder][0] == 'cifar' and by['new3']):
                 new_cell = 'same run as `--epochs 3` (matched head: 3 epochs)'
@@ -203,7 +224,7 @@ def report(files: list) -> str:
             gm = GRID_MATCHED.get(folder) if model == 'sd_resnet20' else None
             gm = f'{gm[0]} (lr {gm[1]} x bs/16)' if gm else '–'
             out.append(f"| {folder} | {_cell(by['zeroshot'])} | {_cell(by['probe'])} | {_cell(by['today3'])} | "
-                       f"{_cell(by['new3'])} | {new_cell} | {grid} | {gm} | {kept} | "
+                       f"{_cell(by['new3'])} | {new_cell} | {grid} | {gm} | {_grid_cell(by['grid'])} | {kept} | "
                        f"{'/'.join(str(round(x)) for x in secs) or '–'} |")
         out.append('')
     out += ['Commands behind the cells:', '']
@@ -237,6 +258,12 @@ def main(argv=None) -> int:
         for job in args.jobs.split(','):
             if job == 'ref':
                 cells = [dict(job=j, **v) for j, v in zero_shot_and_probe(args.model, folder).items()]
+            elif job == 'grid':
+                cells = []
+                for extra in grid_flags(args.model):
+                    tag = '-'.join(extra[1::2])
+                    cells.append(dict(job=job, seed=0, **run_cli(args.model, folder, k, extra,
+                                                                 work / 'runs' / f'{args.model}-{name}-grid-{tag}')))
             elif job in ('new', 'sdkept') and FOLDERS[name][0] == 'cifar':
                 # every class is a CIFAR label the shipped models name: the head is matched and the omitted
                 # --epochs defaults to 3, so `new` is the very run `new3` is (same config.json); not run twice
