@@ -37,7 +37,8 @@ _FLAG_HELP = {
     'batch_size': 'mini-batch size over all processes (default: 128; fine-tuning: clamp(2**floor(log2(N/10)), '
                   '16, 128) for N training images)',
     'lr': f'peak learning rate ({_R}: 0.1 SGD, 5e-4 AdamW for ViTs; fine-tuning: 0.01*bs/16, 0.001*bs/16 with a '
-          'head from matching class names; ViTs AdamW 5e-5*bs/16, 5e-6*bs/16 matched)',
+          'head from matching class names; ViTs AdamW 5e-5*bs/16, min(3e-4*bs/16, 4e-4) from 300 steps, 5e-6*bs/16 '
+          'matched)',
     'momentum': 'SGD (Nesterov) momentum (default: 0.9)',
     'weight_decay': f'weight decay ({_R}: 1e-4, 0.05 for ViTs)',
     'sched': f'learning-rate schedule, step or cosine ({_R}: step for CIFAR ResNets, else cosine)',

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import (TrainConfig, default_batch_size, default_drop_path_rate, default_epochs,
+from .config import (VIT_LONG_RUN_STEPS, TrainConfig, default_batch_size, default_drop_path_rate, default_epochs,
                      default_lr, default_warmup_steps, is_vit)
 
 __all__ = ['match_classes', 'resolve_head', 'resolve_recipe', 'recipe_lines', 'init_head', 'class_weights',
@@ -74,15 +74,20 @@ def resolve_recipe(cfg: TrainConfig, n_train: int, head: str, world: int = 1) ->
         notes['batch_size'] = f'clamp(2**floor(log2({n_train} train images / 10)), 16, 128)'
     spe = _steps_per_epoch(n_train, bs, world, cfg.drop_last)
     rule_head = 'matched' if head in ('matched', 'keep') else 'new'
-    if cfg.lr is None:
-        d['lr'] = default_lr(bs, rule_head, vit)
-        base = ('5e-6' if rule_head == 'matched' else '5e-5') if vit else ('0.001' if rule_head == 'matched' else '0.01')
-        notes['lr'] = f"{base} * {bs}/16 ({rule_head} head{', AdamW, ViT' if vit else ''})"
     epochs = cfg.epochs
     if epochs is None:
         epochs = d['epochs'] = default_epochs(spe, rule_head)
         notes['epochs'] = ('3 (head from matching class names)' if rule_head == 'matched'
                            else f'max(10, ceil(300 steps / {spe} steps per epoch))')
+    if cfg.lr is None:
+        steps = spe * epochs
+        d['lr'] = default_lr(bs, rule_head, vit, steps)
+        if vit and rule_head != 'matched' and steps >= VIT_LONG_RUN_STEPS:
+            notes['lr'] = f'min(3e-4 * {bs}/16, 4e-4) (new head, AdamW, ViT, {steps} >= {VIT_LONG_RUN_STEPS} steps)'
+        else:
+            base = ('5e-6' if vit else '0.001') if rule_head == 'matched' else ('5e-5' if vit else '0.01')
+            short = f', {steps} < {VIT_LONG_RUN_STEPS} steps' if vit and rule_head != 'matched' else ''
+            notes['lr'] = f"{base} * {bs}/16 ({rule_head} head{', AdamW, ViT' if vit else ''}{short})"
     if cfg.warmup_epochs is None:
         w = default_warmup_steps(spe, epochs)
         d['warmup_epochs'] = w / spe
