@@ -461,21 +461,32 @@ def plot(rows: List[Dict], out: Path, latencies: Optional[List[Dict]] = None) ->
 PAIR = ('r110_sd160', 'r110_nosd160')  # equal recipe and training length: SD against constant depth
 
 
-def paired_rows(rows: List[Dict]) -> List[Dict]:
-    """SD against constant depth (PAIR) at each strategy and cut both were measured at, paired image by image on the
-    full test split (sdzoo.reports.paired: McNemar's exact test and the interval that agrees with it)."""
+def _cells_with_hits(rows: List[Dict]) -> Dict:
+    return {(r['model'], r['strategy'], r['removed']): r for r in rows if r.get('hits')}
+
+
+def _paired(a: Dict, b: Dict):
+    """Cells a and b paired image by image (sdzoo.reports.paired: McNemar's exact test and the interval that agrees
+    with it); None when they were not scored on the same number of test images. Every cell was evaluated on the same
+    cached test tensors (same images, same order)."""
     from sdzoo.reports.paired import paired_comparison
     from sdzoo.train.records import PER_IMAGE_ENCODING
-    cell = {(r['model'], r['strategy'], r['removed']): r for r in rows if r.get('hits')}
+    if a is None or b is None or a['test_images'] != b['test_images']:
+        return None
+    return paired_comparison(*[dict(images=c['test_images'], encoding=PER_IMAGE_ENCODING,
+                                    labels_sha256='depth-test-split', top1_correct=c['hits']) for c in (a, b)])
+
+
+def paired_rows(rows: List[Dict]) -> List[Dict]:
+    """SD against constant depth (PAIR) at each strategy and cut both were measured at, paired image by image on the
+    full test split."""
+    cell = _cells_with_hits(rows)
     out = []
     for (model, strategy, removed), sd in sorted(cell.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         const = cell.get((PAIR[1], strategy, removed))
-        if model != PAIR[0] or const is None or sd['test_images'] != const['test_images']:
+        p = _paired(sd, const) if model == PAIR[0] else None
+        if p is None:
             continue
-        # both evaluated on the same cached test tensors (same images, same order)
-        rec = [dict(images=c['test_images'], encoding=PER_IMAGE_ENCODING, labels_sha256='depth-test-split',
-                    top1_correct=c['hits']) for c in (sd, const)]
-        p = paired_comparison(*rec)
         out.append(dict(strategy=strategy, removed=removed, kept=sd['kept'], sd_top1=sd['top1'],
                         constant_top1=const['top1'], images=p.images, only_sd=p.only_a, only_constant=p.only_b,
                         sd_minus_constant_error=round(p.error_difference, 4),
@@ -486,18 +497,14 @@ def paired_rows(rows: List[Dict]) -> List[Dict]:
 def heal_rows(rows: List[Dict]) -> List[Dict]:
     """Healing against none: greedy + BN and the same + heal, per model and cut, paired image by image on the full
     test split (what chose ``sdzoo.models.depth.default_heal_steps``)."""
-    from sdzoo.reports.paired import paired_comparison
-    from sdzoo.train.records import PER_IMAGE_ENCODING
-    cell = {(r['model'], r['strategy'], r['removed']): r for r in rows if r.get('hits')}
+    cell = _cells_with_hits(rows)
     out = []
     for model in MODELS:
         for removed in MODELS[model]['cuts'][1:]:
             plain, healed = cell.get((model, 'greedy', removed)), cell.get((model, 'greedy_heal', removed))
-            if plain is None or healed is None or plain['test_images'] != healed['test_images']:
+            p = _paired(healed, plain)
+            if p is None:
                 continue
-            rec = [dict(images=c['test_images'], encoding=PER_IMAGE_ENCODING, labels_sha256='depth-test-split',
-                        top1_correct=c['hits']) for c in (healed, plain)]
-            p = paired_comparison(*rec)
             out.append(dict(model=model, removed=removed, kept=plain['kept'], greedy_top1=plain['top1'],
                             heal_top1=healed['top1'], images=p.images, only_heal=p.only_a, only_greedy=p.only_b,
                             p_value=p.p_value, differs=p.differs))
