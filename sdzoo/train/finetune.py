@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import (VIT_LONG_RUN_STEPS, TrainConfig, default_batch_size, default_drop_path_rate, default_epochs,
-                     default_lr, default_warmup_steps, is_vit)
+from .config import (VIT_LONG_RUN_STEPS, VIT_MAX_FINETUNE_LR, TrainConfig, default_batch_size,
+                     default_drop_path_rate, default_epochs, default_lr, default_warmup_steps, is_vit)
 
 __all__ = ['match_classes', 'resolve_head', 'resolve_recipe', 'recipe_lines', 'init_head', 'class_weights',
            'fit_linear_probe']
@@ -83,7 +83,8 @@ def resolve_recipe(cfg: TrainConfig, n_train: int, head: str, world: int = 1) ->
         steps = spe * epochs
         d['lr'] = default_lr(bs, rule_head, vit, steps)
         if vit and rule_head != 'matched' and steps >= VIT_LONG_RUN_STEPS:
-            notes['lr'] = f'min(3e-4 * {bs}/16, 4e-4) (new head, AdamW, ViT, {steps} >= {VIT_LONG_RUN_STEPS} steps)'
+            notes['lr'] = (f'min(3e-4 * {bs}/16, {VIT_MAX_FINETUNE_LR:g}) (new head, AdamW, ViT, '
+                           f'{steps} >= {VIT_LONG_RUN_STEPS} steps)')
         else:
             base = ('5e-6' if vit else '0.001') if rule_head == 'matched' else ('5e-5' if vit else '0.01')
             short = f', {steps} < {VIT_LONG_RUN_STEPS} steps' if vit and rule_head != 'matched' else ''
