@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .data.images import resize_center_crop
 from .files import atomic_write
 
 if TYPE_CHECKING:
@@ -149,50 +149,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _interp(name: str):
-    from PIL import Image
-    modes = {'bilinear': Image.Resampling.BILINEAR, 'bicubic': Image.Resampling.BICUBIC,
-             'nearest': Image.Resampling.NEAREST, 'lanczos': Image.Resampling.LANCZOS,
-             'box': Image.Resampling.BOX, 'hamming': Image.Resampling.HAMMING}
-    if name not in modes:
-        raise ValueError(f'unknown interpolation {name!r}; expected one of {sorted(modes)}')
-    return modes[name]
-
-
-def resize_center_crop(image, size: Tuple[int, int], crop_pct: float = 0.875, crop_mode: str = 'center',
-                       interpolation: str = 'bilinear'):
-    """timm's eval geometry (``transforms_imagenet_eval``) on a PIL image, without torch.
-
-    ``center``: resize the shorter edge to ``floor(size / crop_pct)`` keeping the aspect ratio, then
-    center-crop ``size``; ``squash``: resize both edges to ``floor(size / crop_pct)``, center-crop.
-    """
-    th, tw = size
-    scale = (math.floor(th / crop_pct), math.floor(tw / crop_pct))
-    w, h = image.size
-    if crop_mode == 'squash':
-        new_h, new_w = scale
-    elif crop_mode in ('center', None, ''):
-        if scale[0] == scale[1]:  # torchvision's Resize(int): shorter edge, long edge truncated
-            short, long = (w, h) if w <= h else (h, w)
-            new_short, new_long = scale[0], int(scale[0] * long / short)
-            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        else:  # timm's ResizeKeepRatio(longest=0)
-            ratio = min(h / scale[0], w / scale[1])
-            new_h, new_w = round(h / ratio), round(w / ratio)
-    else:
-        raise ValueError(f'unsupported crop_mode {crop_mode!r} (sdzoo runtime knows center and squash)')
-    if (new_h, new_w) != (h, w):
-        image = image.resize((new_w, new_h), _interp(interpolation))
-    # torchvision CenterCrop: pad with zeros when the crop is larger, then crop the middle
-    if th > new_h or tw > new_w:
-        from PIL import Image
-        padded = Image.new(image.mode, (max(tw, new_w), max(th, new_h)))
-        padded.paste(image, ((max(tw, new_w) - new_w) // 2, (max(th, new_h) - new_h) // 2))
-        image, (new_w, new_h) = padded, padded.size
-    top, left = int(round((new_h - th) / 2.0)), int(round((new_w - tw) / 2.0))
-    return image.crop((left, top, left + tw, top + th))
 
 
 class OrtModel:

@@ -96,6 +96,31 @@ def tiny_cifar(cifar_subset) -> Path:
     return cifar_subset(24, 6)
 
 
+def make_photo_folder(cifar_root: Path, root: Path, classes=('cat', 'dog', 'ship'), train: int = 16,
+                      test: int = 10) -> Path:
+    """A folder as a user's camera fills it, from real CIFAR-10 JPEGs, made as benchmarks/photo_folder.py makes its
+    folders: each picture on a non-square canvas of one of four sizes (landscape and portrait), saved as .JPG, RGBA
+    .png, grayscale .jpeg or CMYK .jpg in turn, and a .DS_Store beside them."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_photo_folder', REPO_ROOT / 'benchmarks' / 'photo_folder.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for split, n in (('train', train), ('test', test)):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i, f in enumerate(sorted((cifar_root / split / c).glob('*.jpg'))[:n]):
+                bench.photograph(f, d, i + len(c))
+            (d / '.DS_Store').write_bytes(b'\x00\x01not an image')
+    return root
+
+
+@pytest.fixture(scope='session')
+def photo_folder(cifar_root, tmp_path_factory) -> Path:
+    """``make_photo_folder``: cat / dog / ship, 16 train and 10 test pictures each."""
+    return make_photo_folder(cifar_root, tmp_path_factory.mktemp('photos') / 'photos')
+
+
 @pytest.fixture(scope='session')
 def sdzoo_script() -> str:
     """The installed ``sdzoo`` console script (tests that need how users start it, not ``main()``)."""

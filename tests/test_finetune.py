@@ -247,6 +247,31 @@ def test_int8_gate_keeps_to_the_images_the_finetune_never_trained_on(cifar_root,
 
 
 @pytest.mark.timeout(300)
+def test_a_photo_folder_is_trained_gated_and_served_on_the_same_pixels(photo_folder, tmp_path, capsys):
+    """A folder as a user's camera fills it (four non-square sizes; .JPG, RGBA .png, grayscale, CMYK; a .DS_Store):
+    the README's command fine-tunes on it, `sdzoo export --int8 --data` calibrates and gates on the same folder, and
+    the run's own test figure is what the exported model scores on those files through `sdzoo predict`. The export
+    used to refuse the folder ("the model expects 32x32"), and training squashed the pictures that serving crops."""
+    run = tmp_path / 'run'
+    assert cli_main(['finetune', 'sd_resnet20', '--data', str(photo_folder), '--num-classes', '3', '--epochs', '2',
+                     '--amp', 'none', '--threads', '2', '--workers', '0', '--no-progress', '--out', str(run)]) == 0
+    run_test = json.loads((run / 'summary.json').read_text())['test']
+    assert run_test['images'] == 30
+    capsys.readouterr()
+    assert cli_main(['export', str(run), '--repository', str(tmp_path / 'repo'), '--int8', '--data', str(photo_folder),
+                     '--max-accuracy-drop', '100', '--threads', '2']) == 0
+    entries = sorted(p.name for p in (tmp_path / 'repo').iterdir())
+    assert entries == ['sd_resnet20_ft_photos', 'sd_resnet20_ft_photos_int8'], entries
+    capsys.readouterr()
+    files = sorted(str(f) for f in (photo_folder / 'test').rglob('*') if f.suffix.lower() in ('.jpg', '.jpeg', '.png'))
+    assert cli_main(['predict', str(tmp_path / 'repo' / entries[0] / '1' / 'model.onnx'), *files, '--top-k', '1',
+                     '--threads', '2', '--json']) == 0
+    answers = json.loads(capsys.readouterr().out)['predictions']
+    served = 100 * sum(a['top_k'][0]['label'] == Path(a['image']).parent.name for a in answers) / len(answers)
+    assert abs(served - run_test['top1']) < 100 / 30 + 1e-6, (served, run_test['top1'])  # fp32 ONNX vs torch: 1 image
+
+
+@pytest.mark.timeout(300)
 def test_select_keeps_the_start_when_the_finetune_does_not_beat_it(readme_cut, readme_zero_shot, tmp_path, capsys):
     """A fine-tune that only makes the model worse (lr 1.0 wrecks it) leaves the start behind: the matched head
     rows, i.e. exactly the pretrained model restricted to the folder's classes; `--select last` keeps the wreck.

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write, land_file
-from .images import IMG_EXTENSIONS, decode_images
+from .images import IMG_EXTENSIONS, ImageGeometry, decode_images
 
 __all__ = [
     'DATA_ENV', 'default_data_root', 'Split', 'DataSplits', 'load_splits', 'find_fashion_mnist',
@@ -48,7 +48,7 @@ def split_pixels(split: 'Split', idx: Sequence[int], input_size: Sequence[int], 
     idx = [int(i) for i in idx]
     if split.images is not None:
         return split.images.numpy()[idx]
-    return decode_images([split.files[i] for i in idx], (h, w), 'L' if c == 1 else 'RGB', what)
+    return decode_images([split.files[i] for i in idx], (h, w), 'L' if c == 1 else 'RGB', what, split.geometry)
 
 
 def normalized(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -77,6 +77,7 @@ class Split:
     images: Optional[torch.Tensor] = None          # uint8 [N, H, W, C]
     files: Optional[List[str]] = None              # image paths (streamed)
     paths: Optional[List[str]] = None              # where each image came from (image folders; also when decoded)
+    geometry: Optional[ImageGeometry] = None       # how its files become the input size (streamed image folders)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -88,6 +89,7 @@ class Split:
             images=self.images[idx] if self.images is not None else None,
             files=[self.files[i] for i in idx.tolist()] if self.files is not None else None,
             paths=[self.paths[i] for i in idx.tolist()] if self.paths is not None else None,
+            geometry=self.geometry,
         )
 
 
@@ -145,26 +147,28 @@ def _check_same_classes(root: Path, found: List[str], classes: List[str], train_
 
 def _folder_split(root: Path, size: Optional[Tuple[int, int]], mode: str, in_memory: bool,
                   classes: Optional[List[str]] = None, train_dir: Optional[Path] = None,
-                  scanned: Optional[Tuple[List[str], List[str], List[int]]] = None) -> Tuple[List[str], Split]:
+                  scanned: Optional[Tuple[List[str], List[str], List[int]]] = None,
+                  geometry: Optional[ImageGeometry] = None) -> Tuple[List[str], Split]:
     found, files, labels = scanned or _scan_folder(root)
     if classes is not None:
         _check_same_classes(root, found, classes, train_dir or root)
     labels_t = torch.tensor(labels, dtype=torch.long)
     if not in_memory:
-        return found, Split(labels=labels_t, files=files, paths=files)
-    key = hashlib.sha256('\n'.join([str(root.resolve()), mode, str(size), str(len(files)),
+        return found, Split(labels=labels_t, files=files, paths=files, geometry=geometry)
+    key = hashlib.sha256('\n'.join([str(root.resolve()), mode, str(size), repr(geometry or ImageGeometry()),
+                                    str(len(files)),
                                     files[0], files[-1], str(os.path.getsize(files[-1]))]).encode())
     cache = _cache_dir() / f'{root.name}-{key.hexdigest()[:16]}.npz'
     if cache.exists():
         try:
             with np.load(cache) as z:
                 return found, Split(labels=torch.from_numpy(z['labels']), images=torch.from_numpy(z['images']),
-                                    paths=files)
+                                    paths=files, geometry=geometry)
         except Exception:
             cache.unlink(missing_ok=True)
-    images = torch.from_numpy(decode_images(files, size, mode, desc=f'decoding {root}'))
+    images = torch.from_numpy(decode_images(files, size, mode, desc=f'decoding {root}', geometry=geometry))
     _write_cache(cache, images=images.numpy(), labels=labels_t.numpy())
-    return found, Split(labels=labels_t, images=images, paths=files)
+    return found, Split(labels=labels_t, images=images, paths=files, geometry=geometry)
 
 
 def _gunzip(src: Path, dst: str) -> None:
@@ -318,6 +322,37 @@ def _fashion_mnist(path: Optional[str], size: Tuple[int, int]) -> Tuple[Split, S
     return splits[0], splits[1]
 
 
+def _image_folder(root: Path, size: Tuple[int, int], mode: str, in_memory: bool, only: Optional[str],
+                  geometry: Optional[ImageGeometry]) -> Tuple[List[str], Split, Optional[Split], Optional[Split]]:
+    """``(classes, train, val, test)``: ``train/`` (or the folder itself) and its ``val/`` / ``test/``."""
+    train_dir = root / 'train' if (root / 'train').is_dir() else root
+    def mem(split: str) -> bool:
+        return bool(in_memory) and only in (None, split)
+    # the held-out validation images come out of train/ when there is no val/ folder
+    has_val = train_dir != root and any((root / sub).is_dir() for sub in ('val', 'validation'))
+    # scan every split before decoding any: a bad folder fails at once, with nothing decoded or written
+    scans = {'train': _scan_folder(train_dir)}
+    classes = scans['train'][0]
+    subs = [s for s in ('val', 'validation') if (root / s).is_dir()][:1] + ['test'] if train_dir != root else []
+    for sub in subs:
+        if (root / sub).is_dir():
+            scans[sub] = _scan_folder(root / sub)
+            _check_same_classes(root / sub, scans[sub][0], classes, train_dir)
+    _, train = _folder_split(train_dir, size, mode, mem('train') or (mem('val') and not has_val),
+                             scanned=scans['train'], geometry=geometry)
+    val = test = None
+    for sub in subs:
+        if sub in scans:
+            split_name = 'test' if sub == 'test' else 'val'
+            _, part = _folder_split(root / sub, size, mode, mem(split_name), classes, train_dir, scans[sub],
+                                    geometry)
+            if sub == 'test':
+                test = part
+            else:
+                val = part
+    return classes, train, val, test
+
+
 def load_splits(
         data: str,
         input_size: Tuple[int, int, int],
@@ -326,6 +361,7 @@ def load_splits(
         only: Optional[str] = None,
         holdout: str = 'last',
         split_seed: int = 0,
+        geometry: Optional[ImageGeometry] = None,
 ) -> DataSplits:
     """Resolve a data spec: ``cifar10``, ``fashion_mnist``, or a path to an image folder.
 
@@ -337,7 +373,8 @@ def load_splits(
     ``holdout='stratified'`` (fine-tuning on image folders) draws the held-out images at random with
     ``split_seed``, proportionally per class and at least one per class, and records the draw in
     ``DataSplits.split_record``; ``'last'`` (the named data sets' fixed split) holds out the last
-    ``val_size / num_classes`` images of every class.
+    ``val_size / num_classes`` images of every class. ``geometry`` (the model's crop, from its data config:
+    ``ImageGeometry.from_config``) turns folder images of another size into the input size as serving does.
     """
     c, h, w = input_size
     size = (h, w)
@@ -372,30 +409,7 @@ def load_splits(
                 raise FileNotFoundError(f'data set {data!r} not found: it is neither a known name '
                                         f'(cifar10, fashion_mnist) nor an existing folder ({root.resolve()})')
             name = root.name
-        train_dir = root / 'train' if (root / 'train').is_dir() else root
-        def mem(split: str) -> bool:
-            return bool(in_memory) and only in (None, split)
-        # the held-out validation images come out of train/ when there is no val/ folder
-        has_val = train_dir != root and any((root / sub).is_dir() for sub in ('val', 'validation'))
-        # scan every split before decoding any: a bad folder fails at once, with nothing decoded or written
-        scans = {'train': _scan_folder(train_dir)}
-        classes = scans['train'][0]
-        subs = [s for s in ('val', 'validation') if (root / s).is_dir()][:1] + ['test'] if train_dir != root else []
-        for sub in subs:
-            if (root / sub).is_dir():
-                scans[sub] = _scan_folder(root / sub)
-                _check_same_classes(root / sub, scans[sub][0], classes, train_dir)
-        _, train = _folder_split(train_dir, size, mode, mem('train') or (mem('val') and not has_val),
-                                 scanned=scans['train'])
-        val = test = None
-        for sub in subs:
-            if sub in scans:
-                split_name = 'test' if sub == 'test' else 'val'
-                _, part = _folder_split(root / sub, size, mode, mem(split_name), classes, train_dir, scans[sub])
-                if sub == 'test':
-                    test = part
-                else:
-                    val = part
+        classes, train, val, test = _image_folder(root, size, mode, in_memory, only, geometry)
         in_chans, source = c, str(root)
     split_record = None
     if val is None and holdout == 'stratified':

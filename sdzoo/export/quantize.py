@@ -22,6 +22,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.images import ImageGeometry
+
 __all__ = ['CALIBRATION_METHODS', 'DEFAULT_METHOD', 'DEFAULT_CALIBRATION_IMAGES', 'DEFAULT_MAX_ACCURACY_DROP',
            'QuantizationError', 'load_labelled_images', 'top1', 'hits', 'accuracy_gate', 'judge_drop',
            'quantize_onnx', 'int8_path_for', 'training_split']
@@ -51,21 +53,6 @@ def _class_balanced(labels: np.ndarray, limit: Optional[int]) -> np.ndarray:
     return np.sort(np.asarray(order[:limit]))
 
 
-def _check_image_size(root: Path, split: str, size: Tuple[int, int]) -> None:
-    """Refuse a folder whose images are not the model's input size (load_splits would silently resize)."""
-    from PIL import Image
-    from .validate import list_images
-    folder = root / split if (root / split).is_dir() else root
-    first = list_images(folder, 1)
-    if not first:
-        return
-    with Image.open(first[0][0]) as img:
-        hw = (img.height, img.width)
-    if hw != tuple(size):
-        raise QuantizationError(f'images in {folder} are {hw[0]}x{hw[1]} (e.g. {first[0][0]}), the model expects '
-                                f'{size[0]}x{size[1]}: calibrate on the data set the model was trained on')
-
-
 def training_split(record: Optional[Mapping[str, Any]], data: str) -> Optional[Dict[str, Any]]:
     """``load_splits`` arguments that reproduce a model's own train/validation split of ``data``.
 
@@ -93,14 +80,17 @@ def training_split(record: Optional[Mapping[str, Any]], data: str) -> Optional[D
 def load_labelled_images(data: str, split: str, input_size: Sequence[int], num_classes: int,
                          mean: Sequence[float], std: Sequence[float], limit: Optional[int] = None,
                          channels_last: bool = False,
-                         trained_split: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray, str]:
+                         trained_split: Optional[Mapping[str, Any]] = None,
+                         geometry: Optional[ImageGeometry] = None) -> Tuple[np.ndarray, np.ndarray, str]:
     """``(x, labels, description)`` of one split of a data set, preprocessed as ``sdzoo validate`` does.
 
     ``data`` is a data set name (``cifar10``, ``fashion_mnist``) or a folder with ``train/`` (and
     ``val/``/``test/``) or class sub-folders; ``split`` is ``train`` (the training images without the
     validation hold-out), ``val`` or ``test``. ``x`` is float32 NCHW normalized with ``mean``/``std``,
     or uint8 NHWC with ``channels_last`` (graphs that normalize inside). ``trained_split``
-    (:func:`training_split`) draws train and val exactly as the model's training run did.
+    (:func:`training_split`) draws train and val exactly as the model's training run did. ``geometry`` (the
+    model's crop; ONNX metadata: ``ImageGeometry.from_config(meta, 'sdzoo.')``) brings images of another size
+    to the input size as ``sdzoo serve`` does, so a folder of photos calibrates and gates the model it serves.
     """
     from ..data.sources import default_data_root, load_splits, named_data_set, normalized, split_pixels
     c, h, w = (int(v) for v in input_size)
@@ -110,7 +100,6 @@ def load_labelled_images(data: str, split: str, input_size: Sequence[int], num_c
         if not root.is_dir():
             raise QuantizationError(f'data set {data!r} not found: neither cifar10/fashion_mnist nor a folder '
                                     f'({root.resolve()})')
-        _check_image_size(root, 'train' if split in ('train', 'val') else split, (h, w))
     elif named == 'cifar10' and not (default_data_root() / 'cifar10').is_dir():
         raise QuantizationError(f'CIFAR-10 image folders not found at {default_data_root() / "cifar10"} '
                                 '(set SDZOO_DATA or pass a folder)')
@@ -118,7 +107,7 @@ def load_labelled_images(data: str, split: str, input_size: Sequence[int], num_c
         kw = {} if not trained_split else {k: trained_split[k] for k in ('val_size', 'holdout', 'split_seed')}
         if trained_split and trained_split.get('val_folder'):
             kw = {}  # the run validated on the folder's own val/
-        splits = load_splits(data, (c, h, w), **kw)
+        splits = load_splits(data, (c, h, w), geometry=geometry, **kw)
     except (FileNotFoundError, ValueError) as e:
         raise QuantizationError(f'cannot read data set {data!r}: {e}') from e
     want = (trained_split or {}).get('val_sha256')
@@ -360,9 +349,9 @@ def quantize_onnx(
     meta = dict(fp32.metadata)
     if meta.get('sdzoo.precision', 'fp32') != 'fp32':
         raise ValueError(f'{fp32_path} is a {meta["sdzoo.precision"]} export: quantize the fp32 one')
-    size = [fp32.in_chans, *fp32.spatial_size]
-    img_kw = dict(input_size=size, num_classes=fp32.num_classes, mean=json.loads(meta.get('sdzoo.mean', '[0.5]')),
-                  std=json.loads(meta.get('sdzoo.std', '[0.5]')), channels_last=fp32.channels_last)
+    img_kw = dict(input_size=[fp32.in_chans, *fp32.spatial_size], num_classes=fp32.num_classes,
+                  mean=json.loads(meta.get('sdzoo.mean', '[0.5]')), std=json.loads(meta.get('sdzoo.std', '[0.5]')),
+                  channels_last=fp32.channels_last, geometry=ImageGeometry.from_config(meta, 'sdzoo.'))
     img_kw['trained_split'] = trained = training_split(trained_on, data)
     eval_split, split_note = _gate_split(trained, data, eval_split, meta.get('sdzoo.model', fp32_path.name))
     t0 = time.perf_counter()
@@ -422,7 +411,8 @@ def measure_pair(fp32_path: Union[str, os.PathLike], int8_path: Union[str, os.Pa
     fp32, int8 = OrtModel(fp32_path, **kw), OrtModel(int8_path, **kw)
     x, y, desc = load_labelled_images(
         data, split, [fp32.in_chans, *fp32.spatial_size], fp32.num_classes, json.loads(fp32.metadata['sdzoo.mean']),
-        json.loads(fp32.metadata['sdzoo.std']), limit=limit, channels_last=fp32.channels_last)
+        json.loads(fp32.metadata['sdzoo.std']), limit=limit, channels_last=fp32.channels_last,
+        geometry=ImageGeometry.from_config(fp32.metadata, 'sdzoo.'))
     a, b = top1(fp32, x, y) * 100, top1(int8, x, y) * 100
     return {'split': split, 'images': int(len(y)), 'data': desc, 'top1_fp32': round(a, 4), 'top1_int8': round(b, 4),
             'drop_points': round(a - b, 4)}

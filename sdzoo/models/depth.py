@@ -244,12 +244,13 @@ def load_images(model: nn.Module, data: str, split: str, n: Optional[int], seed:
     The draw is a seeded permutation: ``skip`` leaves out its first images, so ``skip=k`` with the same seed
     gives images disjoint from an ``n=k`` draw (an accuracy gate that never sees greedy's calibration images);
     ``n=None`` takes the rest. ``with_labels``: ``(x, labels, description)``."""
+    from ..data.images import ImageGeometry
     from ..data.sources import load_splits, normalized, split_pixels
     from .load import data_config
     dcfg = data_config(model)
     c, h, w = (int(v) for v in dcfg['input_size'])
     try:
-        splits = load_splits(str(data), (c, h, w))
+        splits = load_splits(str(data), (c, h, w), geometry=ImageGeometry.from_config(dcfg))
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f'cannot read data set {data!r}: {str(e).splitlines()[0]}') from None
     n_cls = getattr(model, 'num_classes', None)

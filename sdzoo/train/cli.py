@@ -301,6 +301,7 @@ def validate_command(args: argparse.Namespace) -> int:
     import sdzoo  # noqa: F401
     from timm.data import resolve_data_config
     from ..data import create_loader, load_splits
+    from ..data.images import ImageGeometry
     from ..models.load import create_model, data_config
     from .records import encode_per_image
     from .trainer import evaluate
@@ -329,7 +330,7 @@ def validate_command(args: argparse.Namespace) -> int:
     data_cfg = resolve_data_config(model=model)
     data_cfg['input_size'] = tuple(data_config(model)['input_size'])  # the first conv's channels, e.g. in_chans=1
     splits = load_splits(args.data, tuple(data_cfg['input_size']), val_size=0 if args.split == 'test' else None,
-                         only=args.split)
+                         only=args.split, geometry=ImageGeometry.from_config(data_cfg))
     split = getattr(splits, args.split)
     if split is None:
         raise ValueError(f'data set {args.data!r} has no {args.split} split (found in {splits.source})')

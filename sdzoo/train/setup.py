@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..data import create_loader, load_splits, resolution_note
+from ..data.images import ImageGeometry
 from ..layers import apply_stochastic_depth, sd_modules, sd_settings
 from .config import TrainConfig
 from .distributed import init_distributed, rank_seed, wrap_ddp
@@ -93,6 +94,7 @@ class SetupMixin:
         in_chans = cfg.in_chans or self.data_cfg['input_size'][0]
         self.input_size = (in_chans,) + tuple(self.data_cfg['input_size'][1:])
         self.data = load_splits(cfg.data, self.input_size, cfg.val_size, holdout=cfg.holdout,
+                                geometry=ImageGeometry.from_config(self.data_cfg),
                                 split_seed=cfg.split_seed)
         if self.model.num_classes != self.data.num_classes:
             raise ValueError(
