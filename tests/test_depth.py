@@ -236,6 +236,18 @@ def test_export_keep_blocks(r20, tmp_path):
     assert depth['strategy'] == 'survival' and depth['blocks_total'] == 9
 
 
+def test_export_keeping_every_block_neither_heals_nor_says_it_will(r20, cifar_small, tmp_path, capsys):
+    """--keep-blocks equal to the model's depth removes nothing: no distillation, and no notice promising one."""
+    from sdzoo.cli import main
+    out = tmp_path / 'k9.onnx'
+    capsys.readouterr()
+    assert main(['export', 'sd_resnet20', '--pretrained', '--out', str(out), '--exporter', 'torchscript',
+                 '--keep-blocks', '9', '--data', str(cifar_small), '--max-accuracy-drop', '100']) == 0
+    assert 'distillation' not in capsys.readouterr().err
+    depth = json.loads(_conv_count_and_meta(out)[1]['sdzoo.depth'])
+    assert depth['removed_blocks'] == [] and 'heal' not in depth and len(depth['kept_blocks']) == 9
+
+
 def test_export_keep_blocks_heal_steps_records_the_distillation(r20, cifar_small, tmp_path):
     from sdzoo.cli import main
     out = tmp_path / 'k6.onnx'

@@ -84,9 +84,9 @@ def _export_one(args: argparse.Namespace, name: str, out: Path, pretrained: bool
 def _prune(args: argparse.Namespace, model):
     """``--keep-blocks N``: :func:`sdzoo.models.depth.prune_depth` before export (a plain, shallower graph)."""
     from ..cli_args import CLIError
-    from ..models.depth import default_heal_steps, prune_depth
+    from ..models.depth import default_heal_steps, prune_depth, residual_blocks
     steps = default_heal_steps(args.depth_data) if args.heal_steps is None else args.heal_steps
-    if steps:
+    if steps and args.keep_blocks < len(residual_blocks(model)):  # keeping every block removes nothing to heal
         print(f'depth: after removing blocks, {steps} steps of distillation from the full model on training images of '
               f'{args.depth_data} (--heal-steps 0 skips it)', file=sys.stderr)
     try:
