@@ -87,7 +87,8 @@ def photo_folder(source: Path, dst: Path) -> Path:
 
 
 def sdzoo_cmd(checkout: Path, *args: str) -> Tuple[List[str], Dict[str, str]]:
-    """``sdzoo ARGS`` run from ``checkout``'s source tree (PYTHONPATH first, so it wins over the installed one)."""
+    """``sdzoo ARGS`` run from ``checkout``'s source tree (PYTHONPATH first, so it wins over the installed one;
+    run with ``cwd=checkout``: Python puts the working directory before PYTHONPATH)."""
     env = dict(os.environ, PYTHONPATH=str(checkout.resolve()))
     return [sys.executable, '-c', CLI, *args], env
 
@@ -122,14 +123,14 @@ def run_cell(folder: Path, name: str, seed: int, arm: str, checkout: Path, work:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, 'w') as f:
         where = subprocess.run([sys.executable, '-c', 'import sdzoo; print(sdzoo.__file__)'], env=env,
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, cwd=checkout).stdout.strip()
         if not where.startswith(str(checkout.resolve())):
             raise SystemExit(f'sdzoo imports from {where}, not from {checkout}')
-        if subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode:
+        if subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=checkout).returncode:
             raise SystemExit(f'{shlex.join(cmd)} failed; see {log}')
         wall = time.time() - t0
         ecmd, _ = sdzoo_cmd(checkout, 'export', str(run), '--repository', str(run / 'export'), '--threads', '1')
-        if subprocess.run(ecmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode:
+        if subprocess.run(ecmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=checkout).returncode:
             raise SystemExit(f'{shlex.join(ecmd)} failed; see {log}')
     onnx = next((run / 'export').glob('*/1/model.onnx'))
     hits, labels = served_hits(onnx, folder / 'test')
@@ -200,6 +201,8 @@ def main(argv: List[str] | None = None) -> int:
     arms = [tuple(a.split('=', 1)) for a in args.arm or ['after=.']]
     if any(len(a) != 2 or not (Path(a[1]) / 'sdzoo' / 'cli.py').is_file() for a in arms):
         ap.error(f'--arm takes NAME=CHECKOUT with an sdzoo source tree, got {args.arm}')
+    arms = [(a, Path(c).resolve()) for a, c in arms]
+    args.work, args.source = args.work.resolve(), args.source.resolve()
     if not all((args.source / name / 'test').is_dir() for name in args.folders):
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from finetune import build_folders  # benchmarks/finetune.py: the fine-tune benchmark's folders
@@ -208,7 +211,7 @@ def main(argv: List[str] | None = None) -> int:
         folder = photo_folder(args.source / name, args.work / 'data' / f'{name}-photos')
         for seed in args.seeds:
             for arm, checkout in arms:
-                cell = run_cell(folder, name, seed, arm, Path(checkout), args.work, args.threads)
+                cell = run_cell(folder, name, seed, arm, checkout, args.work, args.threads)
                 with open(args.out, 'a') as f:
                     f.write(json.dumps(cell) + '\n')
                 print(f"{name} seed {seed} {arm}: run {cell['run_top1']:.2f}, served {cell['served_top1']:.2f}",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .data.images import resize_center_crop
+from .data.images import resize_center_crop, upright
 from .files import atomic_write
 
 if TYPE_CHECKING:
@@ -330,7 +330,7 @@ class OrtModel:
         return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
 
     def preprocess(self, images: List['PIL.Image.Image']) -> np.ndarray:
-        """Resize / center-crop (timm's eval transform) and normalize PIL images into a batch.
+        """Turn upright (EXIF), resize / center-crop (timm's eval transform) and normalize PIL images into a batch.
 
         For graphs with preprocessing inside (input ``image``) this stops at uint8 NHWC pixels.
         """
@@ -350,7 +350,7 @@ class OrtModel:
         for img in images:
             if not isinstance(img, Image.Image):
                 raise ValueError(f'expected PIL images, got {type(img).__name__}')
-            img = resize_center_crop(img.convert(mode), size, crop_pct, crop_mode, interpolation)
+            img = resize_center_crop(upright(img).convert(mode), size, crop_pct, crop_mode, interpolation)
             arr = np.asarray(img, dtype=np.uint8)
             pixels.append(arr[..., None] if arr.ndim == 2 else arr)
         batch = np.stack(pixels)  # NHWC uint8

@@ -194,3 +194,28 @@ def test_resize_center_crop_rejects_unknown_modes():
         resize_center_crop(img, (8, 8), crop_mode='border')
     with pytest.raises(ValueError, match='interpolation'):
         resize_center_crop(img, (8, 8), crop_pct=0.5, interpolation='cubic-ish')
+
+
+def test_a_camera_photo_is_turned_upright_for_training_and_serving(onnx_file, cifar_root, tmp_path, capsys):
+    """A phone stores a portrait photo sideways with an EXIF orientation tag that viewers apply. The training
+    decoder, OrtModel.preprocess and `sdzoo predict` apply it too: the tagged file gives the pixels and the answer
+    of the upright one. (They used to feed the network the sideways pixels.)"""
+    from sdzoo.cli import main
+    from sdzoo.data.images import EXIF_ORIENTATION, decode_images
+    src = sorted((cifar_root / 'test' / 'cat').glob('*.jpg'))[0]
+    upright = Image.open(src).convert('RGB').resize((32, 48), Image.BICUBIC)  # a portrait picture, 32 wide
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # "rotate 90 degrees clockwise to view"
+    upright.save(tmp_path / 'upright.png')
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / 'sideways.png', exif=exif)  # stored 48 wide
+    files = [str(tmp_path / 'upright.png'), str(tmp_path / 'sideways.png')]
+    assert Image.open(files[1]).size == (48, 32)
+    pixels = decode_images(files, (32, 32), 'RGB')
+    assert np.array_equal(pixels[0], pixels[1])
+    model = OrtModel(onnx_file, intra_op_num_threads=1)
+    x = model.preprocess([Image.open(f) for f in files])
+    assert np.array_equal(x[0], x[1])
+    capsys.readouterr()
+    assert main(['predict', str(onnx_file), *files, '--top-k', '3', '--json', '--threads', '1']) == 0
+    a, b = (p['top_k'] for p in json.loads(capsys.readouterr().out)['predictions'])
+    assert a == b

@@ -11,7 +11,9 @@ from typing import Any, List, Mapping, Optional, Tuple
 import numpy as np
 
 __all__ = ['IMG_EXTENSIONS', 'ImageGeometry', 'is_image_file', 'decode_images', 'resize_center_crop',
-           'resample_filter']
+           'resample_filter', 'upright']
+
+EXIF_ORIENTATION = 0x0112
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
@@ -35,6 +37,20 @@ class ImageGeometry:
         return cls(crop_pct=float(cfg.get(prefix + 'crop_pct') or 0.875),
                    crop_mode=str(cfg.get(prefix + 'crop_mode') or 'center'),
                    interpolation=str(cfg.get(prefix + 'interpolation') or 'bilinear'))
+
+
+def upright(image):
+    """``image`` as a viewer shows it: a camera stores a portrait photo sideways with an EXIF orientation tag that
+    browsers and photo viewers apply; training and serving apply it too, so the network sees the scene upright.
+    Images without the tag (or already turned) are returned as they are, without a copy."""
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
+        return image
+    if orientation in (None, 1):
+        return image
+    from PIL import ImageOps
+    return ImageOps.exif_transpose(image)
 
 
 def resample_filter(name: str):
@@ -94,6 +110,7 @@ def decode_images(files: List[str], size: Optional[Tuple[int, int]], mode: str, 
     if size is None:
         try:
             with Image.open(files[0]) as first:
+                first = upright(first)
                 size = (first.height, first.width)
         except Exception as e:
             raise ValueError(f'cannot read image {files[0]}: {e}') from e
@@ -105,7 +122,7 @@ def decode_images(files: List[str], size: Optional[Tuple[int, int]], mode: str, 
                                disable=len(files) < 2000)):
         try:
             with Image.open(f) as img:
-                img = img.convert(mode)
+                img = upright(img).convert(mode)
                 if img.size != (w, h):
                     img = resize_center_crop(img, (h, w), g.crop_pct, g.crop_mode, g.interpolation)
                 arr = np.asarray(img)

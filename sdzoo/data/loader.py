@@ -10,6 +10,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .images import upright
 from .sources import Split
 
 __all__ = ['epoch_order', 'batch_bounds', 'channel_stats', 'TensorLoader', 'StreamLoader', 'create_loader']
@@ -147,7 +148,7 @@ class _FileDataset(torch.utils.data.Dataset):
         path = self.split.files[i]
         try:
             with Image.open(path) as img:
-                img = img.convert(self.mode)
+                img = upright(img).convert(self.mode)
         except Exception as e:
             raise ValueError(f'cannot read image {path}: {e}') from e
         return self.transform(img), int(self.split.labels[i])
