@@ -137,8 +137,11 @@ def run_cell(folder: Path, name: str, seed: int, arm: str, checkout: Path, work:
     summary = json.loads((run / 'summary.json').read_text())
     config = json.loads((run / 'config.json').read_text())
     from sdzoo.train.records import encode_per_image
-    return dict(folder=name, seed=seed, arm=arm, checkout=str(checkout), run_top1=summary['test']['top1'],
-                served_top1=round(100 * float(hits.mean()), 4), served=encode_per_image(hits, labels), images=len(hits),
+    commit = subprocess.run(['git', '-C', str(checkout), 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                            text=True).stdout.strip() or '?'
+    return dict(folder=name, seed=seed, arm=arm, checkout=str(checkout), commit=commit,
+                run_top1=summary['test']['top1'], served_top1=round(100 * float(hits.mean()), 4),
+                served=encode_per_image(hits, labels), images=len(hits),
                 selected=(summary.get('selected') or {}).get('epoch'), epochs=config['epochs'],
                 batch_size=config['batch_size'], lr=config['lr'], hardware=summary.get('hardware'),
                 train_s=round(wall, 1), command='sdzoo ' + shlex.join(args))
@@ -149,7 +152,23 @@ def report(path: Path) -> str:
     from sdzoo.train.records import decode_correct
     cells = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     arms = list(dict.fromkeys(c['arm'] for c in cells))
-    out = ['| folder | arm | run\'s own test top-1 % (mean; per seed) | served top-1 % (mean; per seed) '
+    arm_commits = ', '.join(f"{a} {'/'.join(sorted({c.get('commit', '?') for c in cells if c['arm'] == a}))}"
+                            for a in arms)
+    out = ['# Fine-tuning on a folder of photos (issue 45)', '',
+           'The README\'s command without recipe flags (`sdzoo finetune sd_resnet20 --data FOLDER --num-classes K`) '
+           'on photo versions of three benchmark folders: every 32x32 picture (CIFAR-10 JPEG q75 copy: readme, cat / '
+           'dog / ship; Debian Fashion-MNIST: f3x125, f5x50) scaled up to the shorter edge of a 60x45, 45x60, 64x36 or '
+           '80x60 canvas on its own border colour and saved as .JPG, RGBA .png, grayscale .jpeg or CMYK .jpg in turn '
+           '(`benchmarks/photo_folder.py`). Arms (the sdzoo commit each ran): ' + arm_commits + '. **before** squashed '
+           'such pictures to 32x32 for training and `sdzoo validate`; **after** brings them to 32x32 with the '
+           'model\'s own crop, as `sdzoo predict` / `serve` always did. Each run is exported to ONNX by its own '
+           'checkout; '
+           '"served" is the exported model on the test pictures through `sdzoo.runtime` (what `sdzoo serve` '
+           'answers). 1 thread per run, beside the training queue (1 thread) and at times the test suite: '
+           'seconds are indicative, accuracy does not depend on the load.', '',
+           'Regenerate: `python benchmarks/photo_folder.py --report benchmarks/results/photo_folder.jsonl > '
+           'benchmarks/results/photo_folder.md`', '',
+           '| folder | arm | run\'s own test top-1 % (mean; per seed) | served top-1 % (mean; per seed) '
            '| served minus run | test pictures |', '|---|---|---|---|---:|---:|']
     duels = []
     for name in dict.fromkeys(c['folder'] for c in cells):
@@ -160,9 +179,10 @@ def report(path: Path) -> str:
                 continue
             run = [c['run_top1'] for c in cs]
             srv = [c['served_top1'] for c in cs]
+            gap = round(float(np.mean(srv) - np.mean(run)), 2) + 0.0  # + 0.0: no '-0.00'
             out.append(f"| {name} | {a} | {np.mean(run):.2f} ({'/'.join(f'{v:.1f}' for v in run)}) "
                        f"| {np.mean(srv):.2f} ({'/'.join(f'{v:.1f}' for v in srv)}) "
-                       f"| {np.mean(srv) - np.mean(run):+.2f} | {cs[0]['images']} |")
+                       f"| {gap:+.2f} | {cs[0]['images']} |")
         if len(arms) == 2 and all(by_arm[a] for a in arms):
             pairs = [(x, y) for x in by_arm[arms[0]] for y in by_arm[arms[1]] if x['seed'] == y['seed']]
             h0 = np.concatenate([decode_correct(x['served']) for x, _ in pairs])
