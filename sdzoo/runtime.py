@@ -350,7 +350,10 @@ class OrtModel:
         for img in images:
             if not isinstance(img, Image.Image):
                 raise ValueError(f'expected PIL images, got {type(img).__name__}')
-            img = resize_center_crop(upright(img).convert(mode), size, crop_pct, crop_mode, interpolation)
+            img = upright(img)
+            if img.mode != mode:  # resize_center_crop makes a new image anyway: no copy of a full-size one
+                img = img.convert(mode)
+            img = resize_center_crop(img, size, crop_pct, crop_mode, interpolation)
             arr = np.asarray(img, dtype=np.uint8)
             pixels.append(arr[..., None] if arr.ndim == 2 else arr)
         batch = np.stack(pixels)  # NHWC uint8

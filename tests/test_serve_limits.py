@@ -340,3 +340,21 @@ def test_reload_under_load_answers_every_request(repo_server, reference):
     r = httpx.post(f'{s.url}/v2/models/cifar/infer', json=_json_infer(X[:1]), timeout=60)
     assert r.status_code == 200
     assert 'sdzoo_model_ready{model="cifar"} 1.0' in httpx.get(f'{s.url}/metrics').text
+
+
+def test_a_picture_turned_by_its_exif_tag_is_charged_for_the_extra_copy():
+    """Turning a tagged picture upright makes one more full-size image while it decodes (36 M pixels: 8 B a
+    pixel at the peak instead of 4 for RGB, 12 instead of 8 for RGBA), so the decode budget charges it 12 B a pixel
+    instead of 8, read from the header before any pixel is decoded."""
+    from sdzoo.data.images import EXIF_ORIENTATION
+    from sdzoo.serve.protocol import DECODE_PIXEL_BYTES, DECODE_TURNED_PIXEL_BYTES, decode_charge, open_images
+    img = Image.new('RGB', (300, 200), (10, 20, 30))
+    plain, tagged = io.BytesIO(), io.BytesIO()
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    img.save(plain, 'JPEG')
+    img.save(tagged, 'JPEG', exif=exif)
+    opened = open_images([('plain.jpg', plain.getvalue()), ('tagged.jpg', tagged.getvalue())], 10 ** 6, 10 ** 7)
+    assert decode_charge(opened[:1]) == DECODE_PIXEL_BYTES * 60000
+    assert decode_charge(opened) == DECODE_TURNED_PIXEL_BYTES * 60000 > DECODE_PIXEL_BYTES * 60000
+    assert all(im.tile for _, im in opened)  # the charge read headers only: nothing decoded yet (tiles still due)

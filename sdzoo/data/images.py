@@ -11,7 +11,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 import numpy as np
 
 __all__ = ['IMG_EXTENSIONS', 'ImageGeometry', 'is_image_file', 'decode_images', 'resize_center_crop',
-           'resample_filter', 'upright']
+           'resample_filter', 'orientation', 'upright']
 
 EXIF_ORIENTATION = 0x0112
 
@@ -39,18 +39,23 @@ class ImageGeometry:
                    interpolation=str(cfg.get(prefix + 'interpolation') or 'bilinear'))
 
 
+def orientation(image) -> int:
+    """The EXIF orientation tag from the header (1, upright, when absent or unreadable): no pixel is decoded."""
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION) or 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
+        return 1
+
+
 def upright(image):
     """``image`` as a viewer shows it: a camera stores a portrait photo sideways with an EXIF orientation tag that
     browsers and photo viewers apply; training and serving apply it too, so the network sees the scene upright.
-    Images without the tag (or already turned) are returned as they are, without a copy."""
-    try:
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
-        return image
-    if orientation in (None, 1):
-        return image
-    from PIL import ImageOps
-    return ImageOps.exif_transpose(image)
+    Images without the tag are returned as they are, without a copy (a turned one is a copy: one more image's
+    memory while it is made)."""
+    if orientation(image) in range(2, 9):
+        from PIL import ImageOps
+        return ImageOps.exif_transpose(image)
+    return image
 
 
 def resample_filter(name: str):

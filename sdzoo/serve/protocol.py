@@ -15,10 +15,11 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from ..data.images import orientation
 from .repository import ModelEntry, numpy_dtype
 
 __all__ = ['ApiError', 'SERVER_NAME', 'EXTENSIONS', 'OFFLOAD_BYTES', 'SMALL_BODY_BYTES', 'JSON_VALUE_BYTES',
-           'DECODE_PIXEL_BYTES', 'short', 'read_body', 'parse_json_object', 'InferBody', 'split_infer_body',
+           'DECODE_PIXEL_BYTES', 'DECODE_TURNED_PIXEL_BYTES', 'decode_charge', 'short', 'read_body', 'parse_json_object', 'InferBody', 'split_infer_body',
            'parse_infer_request', 'json_value_limit', 'infer_response', 'open_images', 'decode_batch',
            'json_response', 'tensor_meta']
 
@@ -27,9 +28,12 @@ EXTENSIONS = ['binary_tensor_data', 'classification', 'model_configuration', 'mo
 OFFLOAD_BYTES = 1 << 20  # parse request bodies larger than this off the event loop
 SMALL_BODY_BYTES = 64 << 10  # requests up to this size (a batch-1 inference) never wait for a server-wide budget
 # what the work budget charges, measured (docs/reliability.md): json.loads makes ~36 B of Python objects per
-# float (~34 B per counted bracket of nested lists); PIL decodes RGB at 4 B a pixel, and resizing copies it once
+# float (~34 B per counted bracket of nested lists); PIL decodes RGB at 4 B a pixel, converting other modes copies
+# it once, and a picture turned upright by its EXIF tag is one more copy (36 M pixels, peak above the decoded image:
+# RGB +0 / RGBA +4 B a pixel, turned +4 / +8)
 JSON_VALUE_BYTES = 48
 DECODE_PIXEL_BYTES = 8
+DECODE_TURNED_PIXEL_BYTES = 12
 
 
 class ApiError(HTTPException):
@@ -351,6 +355,12 @@ def open_images(files: Sequence[Tuple[Optional[str], bytes]], max_image_pixels: 
         raise ApiError(413, f'the {len(opened)} images of this request hold {total} pixels, above the limit of '
                             f'{max_request_pixels} decoded pixels per request; send fewer or smaller images')
     return opened
+
+
+def decode_charge(opened: Sequence[Tuple[str, Any]]) -> int:
+    """Bytes the decode of the largest image of a request may take (images decode one at a time), from headers."""
+    return max((DECODE_TURNED_PIXEL_BYTES if orientation(im) in range(2, 9) else DECODE_PIXEL_BYTES)
+               * im.size[0] * im.size[1] for _, im in opened)
 
 
 def decode_batch(model: Any, opened: Sequence[Tuple[str, Any]]) -> np.ndarray:

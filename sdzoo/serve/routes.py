@@ -18,7 +18,7 @@ from .. import __version__
 from ..runtime import softmax
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import (
-    DECODE_PIXEL_BYTES, EXTENSIONS, OFFLOAD_BYTES, SERVER_NAME, SMALL_BODY_BYTES, ApiError, decode_batch,
+    EXTENSIONS, OFFLOAD_BYTES, SERVER_NAME, SMALL_BODY_BYTES, ApiError, decode_batch, decode_charge,
     infer_response, json_response, open_images, parse_infer_request, parse_json_object, read_body, short,
     split_infer_body, tensor_meta,
 )
@@ -218,7 +218,7 @@ async def classify(request: Request, name: str) -> Response:
         raise ApiError(400, f'{len(files)} images exceed max_batch_size {mbs} of model {entry.name!r}')
     opened = await run_in_threadpool(open_images, files, settings.max_image_pixels, settings.max_request_pixels)
     # images decode one at a time: the request holds its largest one; the server's decode budget bounds them all
-    async with state.work_budget.hold(DECODE_PIXEL_BYTES * max(im.size[0] * im.size[1] for _, im in opened)):
+    async with state.work_budget.hold(decode_charge(opened)):
         x = await run_in_threadpool(decode_batch, entry.model, opened)
     probs = softmax(await state.infer(entry, x))
     results = []
