@@ -1,4 +1,5 @@
-"""Healing's learning rate after depth pruning (issue 50), chosen on held-out *training* images, reported on test.
+"""Healing's learning rate after depth pruning (issue 50), and how many held-out images greedy's choice needs:
+chosen on held-out *training* images, reported on test.
 
 For one model of benchmarks/depth.py and each cut: remove the greedy order's first CUT blocks (the order the
 committed depth.json records), re-estimate the BatchNorms (2,000 training images), then heal 300 steps at each
@@ -6,7 +7,13 @@ learning rate (`sdzoo.models.depth.heal`, 20,000 training images); score every n
 images (held out of training: what chooses) and on the 10,000 test images (what is reported):
 
     SDZOO_DATA=/path/to/datasets python benchmarks/depth_heal_lr.py --model r110 --cuts 12 18 --lrs 0.002 0.005
+    python benchmarks/depth_heal_lr.py --model r110 --cuts 12 18 --lrs 0.002 --calibration-images 500 2000 \\
+        --val-skip 2000
     python benchmarks/depth_heal_lr.py --report        # benchmarks/results/depth_heal_lr.md from the .jsonl
+
+``--calibration-images N ...`` computes greedy's order afresh on the first N images of the seeded validation draw
+(``prune_depth``'s ``calibration_images``; default: the committed order, 500); ``--val-skip K`` scores on the
+validation images after the first K of that draw, so no scored image chose a block.
 
 Rows append to benchmarks/results/depth_heal_lr.jsonl (lr 0: the unhealed network).
 """
@@ -36,10 +43,10 @@ def measure(args) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = D.build_model(args.model, work)
-    order = next(r for r in json.loads((RESULTS / 'depth.json').read_text())['greedy_orders']
-                 if r['model'] == args.model)['order']
+    committed = next(r for r in json.loads((RESULTS / 'depth.json').read_text())['greedy_orders']
+                     if r['model'] == args.model)
     xt, yt = D.test_set(model, work)
-    xv, yv, _ = load_images(model, D.DATA, 'val', None, 0, with_labels=True)
+    xv, yv, _ = load_images(model, D.DATA, 'val', None, 0, skip=args.val_skip, with_labels=True)
     xv, yv = xv.numpy(), np.asarray(yv)
     bn_x, _ = load_images(model, D.DATA, 'train', 2000, 1)
     heal_x, _ = load_images(model, D.DATA, 'train', 20000, 2)
@@ -49,36 +56,46 @@ def measure(args) -> None:
     def top1(m, x, y) -> float:
         return round(100 * float((D.predict(m, x) == y).mean()), 2)
 
-    for cut in args.cuts:
-        base = D.remove_blocks(model, order[:cut])
-        bn_recalibrate(base, bn_x)
-        rows = [dict(common, cut=cut, lr=0, steps=0, val=top1(base, xv, yv), test=top1(base, xt, yt))]
-        for lr in args.lrs:
-            t0 = time.time()
-            healed = copy.deepcopy(base)
-            info = heal(healed, model, heal_x, args.steps, lr=lr, seed=0)
-            rows.append(dict(common, cut=cut, lr=lr, steps=args.steps, val=top1(healed, xv, yv),
-                             test=top1(healed, xt, yt), seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
-        with open(args.out, 'a') as f:
-            for r in rows:
-                print(r, flush=True)
-                f.write(json.dumps(r) + '\n')
+    for n_cal in args.calibration_images or [None]:
+        if n_cal is None:
+            order, n_cal = committed['order'], committed['calibration_images']
+        else:
+            order = D.greedy_removal_order(args.model, model, work, max(args.cuts), n_cal, 0)['order']
+        for cut in args.cuts:
+            base = D.remove_blocks(model, order[:cut])
+            bn_recalibrate(base, bn_x)
+            kw = dict(common, cut=cut, calibration_images=n_cal, val_images=len(yv), removed_blocks=order[:cut])
+            rows = [dict(kw, lr=0, steps=0, val=top1(base, xv, yv), test=top1(base, xt, yt))]
+            for lr in args.lrs:
+                t0 = time.time()
+                healed = copy.deepcopy(base)
+                info = heal(healed, model, heal_x, args.steps, lr=lr, seed=0)
+                rows.append(dict(kw, lr=lr, steps=args.steps, val=top1(healed, xv, yv), test=top1(healed, xt, yt),
+                                 seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
+            with open(args.out, 'a') as f:
+                for r in rows:
+                    print({k: v for k, v in r.items() if k != 'removed_blocks'}, flush=True)
+                    f.write(json.dumps(r) + '\n')
 
 
 def report(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    out = ['# Healing learning rate after depth pruning (issue 50)', '',
-           'Greedy order of the committed depth.json, BatchNorms re-estimated on 2,000 training images, then 300 steps '
-           'of `sdzoo.models.depth.heal` (SGD for the ResNets, AdamW for the ViT) at each learning rate; top-1 on the '
-           '5,000 validation images held out of training (what chooses the default) and on the 10,000 test images of '
-           'CIFAR-10 (JPEG q75 copy). lr 0: not healed.', '',
+    out = ['# Healing learning rate, and greedy\'s calibration images, after depth pruning (issue 50)', '',
+           'Greedy order of the committed depth.json (500 calibration images) or one computed afresh on more, '
+           'BatchNorms re-estimated on 2,000 training images, then 300 steps of `sdzoo.models.depth.heal` (SGD for the '
+           'ResNets, AdamW for the ViT) at each learning rate; top-1 on validation images held out of training (what '
+           'chooses the default: all 5,000, or the 3,000 that neither calibration draw used) and on the 10,000 test '
+           'images of CIFAR-10 (JPEG q75 copy). lr 0: not healed.', '',
            'Machine and load of every row (as recorded in the .jsonl):', '']
     out += [f'- {m}; {n}' for m, n in dict.fromkeys((r.get('machine', '?'), r.get('note', '')) for r in rows)]
-    out += ['', '| model | blocks removed | lr | steps | val top-1 % | test top-1 % | heal seconds | date |',
-            '|---|---:|---:|---:|---:|---:|---:|---|']
-    for r in sorted(rows, key=lambda r: (r['model'], r['cut'], r['lr'], r['steps'])):
-        out.append(f"| {r['model']} | {r['cut']} | {r['lr'] or '-'} | {r['steps'] or '-'} | {r['val']:.2f} | {r['test']:.2f} | "
-                   f"{r.get('seconds', '')} | {r.get('date', '')} |")
+    out += ['', '| model | blocks removed | greedy calibration images | lr | steps | val images | val top-1 % '
+            '| test top-1 % | heal seconds | date |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+    def order(r):
+        return r['model'], r['cut'], r.get('val_images', 5000), r.get('calibration_images', 500), r['lr'], r['steps']
+    for r in sorted(rows, key=order):
+        out.append(f"| {r['model']} | {r['cut']} | {r.get('calibration_images', 500)} | {r['lr'] or '-'} "
+                   f"| {r['steps'] or '-'} | {r.get('val_images', 5000)} | {r['val']:.2f} | {r['test']:.2f} "
+                   f"| {r.get('seconds', '')} | {r.get('date', '')} |")
     out += ['', 'Commands:', ''] + [f'    {c}' for c in dict.fromkeys(r['command'] for r in rows if r.get('command'))]
     return '\n'.join(out) + '\n'
 
@@ -92,6 +109,9 @@ def main(argv=None) -> int:
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--work', default='/tmp/depth')
     p.add_argument('--out', default=str(RESULTS / 'depth_heal_lr.jsonl'))
+    p.add_argument('--calibration-images', nargs='+', type=int, default=None,
+                   help="greedy's held-out images (default: the committed order's 500)")
+    p.add_argument('--val-skip', type=int, default=0, help='score on the validation draw after its first K images')
     p.add_argument('--note', default='', help='what else ran (accuracy does not depend on it; seconds do)')
     p.add_argument('--report', action='store_true', help='write benchmarks/results/depth_heal_lr.md and stop')
     args = p.parse_args(argv)
