@@ -219,3 +219,21 @@ def test_a_camera_photo_is_turned_upright_for_training_and_serving(onnx_file, ci
     assert main(['predict', str(onnx_file), *files, '--top-k', '3', '--json', '--threads', '1']) == 0
     a, b = (p['top_k'] for p in json.loads(capsys.readouterr().out)['predictions'])
     assert a == b
+
+
+def test_the_training_decoder_crops_as_served_also_at_the_input_size(tiny, cifar_root, tmp_path):
+    """A model whose crop_pct is below 1 enlarges and center-crops even a picture already at its input size when
+    served; the training / calibration decoder does the same (it used to leave such pictures as they were)."""
+    from sdzoo.data.images import ImageGeometry, decode_images
+    from sdzoo.data.sources import normalized
+    files = []
+    for i, f in enumerate(sorted((cifar_root / 'test' / 'dog').glob('*.jpg'))[:3]):
+        Image.open(f).convert('RGB').resize((40, 48), Image.BICUBIC).save(tmp_path / f'{i}.png')  # 40 wide, 48 high
+        files.append(str(tmp_path / f'{i}.png'))
+    meta = tiny.metadata
+    assert meta['sdzoo.crop_pct'] == '0.875' and tiny.spatial_size == (48, 40)
+    pixels = decode_images(files, (48, 40), 'RGB', geometry=ImageGeometry.from_config(meta, 'sdzoo.'))
+    as_trained = normalized(pixels, json.loads(meta['sdzoo.mean']), json.loads(meta['sdzoo.std']))
+    np.testing.assert_allclose(as_trained, tiny.preprocess([Image.open(f) for f in files]), atol=1e-5)
+    as_is = np.stack([np.asarray(Image.open(f)) for f in files])
+    assert not np.array_equal(pixels, as_is)

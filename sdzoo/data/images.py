@@ -107,9 +107,9 @@ def decode_images(files: List[str], size: Optional[Tuple[int, int]], mode: str, 
                   geometry: Optional[ImageGeometry] = None) -> np.ndarray:
     """uint8 ``[N, H, W, C]`` (C = 1 for ``mode='L'``, else 3); ``size`` (H, W) defaults to the first image's.
 
-    Images of another size go through :func:`resize_center_crop` with ``geometry`` (the model's; default
-    :class:`ImageGeometry`), as ``sdzoo predict`` and ``sdzoo serve`` preprocess them; an unreadable file
-    raises ``ValueError`` naming it."""
+    Every image goes through :func:`resize_center_crop` with ``geometry`` (the model's; default
+    :class:`ImageGeometry`, which leaves an image of size ``size`` as it is), as ``sdzoo predict`` and ``sdzoo serve``
+    preprocess them; an unreadable file raises ``ValueError`` naming it."""
     from PIL import Image
     from tqdm import tqdm
     if size is None:
@@ -128,8 +128,8 @@ def decode_images(files: List[str], size: Optional[Tuple[int, int]], mode: str, 
         try:
             with Image.open(f) as img:
                 img = upright(img).convert(mode)
-                if img.size != (w, h):
-                    img = resize_center_crop(img, (h, w), g.crop_pct, g.crop_mode, g.interpolation)
+                # also at the input size: a crop_pct below 1 enlarges and crops it when served, so here too
+                img = resize_center_crop(img, (h, w), g.crop_pct, g.crop_mode, g.interpolation)
                 arr = np.asarray(img)
         except Exception as e:
             raise ValueError(f'cannot read image {f}: {e}') from e
