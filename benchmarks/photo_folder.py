@@ -110,12 +110,13 @@ def served_hits(onnx: Path, test_dir: Path) -> Tuple[np.ndarray, np.ndarray]:
     return np.asarray(hits, dtype=bool), np.asarray([classes.index(f.parent.name) for f in files])
 
 
-def run_cell(folder: Path, name: str, seed: int, arm: str, checkout: Path, work: Path, threads: int) -> Dict:
-    run = work / 'runs' / f'{name}-{arm}-s{seed}'
+def run_cell(folder: Path, name: str, seed: int, arm: str, checkout: Path, work: Path, threads: int,
+             model: str = 'sd_resnet20') -> Dict:
+    run = work / 'runs' / f'{model}-{name}-{arm}-s{seed}'
     if run.exists():
         raise SystemExit(f'{run} exists: remove it or choose another --work')
     classes = sorted(p.name for p in (folder / 'train').iterdir() if p.is_dir())
-    args = ['finetune', 'sd_resnet20', '--data', str(folder), '--num-classes', str(len(classes)), '--seed', str(seed),
+    args = ['finetune', model, '--data', str(folder), '--num-classes', str(len(classes)), '--seed', str(seed),
             '--split-seed', str(seed), '--threads', str(threads), '--workers', '0', '--no-progress', '--out', str(run)]
     cmd, env = sdzoo_cmd(checkout, *args)
     t0 = time.time()
@@ -139,7 +140,7 @@ def run_cell(folder: Path, name: str, seed: int, arm: str, checkout: Path, work:
     from sdzoo.train.records import encode_per_image
     commit = subprocess.run(['git', '-C', str(checkout), 'rev-parse', '--short', 'HEAD'], capture_output=True,
                             text=True).stdout.strip() or '?'
-    return dict(folder=name, seed=seed, arm=arm, checkout=str(checkout), commit=commit,
+    return dict(model=model, folder=name, seed=seed, arm=arm, checkout=str(checkout), commit=commit,
                 run_top1=summary['test']['top1'], served_top1=round(100 * float(hits.mean()), 4),
                 served=encode_per_image(hits, labels), images=len(hits),
                 selected=(summary.get('selected') or {}).get('epoch'), epochs=config['epochs'],
@@ -155,7 +156,7 @@ def report(path: Path) -> str:
     arm_commits = ', '.join(f"{a} {'/'.join(sorted({c.get('commit', '?') for c in cells if c['arm'] == a}))}"
                             for a in arms)
     out = ['# Fine-tuning on a folder of photos (issue 45)', '',
-           'The README\'s command without recipe flags (`sdzoo finetune sd_resnet20 --data FOLDER --num-classes K`) '
+           'The README\'s command without recipe flags (`sdzoo finetune MODEL --data FOLDER --num-classes K`) '
            'on photo versions of three benchmark folders: every 32x32 picture (CIFAR-10 JPEG q75 copy: readme, cat / '
            'dog / ship; Debian Fashion-MNIST: f3x125, f5x50) scaled up to the shorter edge of a 60x45, 45x60, 64x36 or '
            '80x60 canvas on its own border colour and saved as .JPG, RGBA .png, grayscale .jpeg or CMYK .jpg in turn '
@@ -168,11 +169,14 @@ def report(path: Path) -> str:
            'seconds are indicative, accuracy does not depend on the load.', '',
            'Regenerate: `python benchmarks/photo_folder.py --report benchmarks/results/photo_folder.jsonl > '
            'benchmarks/results/photo_folder.md`', '',
-           '| folder | arm | run\'s own test top-1 % (mean; per seed) | served top-1 % (mean; per seed) '
-           '| served minus run | test pictures |', '|---|---|---|---|---:|---:|']
+           '| model | folder | arm | run\'s own test top-1 % (mean; per seed) | served top-1 % (mean; per seed) '
+           '| served minus run | test pictures |', '|---|---|---|---|---|---:|---:|']
+    for c in cells:
+        c.setdefault('model', 'sd_resnet20')  # cells from before --model
     duels = []
-    for name in dict.fromkeys(c['folder'] for c in cells):
-        by_arm = {a: sorted((c for c in cells if c['folder'] == name and c['arm'] == a), key=lambda c: c['seed'])
+    for model, name in dict.fromkeys((c['model'], c['folder']) for c in cells):
+        by_arm = {a: sorted((c for c in cells if (c['model'], c['folder']) == (model, name) and c['arm'] == a),
+                            key=lambda c: c['seed'])
                   for a in arms}
         for a, cs in by_arm.items():
             if not cs:
@@ -180,7 +184,7 @@ def report(path: Path) -> str:
             run = [c['run_top1'] for c in cs]
             srv = [c['served_top1'] for c in cs]
             gap = round(float(np.mean(srv) - np.mean(run)), 2) + 0.0  # + 0.0: no '-0.00'
-            out.append(f"| {name} | {a} | {np.mean(run):.2f} ({'/'.join(f'{v:.1f}' for v in run)}) "
+            out.append(f"| {model} | {name} | {a} | {np.mean(run):.2f} ({'/'.join(f'{v:.1f}' for v in run)}) "
                        f"| {np.mean(srv):.2f} ({'/'.join(f'{v:.1f}' for v in srv)}) "
                        f"| {gap:+.2f} | {cs[0]['images']} |")
         if len(arms) == 2 and all(by_arm[a] for a in arms):
@@ -188,13 +192,13 @@ def report(path: Path) -> str:
             h0 = np.concatenate([decode_correct(x['served']) for x, _ in pairs])
             h1 = np.concatenate([decode_correct(y['served']) for _, y in pairs])
             a1, a0 = int((h1 & ~h0).sum()), int((h0 & ~h1).sum())
-            duels.append(f'- {name}: served answers, {arms[1]} against {arms[0]} over {len(pairs)} seed(s): '
+            duels.append(f'- {model} {name}: served answers, {arms[1]} against {arms[0]} over {len(pairs)} seed(s): '
                          f'{100 * h1.mean():.2f} vs {100 * h0.mean():.2f}; only {arms[1]} right {a1}, only '
                          f'{arms[0]} right {a0}, exact McNemar p = {mcnemar_exact_p(a1, a0):.2g}')
     hw = sorted({c.get('hardware') or '?' for c in cells})
     text = out + ['', *duels, '', f"Hardware: {'; '.join(hw)}.", '', 'Commands behind the cells (each run from its '
                   "arm's checkout: `PYTHONPATH=CHECKOUT`), then `sdzoo export RUN --repository RUN/export`:", '']
-    text += [f"- {c['folder']} {c['arm']} ({c['checkout']}) seed {c['seed']}: `{c['command']}` "
+    text += [f"- {c['model']} {c['folder']} {c['arm']} ({c['checkout']}) seed {c['seed']}: `{c['command']}` "
              f"(epochs {c['epochs']}, batch {c['batch_size']}, lr {c['lr']:g}, kept epoch {c['selected']}, "
              f"{c['train_s']:.0f} s)" for c in cells]
     return '\n'.join(text)
@@ -205,6 +209,7 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument('--work', type=Path, default=Path('/tmp/sdzoo-photos'))
     ap.add_argument('--source', type=Path, default=Path('/tmp/sdzoo-ftbench/data'),
                     help='folder of 32x32 benchmark folders (benchmarks/finetune.py --make-data)')
+    ap.add_argument('--model', default='sd_resnet20')
     ap.add_argument('--folders', nargs='+', default=['readme', 'f3x125', 'f5x50'])
     ap.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     ap.add_argument('--arm', action='append', default=[], metavar='NAME=CHECKOUT',
@@ -231,7 +236,7 @@ def main(argv: List[str] | None = None) -> int:
         folder = photo_folder(args.source / name, args.work / 'data' / f'{name}-photos')
         for seed in args.seeds:
             for arm, checkout in arms:
-                cell = run_cell(folder, name, seed, arm, checkout, args.work, args.threads)
+                cell = run_cell(folder, name, seed, arm, checkout, args.work, args.threads, args.model)
                 with open(args.out, 'a') as f:
                     f.write(json.dumps(cell) + '\n')
                 print(f"{name} seed {seed} {arm}: run {cell['run_top1']:.2f}, served {cell['served_top1']:.2f}",
