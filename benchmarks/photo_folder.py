@@ -7,10 +7,12 @@ This benchmark builds photo folders from the fine-tune benchmark's 32x32 folders
 shorter edge of a non-square canvas of one of four sizes, on its own border colour, saved as .JPG, RGBA .png,
 grayscale .jpeg or CMYK .jpg in turn), runs the README's command without recipe flags on each with two checkouts
 of sdzoo (``--arm NAME=CHECKOUT``: the code before the fix and after it), exports every run to ONNX with the same
-checkout and scores the exported model on the test pictures through ``sdzoo.runtime`` (what a served model
-answers). The 32x32 source folders are benchmarks/finetune.py's (built here when missing, same files).
-Reported per folder and arm: the run's own test figure, the served figure, and the arms paired image by
-image on the served answers (exact McNemar over all seeds' test pictures).
+checkout and scores the exported model on the test pictures through that checkout's ``sdzoo predict`` (what its
+``sdzoo serve`` answers; the cells before 2026-12-07 19:45 scored through the current ``sdzoo.runtime``, whose crop
+the two arms of those cells share). ``--phone`` stores portrait pictures sideways with an EXIF orientation tag.
+The 32x32 source folders are benchmarks/finetune.py's (built here when missing, same files). Reported per folder
+and arm: the run's own test figure, the served figure, and the arms paired image by image on the served answers
+(exact McNemar over all seeds' test pictures).
 
     git worktree add /tmp/sdzoo-before COMMIT_BEFORE_THE_FIX
     python benchmarks/photo_folder.py --work /tmp/photos --source /tmp/sdzoo-ftbench/data \\
@@ -39,9 +41,10 @@ SUFFIXES = ('.jpg', '.jpeg', '.png')
 CLI = 'import sys; from sdzoo.cli import main; sys.exit(main())'
 
 
-def photograph(src: Path, dst: Path, index: int) -> Path:
+def photograph(src: Path, dst: Path, index: int, phone: bool = False) -> Path:
     """``src`` scaled up to the shorter edge of canvas ``index % 4``, centred on its mean border colour, saved in
-    format ``index % 4`` of .JPG, RGBA .png, grayscale .jpeg, CMYK .jpg (a camera, a screenshot, a scan, print)."""
+    format ``index % 4`` of .JPG, RGBA .png, grayscale .jpeg, CMYK .jpg (a camera, a screenshot, a scan, print).
+    ``phone``: a portrait picture is stored as a phone stores it, a sideways .JPG with EXIF orientation 6."""
     from PIL import Image
     img = Image.open(src).convert('RGB')
     a = np.asarray(img, dtype=np.float64)
@@ -52,7 +55,12 @@ def photograph(src: Path, dst: Path, index: int) -> Path:
     photo.paste(img.resize((side, side), Image.BICUBIC), ((w - side) // 2, (h - side) // 2))
     stem = dst / f'{src.stem}'
     kind = index % 4
-    if kind == 0:
+    if phone and h > w:
+        path = stem.with_suffix('.JPG')
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+        photo.transpose(Image.Transpose.ROTATE_90).save(path, quality=90, exif=exif)
+    elif kind == 0:
         path = stem.with_suffix('.JPG')
         photo.save(path, quality=90)
     elif kind == 1:
@@ -67,7 +75,7 @@ def photograph(src: Path, dst: Path, index: int) -> Path:
     return path
 
 
-def photo_folder(source: Path, dst: Path) -> Path:
+def photo_folder(source: Path, dst: Path, phone: bool = False) -> Path:
     """``source``'s ``train/`` and ``test/`` class folders as photos (see :func:`photograph`), plus a .DS_Store in
     each class folder; built under a temp name and renamed, so an interrupted build is never mistaken for one."""
     if (dst / 'test').is_dir():
@@ -80,7 +88,7 @@ def photo_folder(source: Path, dst: Path) -> Path:
             out.mkdir(parents=True)
             files = sorted(f for f in cls.iterdir() if f.suffix.lower() in SUFFIXES)
             for i, f in enumerate(files):
-                photograph(f, out, i)
+                photograph(f, out, i, phone)
             (out / '.DS_Store').write_bytes(b'\x00\x01not an image')
     tmp.rename(dst)
     return dst
@@ -88,25 +96,25 @@ def photo_folder(source: Path, dst: Path) -> Path:
 
 def sdzoo_cmd(checkout: Path, *args: str) -> Tuple[List[str], Dict[str, str]]:
     """``sdzoo ARGS`` run from ``checkout``'s source tree (PYTHONPATH first, so it wins over the installed one;
-    run with ``cwd=checkout``: Python puts the working directory before PYTHONPATH)."""
-    env = dict(os.environ, PYTHONPATH=str(checkout.resolve()))
+    run with ``cwd=checkout``: Python puts the working directory before PYTHONPATH), with a decoded-folder cache of
+    its own: versions before the cache key named the decoder would read each other's pixels."""
+    env = dict(os.environ, PYTHONPATH=str(checkout.resolve()),
+               SDZOO_CACHE=str(Path(os.environ.get('SDZOO_CACHE', '/tmp/sdzoo-bench-cache')) / checkout.name))
     return [sys.executable, '-c', CLI, *args], env
 
 
-def served_hits(onnx: Path, test_dir: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """Each test picture's top-1 hit from the exported graph, preprocessed as ``sdzoo predict`` / serve do, and
-    its label (class index in folder order)."""
-    from PIL import Image
-    from sdzoo.runtime import OrtModel
-    m = OrtModel(onnx, intra_op_num_threads=1)
+def served_hits(onnx: Path, test_dir: Path, checkout: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """Each test picture's top-1 hit from the exported graph through ``sdzoo predict`` of ``checkout`` (what that
+    version serves: the same preprocessing as ``sdzoo serve``), and its label (class index in folder order)."""
     files = sorted((f for f in test_dir.rglob('*') if f.suffix.lower() in SUFFIXES),
                    key=lambda f: (f.parent.name, str(f)))
     classes = sorted({f.parent.name for f in files})
-    hits = []
-    for i in range(0, len(files), 64):
-        chunk = files[i:i + 64]
-        logits = m.run(m.preprocess([Image.open(f) for f in chunk]))
-        hits += [m.labels[j] == f.parent.name for j, f in zip(logits.argmax(1), chunk)]
+    cmd, env = sdzoo_cmd(checkout, 'predict', str(onnx), *map(str, files), '--top-k', '1', '--json', '--threads', '1')
+    done = subprocess.run(cmd, env=env, cwd=checkout, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f'sdzoo predict failed: {done.stderr.strip()[-500:]}')
+    answers = json.loads(done.stdout)['predictions']
+    hits = [a['top_k'][0]['label'] == Path(a['image']).parent.name for a in answers]
     return np.asarray(hits, dtype=bool), np.asarray([classes.index(f.parent.name) for f in files])
 
 
@@ -134,7 +142,7 @@ def run_cell(folder: Path, name: str, seed: int, arm: str, checkout: Path, work:
         if subprocess.run(ecmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=checkout).returncode:
             raise SystemExit(f'{shlex.join(ecmd)} failed; see {log}')
     onnx = next((run / 'export').glob('*/1/model.onnx'))
-    hits, labels = served_hits(onnx, folder / 'test')
+    hits, labels = served_hits(onnx, folder / 'test', checkout)
     summary = json.loads((run / 'summary.json').read_text())
     config = json.loads((run / 'config.json').read_text())
     from sdzoo.train.records import encode_per_image
@@ -163,9 +171,10 @@ def report(path: Path) -> str:
            '(`benchmarks/photo_folder.py`). Arms (the sdzoo commit each ran): ' + arm_commits + '. **before** squashed '
            'such pictures to 32x32 for training and `sdzoo validate`; **after** brings them to 32x32 with the '
            'model\'s own crop, as `sdzoo predict` / `serve` always did. Each run is exported to ONNX by its own '
-           'checkout; '
-           '"served" is the exported model on the test pictures through `sdzoo.runtime` (what `sdzoo serve` '
-           'answers). 1 thread per run, beside the training queue (1 thread) and at times the test suite: '
+           'checkout; "served" is the exported model on the test pictures through the arm\'s own `sdzoo predict` '
+           '(what its `sdzoo serve` answers; the crop-fix cells used the current `sdzoo.runtime`, whose crop both '
+           'their arms share). NAME-phone folders store portrait pictures as phones do: a sideways .JPG with EXIF '
+           'orientation 6. 1 thread per run, beside the training queue (1 thread) and at times the test suite: '
            'seconds are indicative, accuracy does not depend on the load.', '',
            'Regenerate: `python benchmarks/photo_folder.py --report benchmarks/results/photo_folder.jsonl > '
            'benchmarks/results/photo_folder.md`', '',
@@ -210,6 +219,9 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument('--source', type=Path, default=Path('/tmp/sdzoo-ftbench/data'),
                     help='folder of 32x32 benchmark folders (benchmarks/finetune.py --make-data)')
     ap.add_argument('--model', default='sd_resnet20')
+    ap.add_argument('--phone', action='store_true',
+                    help='portrait pictures stored sideways with an EXIF orientation tag, as phones store them '
+                         '(folder NAME-phone)')
     ap.add_argument('--folders', nargs='+', default=['readme', 'f3x125', 'f5x50'])
     ap.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     ap.add_argument('--arm', action='append', default=[], metavar='NAME=CHECKOUT',
@@ -233,10 +245,12 @@ def main(argv: List[str] | None = None) -> int:
         from finetune import build_folders  # benchmarks/finetune.py: the fine-tune benchmark's folders
         build_folders(args.source)
     for name in args.folders:
-        folder = photo_folder(args.source / name, args.work / 'data' / f'{name}-photos')
+        label = f'{name}-phone' if args.phone else name
+        folder = photo_folder(args.source / name, args.work / 'data' / f"{name}-{'phone' if args.phone else 'photos'}",
+                              args.phone)
         for seed in args.seeds:
             for arm, checkout in arms:
-                cell = run_cell(folder, name, seed, arm, checkout, args.work, args.threads, args.model)
+                cell = run_cell(folder, label, seed, arm, checkout, args.work, args.threads, args.model)
                 with open(args.out, 'a') as f:
                     f.write(json.dumps(cell) + '\n')
                 print(f"{name} seed {seed} {arm}: run {cell['run_top1']:.2f}, served {cell['served_top1']:.2f}",

@@ -237,3 +237,27 @@ def test_the_training_decoder_crops_as_served_also_at_the_input_size(tiny, cifar
     np.testing.assert_allclose(as_trained, tiny.preprocess([Image.open(f) for f in files]), atol=1e-5)
     as_is = np.stack([np.asarray(Image.open(f)) for f in files])
     assert not np.array_equal(pixels, as_is)
+
+
+def test_a_folder_cached_by_an_older_decoder_is_decoded_again(cifar_root, tmp_path, monkeypatch):
+    """Decoded folders are cached by path and size; the decoder's version is part of the key, so a folder an older
+    sdzoo decoded (here: before pictures were turned upright) is not served from its stale cache after an upgrade."""
+    import sdzoo.data.images as images
+    import sdzoo.data.sources as sources
+    from sdzoo.data import load_splits
+    monkeypatch.setenv('SDZOO_CACHE', str(tmp_path / 'cache'))
+    src = sorted((cifar_root / 'test' / 'cat').glob('*.jpg'))[0]
+    upright_img = Image.open(src).convert('RGB')
+    exif = Image.Exif()
+    exif[images.EXIF_ORIENTATION] = 6
+    for c in ('a', 'b'):
+        (tmp_path / 'data' / c).mkdir(parents=True)
+        upright_img.transpose(Image.Transpose.ROTATE_90).save(tmp_path / 'data' / c / 'x.png', exif=exif)
+    with monkeypatch.context() as old:  # what an sdzoo before DECODER_VERSION 2 decoded and cached
+        old.setattr(images, 'upright', lambda im: im)
+        old.setattr(sources, 'DECODER_VERSION', 1)
+        stale = load_splits(str(tmp_path / 'data'), (3, 32, 32), val_size=0).train.images.numpy()
+    fresh = load_splits(str(tmp_path / 'data'), (3, 32, 32), val_size=0).train.images.numpy()
+    assert not np.array_equal(stale[0], np.asarray(upright_img))
+    assert np.array_equal(fresh[0], np.asarray(upright_img)) and np.array_equal(fresh[1], np.asarray(upright_img))
+    assert len(list((tmp_path / 'cache').glob('data-*.npz'))) == 2

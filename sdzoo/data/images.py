@@ -14,6 +14,9 @@ __all__ = ['IMG_EXTENSIONS', 'ImageGeometry', 'is_image_file', 'decode_images', 
            'resample_filter', 'orientation', 'upright']
 
 EXIF_ORIENTATION = 0x0112
+# part of every decoded-folder cache key: raise it whenever decoding gives other pixels for the same file, or a
+# folder decoded by an older sdzoo is served from its cache (2: EXIF orientation applied)
+DECODER_VERSION = 2
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 

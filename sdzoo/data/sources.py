@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write, land_file
-from .images import IMG_EXTENSIONS, ImageGeometry, decode_images
+from .images import DECODER_VERSION, IMG_EXTENSIONS, ImageGeometry, decode_images
 
 __all__ = [
     'DATA_ENV', 'default_data_root', 'Split', 'DataSplits', 'load_splits', 'find_fashion_mnist',
@@ -156,7 +156,7 @@ def _folder_split(root: Path, size: Optional[Tuple[int, int]], mode: str, in_mem
     if not in_memory:
         return found, Split(labels=labels_t, files=files, paths=files, geometry=geometry)
     key = hashlib.sha256('\n'.join([str(root.resolve()), mode, str(size), repr(geometry or ImageGeometry()),
-                                    str(len(files)),
+                                    f'decoder {DECODER_VERSION}', str(len(files)),
                                     files[0], files[-1], str(os.path.getsize(files[-1]))]).encode())
     cache = _cache_dir() / f'{root.name}-{key.hexdigest()[:16]}.npz'
     if cache.exists():
