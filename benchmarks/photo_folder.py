@@ -170,9 +170,10 @@ def report(path: Path) -> str:
            '80x60 canvas on its own border colour and saved as .JPG, RGBA .png, grayscale .jpeg or CMYK .jpg in turn '
            '(`benchmarks/photo_folder.py`). Arms (the sdzoo commit each ran): ' + arm_commits + '. **before** squashed '
            'such pictures to 32x32 for training and `sdzoo validate`; **after** brings them to 32x32 with the '
-           'model\'s own crop, as `sdzoo predict` / `serve` always did. Each run is exported to ONNX by its own '
-           'checkout; "served" is the exported model on the test pictures through the arm\'s own `sdzoo predict` '
-           '(what its `sdzoo serve` answers; the crop-fix cells used the current `sdzoo.runtime`, whose crop both '
+           'model\'s own crop, as `sdzoo predict` / `serve` always did; **crop-only** / **upright** (the NAME-phone '
+           'folders): before and after pictures were turned upright by their EXIF tag. Each run is exported to ONNX '
+           'by its own checkout; "served" is the exported model on the test pictures through the arm\'s own '
+           '`sdzoo predict` (what its `sdzoo serve` answers; the crop-fix cells used the current `sdzoo.runtime`, whose crop both '
            'their arms share). NAME-phone folders store portrait pictures as phones do: a sideways .JPG with EXIF '
            'orientation 6. 1 thread per run, beside the training queue (1 thread) and at times the test suite: '
            'seconds are indicative, accuracy does not depend on the load.', '',
@@ -196,14 +197,16 @@ def report(path: Path) -> str:
             out.append(f"| {model} | {name} | {a} | {np.mean(run):.2f} ({'/'.join(f'{v:.1f}' for v in run)}) "
                        f"| {np.mean(srv):.2f} ({'/'.join(f'{v:.1f}' for v in srv)}) "
                        f"| {gap:+.2f} | {cs[0]['images']} |")
-        if len(arms) == 2 and all(by_arm[a] for a in arms):
-            pairs = [(x, y) for x in by_arm[arms[0]] for y in by_arm[arms[1]] if x['seed'] == y['seed']]
+        present = [a for a in arms if by_arm[a]]  # the two arms run on this folder
+        if len(present) == 2:
+            first, second = present
+            pairs = [(x, y) for x in by_arm[first] for y in by_arm[second] if x['seed'] == y['seed']]
             h0 = np.concatenate([decode_correct(x['served']) for x, _ in pairs])
             h1 = np.concatenate([decode_correct(y['served']) for _, y in pairs])
             a1, a0 = int((h1 & ~h0).sum()), int((h0 & ~h1).sum())
-            duels.append(f'- {model} {name}: served answers, {arms[1]} against {arms[0]} over {len(pairs)} seed(s): '
-                         f'{100 * h1.mean():.2f} vs {100 * h0.mean():.2f}; only {arms[1]} right {a1}, only '
-                         f'{arms[0]} right {a0}, exact McNemar p = {mcnemar_exact_p(a1, a0):.2g}')
+            duels.append(f'- {model} {name}: served answers, {second} against {first} over {len(pairs)} seed(s): '
+                         f'{100 * h1.mean():.2f} vs {100 * h0.mean():.2f}; only {second} right {a1}, only '
+                         f'{first} right {a0}, exact McNemar p = {mcnemar_exact_p(a1, a0):.2g}')
     hw = sorted({c.get('hardware') or '?' for c in cells})
     text = out + ['', *duels, '', f"Hardware: {'; '.join(hw)}.", '', 'Commands behind the cells (each run from its '
                   "arm's checkout: `PYTHONPATH=CHECKOUT`), then `sdzoo export RUN --repository RUN/export`:", '']
