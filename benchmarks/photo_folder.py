@@ -173,10 +173,10 @@ def report(path: Path) -> str:
            'model\'s own crop, as `sdzoo predict` / `serve` always did; **crop-only** / **upright** (the NAME-phone '
            'folders): before and after pictures were turned upright by their EXIF tag. Each run is exported to ONNX '
            'by its own checkout; "served" is the exported model on the test pictures through the arm\'s own '
-           '`sdzoo predict` (what its `sdzoo serve` answers; the crop-fix cells used the current `sdzoo.runtime`, whose crop both '
-           'their arms share). NAME-phone folders store portrait pictures as phones do: a sideways .JPG with EXIF '
-           'orientation 6. 1 thread per run, beside the training queue (1 thread) and at times the test suite: '
-           'seconds are indicative, accuracy does not depend on the load.', '',
+           '`sdzoo predict` (what its `sdzoo serve` answers; the crop-fix cells used the current `sdzoo.runtime`, '
+           'whose crop both their arms share). NAME-phone folders store portrait pictures as phones do: a sideways '
+           '.JPG with EXIF orientation 6. 1 thread per run, beside the training queue (1 thread) and at times the '
+           'test suite: seconds are indicative, accuracy does not depend on the load.', '',
            'Regenerate: `python benchmarks/photo_folder.py --report benchmarks/results/photo_folder.jsonl > '
            'benchmarks/results/photo_folder.md`', '',
            '| model | folder | arm | run\'s own test top-1 % (mean; per seed) | served top-1 % (mean; per seed) '
