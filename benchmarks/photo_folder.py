@@ -18,6 +18,9 @@ and arm: the run's own test figure, the served figure, and the arms paired image
     python benchmarks/photo_folder.py --work /tmp/photos --source /tmp/sdzoo-ftbench/data \\
         --folders readme f3x125 f5x50 --seeds 0 1 2 --arm before=/tmp/sdzoo-before --arm after=. \\
         --out benchmarks/results/photo_folder.jsonl
+    python benchmarks/photo_folder.py --model sd_resnet110 --folders f5x50 --seeds 0 --arm ... --out ...
+    python benchmarks/photo_folder.py --phone --folders f5x50 readme --seeds 0 1 2 \\
+        --arm crop-only=/tmp/sdzoo-after --arm upright=. --out benchmarks/results/photo_folder.jsonl
     python benchmarks/photo_folder.py --report benchmarks/results/photo_folder.jsonl \\
         > benchmarks/results/photo_folder.md
 """
