@@ -43,11 +43,13 @@ class ImageGeometry:
 
 
 def orientation(image) -> int:
-    """The EXIF orientation tag from the header (1, upright, when absent or unreadable): no pixel is decoded."""
+    """The EXIF orientation tag from the header, 2-8 for a picture to be turned; 1 (upright) when absent, unreadable
+    or out of range. No pixel is decoded."""
     try:
-        return int(image.getexif().get(EXIF_ORIENTATION) or 1)
+        tag = int(image.getexif().get(EXIF_ORIENTATION) or 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
         return 1
+    return tag if 2 <= tag <= 8 else 1
 
 
 def upright(image):
@@ -55,7 +57,7 @@ def upright(image):
     browsers and photo viewers apply; training and serving apply it too, so the network sees the scene upright.
     Images without the tag are returned as they are, without a copy (a turned one is a copy: one more image's
     memory while it is made)."""
-    if orientation(image) in range(2, 9):
+    if orientation(image) != 1:
         from PIL import ImageOps
         return ImageOps.exif_transpose(image)
     return image

@@ -19,7 +19,8 @@ from ..data.images import orientation
 from .repository import ModelEntry, numpy_dtype
 
 __all__ = ['ApiError', 'SERVER_NAME', 'EXTENSIONS', 'OFFLOAD_BYTES', 'SMALL_BODY_BYTES', 'JSON_VALUE_BYTES',
-           'DECODE_PIXEL_BYTES', 'DECODE_TURNED_PIXEL_BYTES', 'decode_charge', 'short', 'read_body', 'parse_json_object', 'InferBody', 'split_infer_body',
+           'DECODE_PIXEL_BYTES', 'DECODE_TURNED_PIXEL_BYTES', 'decode_charge', 'short', 'read_body',
+           'parse_json_object', 'InferBody', 'split_infer_body',
            'parse_infer_request', 'json_value_limit', 'infer_response', 'open_images', 'decode_batch',
            'json_response', 'tensor_meta']
 
@@ -359,7 +360,7 @@ def open_images(files: Sequence[Tuple[Optional[str], bytes]], max_image_pixels: 
 
 def decode_charge(opened: Sequence[Tuple[str, Any]]) -> int:
     """Bytes the decode of the largest image of a request may take (images decode one at a time), from headers."""
-    return max((DECODE_TURNED_PIXEL_BYTES if orientation(im) in range(2, 9) else DECODE_PIXEL_BYTES)
+    return max((DECODE_TURNED_PIXEL_BYTES if orientation(im) != 1 else DECODE_PIXEL_BYTES)
                * im.size[0] * im.size[1] for _, im in opened)
 
 
