@@ -100,7 +100,8 @@ def make_photo_folder(cifar_root: Path, root: Path, classes=('cat', 'dog', 'ship
                       test: int = 10) -> Path:
     """A folder as a user's camera fills it, from real CIFAR-10 JPEGs, made as benchmarks/photo_folder.py makes its
     folders: each picture on a non-square canvas of one of four sizes (landscape and portrait), saved as .JPG, RGBA
-    .png, grayscale .jpeg or CMYK .jpg in turn, and a .DS_Store beside them."""
+    .png, grayscale .jpeg or CMYK .jpg in turn, a .DS_Store beside them, and two .HEIC pictures and a .MOV
+    clip (which sdzoo cannot read) in the first class's train/ folder."""
     import importlib.util
     spec = importlib.util.spec_from_file_location('bench_photo_folder', REPO_ROOT / 'benchmarks' / 'photo_folder.py')
     bench = importlib.util.module_from_spec(spec)
@@ -112,6 +113,8 @@ def make_photo_folder(cifar_root: Path, root: Path, classes=('cat', 'dog', 'ship
             for i, f in enumerate(sorted((cifar_root / split / c).glob('*.jpg'))[:n]):
                 bench.photograph(f, d, i + len(c))
             (d / '.DS_Store').write_bytes(b'\x00\x01not an image')
+    for name in ('IMG_0100.HEIC', 'IMG_0101.HEIC', 'IMG_0102.MOV'):  # an iPhone's defaults: sdzoo cannot read them
+        (root / 'train' / classes[0] / name).write_bytes(b'\x00\x00\x00\x18ftyp')
     return root
 
 

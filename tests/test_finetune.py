@@ -248,13 +248,18 @@ def test_int8_gate_keeps_to_the_images_the_finetune_never_trained_on(cifar_root,
 
 @pytest.mark.timeout(300)
 def test_a_photo_folder_is_trained_gated_and_served_on_the_same_pixels(photo_folder, tmp_path, capsys):
-    """A folder as a user's camera fills it (four non-square sizes; .JPG, RGBA .png, grayscale, CMYK; a .DS_Store):
-    the README's command fine-tunes on it, `sdzoo export --int8 --data` calibrates and gates on the same folder, and
+    """A folder as a user's camera fills it (four non-square sizes; .JPG, RGBA .png, grayscale, CMYK; a .DS_Store;
+    .HEIC and .MOV files it cannot read, which it names in one warning): the README's command fine-tunes on it, `sdzoo export --int8 --data` calibrates and gates on the same folder, and
     the run's own test figure is what the exported model scores on those files through `sdzoo predict`. The export
     used to refuse the folder ("the model expects 32x32"), and training squashed the pictures that serving crops."""
     run = tmp_path / 'run'
     assert cli_main(['finetune', 'sd_resnet20', '--data', str(photo_folder), '--num-classes', '3', '--epochs', '2',
                      '--amp', 'none', '--threads', '2', '--workers', '0', '--no-progress', '--out', str(run)]) == 0
+    left_out = [line for line in capsys.readouterr().err.splitlines() if 'does not read as images' in line]
+    assert len(left_out) == 1 and left_out[0].startswith('warning: '), left_out
+    assert '3 files that sdzoo does not read as images were left out' in left_out[0]
+    assert '2 .heic, 1 .mov' in left_out[0] and str(photo_folder / 'train') in left_out[0]
+    assert json.loads((run / 'data.json').read_text())['warnings'] == [left_out[0][len('warning: '):]]
     run_test = json.loads((run / 'summary.json').read_text())['test']
     assert run_test['images'] == 30
     capsys.readouterr()

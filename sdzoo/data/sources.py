@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -103,6 +103,7 @@ class DataSplits:
     in_chans: int
     source: str = ''
     notes: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)   # what a user should know: files left out (skipped_note)
     split_record: Optional[dict] = None   # how val/ was drawn from train/ (holdout='stratified'): seed, counts, hashes
 
     @property
@@ -110,16 +111,23 @@ class DataSplits:
         return len(self.classes)
 
 
-def _scan_folder(root: Path) -> Tuple[List[str], List[str], List[int]]:
-    """``class/xxx.jpg`` layout -> (classes, files, labels); classes sorted like ImageFolder."""
+def _scan_folder(root: Path) -> Tuple[List[str], List[str], List[int], Dict[str, int]]:
+    """``class/xxx.jpg`` layout -> (classes, files, labels, skipped); classes sorted like ImageFolder; ``skipped``
+    counts the other files by extension (hidden ones aside): a phone's .HEIC pictures, videos, sidecar files."""
     if not root.is_dir():
         raise FileNotFoundError(f'image folder {root} does not exist')
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
     if not classes:
         raise ValueError(f'image folder {root} has no class sub-folders (expected {root}/<class>/<image>)')
-    files, labels, empty = [], [], []
+    files, labels, empty, skipped = [], [], [], {}
     for i, c in enumerate(classes):
-        imgs = sorted(str(p) for p in (root / c).rglob('*') if p.suffix.lower() in IMG_EXTENSIONS)
+        imgs = []
+        for p in (root / c).rglob('*'):
+            if p.suffix.lower() in IMG_EXTENSIONS:
+                imgs.append(str(p))
+            elif not p.name.startswith('.') and p.is_file():
+                skipped[p.suffix.lower() or 'no extension'] = skipped.get(p.suffix.lower() or 'no extension', 0) + 1
+        imgs.sort()
         files += imgs
         labels += [i] * len(imgs)
         if not imgs:
@@ -131,7 +139,18 @@ def _scan_folder(root: Path) -> Tuple[List[str], List[str], List[int]]:
         raise ValueError(f"class folder {root / empty[0]} has no images ({', '.join(IMG_EXTENSIONS)})"
                          + (f' (nor have {len(empty) - 1} more: {", ".join(empty[1:4])})' if len(empty) > 1 else '')
                          + '; add images or remove the folder')
-    return classes, files, labels
+    return classes, files, labels, skipped
+
+
+def skipped_note(root: Path, skipped: Dict[str, int]) -> Optional[str]:
+    """One line naming the files of ``root``'s class folders that were not read, or None."""
+    if not skipped:
+        return None
+    kinds = ', '.join(f'{k} {ext}' for ext, k in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+    n = sum(skipped.values())
+    return (f"{root}: {n} {'file' if n == 1 else 'files'} that sdzoo does not read as images "
+            f"{'was' if n == 1 else 'were'} left out ({kinds}); convert {'it' if n == 1 else 'them'} to one of "
+            f"{' '.join(IMG_EXTENSIONS)} to use {'it' if n == 1 else 'them'}")
 
 
 def _check_same_classes(root: Path, found: List[str], classes: List[str], train_dir: Path) -> None:
@@ -147,9 +166,9 @@ def _check_same_classes(root: Path, found: List[str], classes: List[str], train_
 
 def _folder_split(root: Path, size: Optional[Tuple[int, int]], mode: str, in_memory: bool,
                   classes: Optional[List[str]] = None, train_dir: Optional[Path] = None,
-                  scanned: Optional[Tuple[List[str], List[str], List[int]]] = None,
+                  scanned: Optional[Tuple[List[str], List[str], List[int], Dict[str, int]]] = None,
                   geometry: Optional[ImageGeometry] = None) -> Tuple[List[str], Split]:
-    found, files, labels = scanned or _scan_folder(root)
+    found, files, labels, _ = scanned or _scan_folder(root)
     if classes is not None:
         _check_same_classes(root, found, classes, train_dir or root)
     labels_t = torch.tensor(labels, dtype=torch.long)
@@ -323,8 +342,10 @@ def _fashion_mnist(path: Optional[str], size: Tuple[int, int]) -> Tuple[Split, S
 
 
 def _image_folder(root: Path, size: Tuple[int, int], mode: str, in_memory: bool, only: Optional[str],
-                  geometry: Optional[ImageGeometry]) -> Tuple[List[str], Split, Optional[Split], Optional[Split]]:
-    """``(classes, train, val, test)``: ``train/`` (or the folder itself) and its ``val/`` / ``test/``."""
+                  geometry: Optional[ImageGeometry]
+                  ) -> Tuple[List[str], Split, Optional[Split], Optional[Split], List[str]]:
+    """``(classes, train, val, test, warnings)``: ``train/`` (or the folder itself) and its ``val/`` / ``test/``;
+    ``warnings`` names the files that are not images sdzoo reads, per folder."""
     train_dir = root / 'train' if (root / 'train').is_dir() else root
     def mem(split: str) -> bool:
         return bool(in_memory) and only in (None, split)
@@ -350,7 +371,9 @@ def _image_folder(root: Path, size: Tuple[int, int], mode: str, in_memory: bool,
                 test = part
             else:
                 val = part
-    return classes, train, val, test
+    notes = (skipped_note(train_dir if k == 'train' else root / k, scan[3]) for k, scan in scans.items())
+    warnings = [n for n in notes if n]
+    return classes, train, val, test, warnings
 
 
 def load_splits(
@@ -383,6 +406,7 @@ def load_splits(
     mode = 'L' if c == 1 else 'RGB'
     named = named_data_set(data)
     notes: List[str] = []
+    warnings: List[str] = []
     if named == 'fashion_mnist':
         path = data.split(':', 1)[1] if ':' in data else None
         train, test = _fashion_mnist(path, size)
@@ -409,7 +433,7 @@ def load_splits(
                 raise FileNotFoundError(f'data set {data!r} not found: it is neither a known name '
                                         f'(cifar10, fashion_mnist) nor an existing folder ({root.resolve()})')
             name = root.name
-        classes, train, val, test = _image_folder(root, size, mode, in_memory, only, geometry)
+        classes, train, val, test, warnings = _image_folder(root, size, mode, in_memory, only, geometry)
         in_chans, source = c, str(root)
     split_record = None
     if val is None and holdout == 'stratified':
@@ -431,4 +455,4 @@ def load_splits(
             notes.append(f'validation: last {val_size // len(classes)} training images of each class '
                          f'({val_size} in all) held out')
     return DataSplits(name=name, classes=classes, train=train, val=val, test=test, in_chans=in_chans,
-                      source=source, notes=notes, split_record=split_record)
+                      source=source, notes=notes, split_record=split_record, warnings=warnings)

@@ -134,8 +134,10 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
                 train=len(self.train_loader.split) if hasattr(self.train_loader, 'split') else None,
                 val=len(self.data.val) if self.data.val is not None else 0,
                 test=len(self.data.test) if self.data.test is not None else 0, notes=self.data.notes,
-                split=self.data.split_record))
+                warnings=self.data.warnings, split=self.data.split_record))
             self._print_header()
+            for line in self.data.warnings:
+                print(f'warning: {line}', file=sys.stderr, flush=True)
             for line in self.recipe_lines:
                 print(line, file=sys.stderr, flush=True)
             if self.best is not None and not resume:
