@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .data.images import resize_center_crop, upright
+from .data.images import ImageGeometry, resize_center_crop, upright
 from .files import atomic_write
 
 if TYPE_CHECKING:
@@ -273,6 +273,11 @@ class OrtModel:
         return int(size[1]), int(size[2])
 
     @property
+    def geometry(self) -> ImageGeometry:
+        """How :meth:`preprocess` (and INT8 calibration of this model) bring a picture to the input size."""
+        return ImageGeometry.from_config(self.metadata, 'sdzoo.')
+
+    @property
     def in_chans(self) -> int:
         c = self.input_shape[3] if self.channels_last else self.input_shape[1]
         return int(c) if isinstance(c, int) else int(self._meta_json('sdzoo.input_size', [3])[0])
@@ -339,10 +344,7 @@ class OrtModel:
             images = [images]
         if not images:
             raise ValueError('no images to preprocess')
-        size = self.spatial_size
-        crop_pct = float(self.metadata.get('sdzoo.crop_pct') or 0.875)
-        crop_mode = self.metadata.get('sdzoo.crop_mode') or 'center'
-        interpolation = self.metadata.get('sdzoo.interpolation') or 'bilinear'
+        size, geometry = self.spatial_size, self.geometry
         mode = 'L' if self.in_chans == 1 else 'RGB'
         if self.in_chans not in (1, 3):
             raise ValueError(f'cannot make {self.in_chans}-channel inputs from images')
@@ -353,7 +355,7 @@ class OrtModel:
             img = upright(img)
             if img.mode != mode:  # resize_center_crop makes a new image anyway: no copy of a full-size one
                 img = img.convert(mode)
-            img = resize_center_crop(img, size, crop_pct, crop_mode, interpolation)
+            img = geometry.crop(img, size)
             arr = np.asarray(img, dtype=np.uint8)
             pixels.append(arr[..., None] if arr.ndim == 2 else arr)
         batch = np.stack(pixels)  # NHWC uint8

@@ -41,6 +41,10 @@ class ImageGeometry:
                    crop_mode=str(cfg.get(prefix + 'crop_mode') or 'center'),
                    interpolation=str(cfg.get(prefix + 'interpolation') or 'bilinear'))
 
+    def crop(self, image, size: Tuple[int, int]):
+        """``image`` brought to ``size`` (H, W) with this geometry (:func:`resize_center_crop`)."""
+        return resize_center_crop(image, size, self.crop_pct, self.crop_mode, self.interpolation)
+
 
 def orientation(image) -> int:
     """The EXIF orientation tag from the header, 2-8 for a picture to be turned; 1 (upright) when absent, unreadable
@@ -134,7 +138,7 @@ def decode_images(files: List[str], size: Optional[Tuple[int, int]], mode: str, 
             with Image.open(f) as img:
                 img = upright(img).convert(mode)
                 # also at the input size: a crop_pct below 1 enlarges and crops it when served, so here too
-                img = resize_center_crop(img, (h, w), g.crop_pct, g.crop_mode, g.interpolation)
+                img = g.crop(img, (h, w))
                 arr = np.asarray(img)
         except Exception as e:
             raise ValueError(f'cannot read image {f}: {e}') from e

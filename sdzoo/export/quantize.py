@@ -89,7 +89,7 @@ def load_labelled_images(data: str, split: str, input_size: Sequence[int], num_c
     validation hold-out), ``val`` or ``test``. ``x`` is float32 NCHW normalized with ``mean``/``std``,
     or uint8 NHWC with ``channels_last`` (graphs that normalize inside). ``trained_split``
     (:func:`training_split`) draws train and val exactly as the model's training run did. ``geometry`` (the
-    model's crop; ONNX metadata: ``ImageGeometry.from_config(meta, 'sdzoo.')``) brings images of another size
+    model's crop; an exported model's: ``OrtModel.geometry``) brings images of another size
     to the input size as ``sdzoo serve`` does, so a folder of photos calibrates and gates the model it serves.
     """
     from ..data.sources import default_data_root, load_splits, named_data_set, normalized, split_pixels
@@ -351,7 +351,7 @@ def quantize_onnx(
         raise ValueError(f'{fp32_path} is a {meta["sdzoo.precision"]} export: quantize the fp32 one')
     img_kw = dict(input_size=[fp32.in_chans, *fp32.spatial_size], num_classes=fp32.num_classes,
                   mean=json.loads(meta.get('sdzoo.mean', '[0.5]')), std=json.loads(meta.get('sdzoo.std', '[0.5]')),
-                  channels_last=fp32.channels_last, geometry=ImageGeometry.from_config(meta, 'sdzoo.'))
+                  channels_last=fp32.channels_last, geometry=fp32.geometry)
     img_kw['trained_split'] = trained = training_split(trained_on, data)
     eval_split, split_note = _gate_split(trained, data, eval_split, meta.get('sdzoo.model', fp32_path.name))
     t0 = time.perf_counter()
@@ -412,7 +412,7 @@ def measure_pair(fp32_path: Union[str, os.PathLike], int8_path: Union[str, os.Pa
     x, y, desc = load_labelled_images(
         data, split, [fp32.in_chans, *fp32.spatial_size], fp32.num_classes, json.loads(fp32.metadata['sdzoo.mean']),
         json.loads(fp32.metadata['sdzoo.std']), limit=limit, channels_last=fp32.channels_last,
-        geometry=ImageGeometry.from_config(fp32.metadata, 'sdzoo.'))
+        geometry=fp32.geometry)
     a, b = top1(fp32, x, y) * 100, top1(int8, x, y) * 100
     return {'split': split, 'images': int(len(y)), 'data': desc, 'top1_fp32': round(a, 4), 'top1_int8': round(b, 4),
             'drop_points': round(a - b, 4)}
