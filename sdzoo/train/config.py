@@ -8,8 +8,8 @@ from typing import Any, Dict, Optional, Tuple
 from ..models import sd_model_class
 
 __all__ = ['TrainConfig', 'recipe', 'lr_at', 'check_schedule_change', 'jsonable', 'HEAD_INITS',
-           'default_batch_size', 'default_lr', 'default_epochs', 'default_warmup_steps', 'VIT_LONG_RUN_STEPS',
-           'VIT_MAX_FINETUNE_LR']
+           'default_batch_size', 'default_lr', 'default_lr_rule', 'default_epochs', 'default_warmup_steps',
+           'VIT_LONG_RUN_STEPS', 'VIT_MAX_FINETUNE_LR']
 
 # --head: how a fine-tune's new classifier starts (--keep-head keeps the old one as it is)
 HEAD_INITS = ('auto', 'matched', 'probe', 'fresh')
@@ -158,13 +158,22 @@ def default_lr(batch_size: int, head: str, vit: bool = False, steps: Optional[in
     VIT_MAX_FINETUNE_LR. On the three Fashion-MNIST folders (3 seeds, ~300 steps) the higher rate won on every one
     (f3x125 / f3hard / f5x50 +0.9 / +2.1 / +0.9 points, paired p <= 0.004), but with --epochs 3 (~33 steps) it
     lost on two (-0.8 / -2.4; f5x50 +0.1); the cap keeps a large set's batch 128 at the rate the first rule gave it."""
+    return default_lr_rule(batch_size, head, vit, steps)[0]
+
+
+def default_lr_rule(batch_size: int, head: str, vit: bool = False, steps: Optional[int] = None) -> Tuple[float, str]:
+    """:func:`default_lr` and the rule that gave it, as the recipe prints it (``head``: 'matched' or 'new')."""
+    bs = batch_size
+    if vit and head != 'matched' and steps is not None and steps >= VIT_LONG_RUN_STEPS:
+        return (min(3e-4 * bs / 16, VIT_MAX_FINETUNE_LR),
+                f'min(3e-4 * {bs}/16, {VIT_MAX_FINETUNE_LR:g}) (new head, AdamW, ViT, {steps} >= {VIT_LONG_RUN_STEPS} '
+                'steps)')
     if vit:
-        if head == 'matched':
-            return 5e-6 * batch_size / 16
-        if steps is not None and steps >= VIT_LONG_RUN_STEPS:
-            return min(3e-4 * batch_size / 16, VIT_MAX_FINETUNE_LR)
-        return 5e-5 * batch_size / 16
-    return (0.1 if head == 'matched' else 1.0) * 0.01 * batch_size / 16
+        lr, base = (5e-6 * bs / 16, '5e-6') if head == 'matched' else (5e-5 * bs / 16, '5e-5')
+    else:
+        lr, base = (0.1 if head == 'matched' else 1.0) * 0.01 * bs / 16, ('0.001' if head == 'matched' else '0.01')
+    short = f', {steps} < {VIT_LONG_RUN_STEPS} steps' if vit and head != 'matched' and steps is not None else ''
+    return lr, f"{base} * {bs}/16 ({head} head{', AdamW, ViT' if vit else ''}{short})"
 
 
 def default_epochs(steps_per_epoch: int, head: str) -> int:

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import (VIT_LONG_RUN_STEPS, VIT_MAX_FINETUNE_LR, TrainConfig, default_batch_size,
-                     default_drop_path_rate, default_epochs, default_lr, default_warmup_steps, is_vit)
+from .config import (TrainConfig, default_batch_size, default_drop_path_rate, default_epochs, default_lr_rule,
+                     default_warmup_steps, is_vit)
 
 __all__ = ['match_classes', 'resolve_head', 'resolve_recipe', 'recipe_lines', 'init_head', 'class_weights',
            'fit_linear_probe']
@@ -80,15 +80,7 @@ def resolve_recipe(cfg: TrainConfig, n_train: int, head: str, world: int = 1) ->
         notes['epochs'] = ('3 (head from matching class names)' if rule_head == 'matched'
                            else f'max(10, ceil(300 steps / {spe} steps per epoch))')
     if cfg.lr is None:
-        steps = spe * epochs
-        d['lr'] = default_lr(bs, rule_head, vit, steps)
-        if vit and rule_head != 'matched' and steps >= VIT_LONG_RUN_STEPS:
-            notes['lr'] = (f'min(3e-4 * {bs}/16, {VIT_MAX_FINETUNE_LR:g}) (new head, AdamW, ViT, '
-                           f'{steps} >= {VIT_LONG_RUN_STEPS} steps)')
-        else:
-            base = ('5e-6' if vit else '0.001') if rule_head == 'matched' else ('5e-5' if vit else '0.01')
-            short = f', {steps} < {VIT_LONG_RUN_STEPS} steps' if vit and rule_head != 'matched' else ''
-            notes['lr'] = f"{base} * {bs}/16 ({rule_head} head{', AdamW, ViT' if vit else ''}{short})"
+        d['lr'], notes['lr'] = default_lr_rule(bs, rule_head, vit, spe * epochs)
     if cfg.warmup_epochs is None:
         w = default_warmup_steps(spe, epochs)
         d['warmup_epochs'] = w / spe
