@@ -223,7 +223,7 @@ def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--work', type=Path, default=Path('/tmp/sdzoo-photos'))
     ap.add_argument('--source', type=Path, default=Path('/tmp/sdzoo-ftbench/data'),
-                    help='folder of 32x32 benchmark folders (benchmarks/finetune.py --make-data)')
+                    help="folder of 32x32 benchmark folders (benchmarks/finetune.py's, built here when missing)")
     ap.add_argument('--model', default='sd_resnet20')
     ap.add_argument('--phone', action='store_true',
                     help='portrait pictures stored sideways with an EXIF orientation tag, as phones store them '

@@ -126,7 +126,8 @@ def _scan_folder(root: Path) -> Tuple[List[str], List[str], List[int], Dict[str,
             if p.suffix.lower() in IMG_EXTENSIONS:
                 imgs.append(str(p))
             elif not p.name.startswith('.') and p.is_file():
-                skipped[p.suffix.lower() or 'no extension'] = skipped.get(p.suffix.lower() or 'no extension', 0) + 1
+                kind = p.suffix.lower() or 'no extension'
+                skipped[kind] = skipped.get(kind, 0) + 1
         imgs.sort()
         files += imgs
         labels += [i] * len(imgs)
