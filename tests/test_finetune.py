@@ -52,7 +52,8 @@ FASHION_MNIST_FINETUNE = ['finetune', 'sd_resnet20', '--data', 'fashion_mnist', 
 def test_default_rules():
     assert [default_batch_size(n) for n in (5, 100, 162, 320, 500, 1279, 1280, 55000)] == \
         [16, 16, 16, 32, 32, 64, 128, 128]
-    assert default_lr(16, 'new') == pytest.approx(0.01) and default_lr(64, 'new') == pytest.approx(0.04)
+    assert default_lr(16, 'new') == pytest.approx(0.02) and default_lr(32, 'new') == pytest.approx(0.04)
+    assert default_lr(64, 'new') == pytest.approx(0.08) and default_lr(128, 'new') == pytest.approx(0.08)
     assert default_lr(16, 'matched') < default_lr(16, 'new')
     # the ViT's new head: 5e-5 per 16 for short runs, 3e-4 per 16 (at most 4e-4) from 300 steps on
     assert default_lr(32, 'new', vit=True) == pytest.approx(1e-4) and default_lr(32, 'new', True, 33) == pytest.approx(1e-4)

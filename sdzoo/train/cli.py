@@ -36,7 +36,7 @@ _FLAG_HELP = {
               'names, else max(10, ceil(300 / steps per epoch))',
     'batch_size': 'mini-batch size over all processes (default: 128; fine-tuning: clamp(2**floor(log2(N/10)), '
                   '16, 128) for N training images)',
-    'lr': f'peak learning rate ({_R}: 0.1 SGD, 5e-4 AdamW for ViTs; fine-tuning: 0.01*bs/16, 0.001*bs/16 with a '
+    'lr': f'peak learning rate ({_R}: 0.1 SGD, 5e-4 AdamW for ViTs; fine-tuning: min(0.02*bs/16, 0.08), 0.001*bs/16 with a '
           'head from matching class names; ViTs AdamW 5e-5*bs/16, min(3e-4*bs/16, 4e-4) from 300 steps, 5e-6*bs/16 '
           'matched)',
     'momentum': 'SGD (Nesterov) momentum (default: 0.9)',
