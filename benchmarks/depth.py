@@ -15,15 +15,18 @@ Calibration images come from the training split's held-out val part, never the t
 
 Phase ``latency`` (needs a quiet machine): sd_resnet110.sd_cifar10 at keep 54 / 42 / 36 (greedy), exported to
 ONNX fp32 and INT8 (``sdzoo.export_onnx`` / ``quantize_onnx``, what ``sdzoo export --keep-blocks N --int8``
-runs), onnxruntime with 2 intra-op threads, no spinning, all graphs round-robin in one process: batch-1
-latency (median of ``--iters`` runs) and batch-64 throughput (median of ``--iters64`` runs), plus each
-graph's top-1 on the full test split. When ``sdzoo export --int8``'s accuracy gate would refuse a graph, the
-table says so and the graph is quantized without the gate to be timed anyway. Runs with fewer than 200 / 20
-timed runs or fewer than all test images are smoke tests: WORK/latency_smoke.json only, never the results.
+runs), onnxruntime with ``--threads`` intra-op threads (several: one session per graph and thread count), no
+spinning, all sessions round-robin in one process: batch-1 latency (median of ``--iters`` runs) and batch-64
+throughput (median of ``--iters64`` runs), plus each graph's top-1 on the full test split. When ``sdzoo export
+--int8``'s accuracy gate would refuse a graph, the table says so and the graph is quantized without the gate to
+be timed anyway. ``--repository DIR`` times the entries ``sdzoo export [--keep-blocks N] --int8 --repository DIR``
+wrote instead (greedy + BN + heal: exactly what a user gets). Runs with fewer than 200 / 20 timed runs or fewer
+than all test images are smoke tests: WORK/latency_smoke.json only, never the results.
 
     nice -n 10 python benchmarks/depth.py --phase accuracy                      # all models, resumes
     nice -n 10 python benchmarks/depth.py --phase accuracy --models r56 vit --strategies survival greedy
     python benchmarks/depth.py --phase latency                                   # quiet machine only
+    python benchmarks/depth.py --phase latency --threads 1 2 --repository /tmp/dexp/repo   # sdzoo export's graphs
     python benchmarks/depth.py --phase latency --work /tmp/depth/latsmoke --calibration-images 8 --bn-images 50 \
         --iters 3 --iters64 2 --warmup 1 --test-images 200 --int8-calibration-images 32 --int8-eval-images 100 \
         --no-report                                                              # smoke test (minutes)
@@ -53,7 +56,7 @@ import numpy as np
 
 from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
 from results_file import write_atomic  # benchmarks/results_file.py
-from sdzoo.reports.cards import latency_base, paired_table
+from sdzoo.reports.cards import latency_base, latency_title, paired_table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / 'benchmarks' / 'results'
@@ -244,7 +247,7 @@ def run_accuracy(args) -> None:
             if strategy == 'greedy_heal':  # what prune_depth(..., heal_steps=N) does after the BN re-estimation
                 if heal_x is None:
                     heal_x, heal_desc = load_images(model, DATA, 'train', args.heal_images, args.seed + 2)
-                torch.set_num_threads(args.threads)
+                torch.set_num_threads(args.threads[0])
                 extra['heal'] = dict(heal(pruned, model, heal_x, args.heal_steps, lr=args.heal_lr, seed=args.seed),
                                      images=heal_desc)
                 torch.set_num_threads(args.eval_threads)
@@ -314,7 +317,7 @@ def run_latency(args) -> Dict:
     n_total = len(infos)
     files: Dict[str, Dict] = {}
     greedy = None
-    for keep in args.keep:
+    for keep in args.keep if not args.repository else ():
         cut = n_total - keep
         fp32, int8 = gdir / f'keep{keep}.fp32.onnx', gdir / f'keep{keep}.int8.onnx'
         if not (fp32.is_file() and int8.is_file()):
@@ -345,45 +348,77 @@ def run_latency(args) -> Dict:
         gate = json.loads((gdir / f'keep{keep}.int8.gate.json').read_text())
         files[f'keep{keep}_fp32'] = dict(keep=keep, precision='fp32', path=str(fp32))
         files[f'keep{keep}_int8'] = dict(keep=keep, precision='int8', path=str(int8), gate=gate)
+    if args.repository:
+        files = repository_graphs(Path(args.repository), n_total)
     x_test, y_test = test_set(model, work, args.test_images)
     del model
     busy0 = cpu_busy()
-    sessions = {k: OrtModel(v['path'], intra_op_num_threads=args.threads, inter_op_num_threads=1,
+    # one session per graph and thread count, all timed round-robin: drift hits every graph and thread count alike
+    cells = {(k, t): dict(v) for t in args.threads for k, v in files.items()}
+    sessions = {c: OrtModel(v['path'], intra_op_num_threads=c[1], inter_op_num_threads=1,
                             providers=['CPUExecutionProvider'], session_config={'session.intra_op.allow_spinning': '0'})
-                for k, v in files.items()}
+                for c, v in cells.items()}
     rng = np.random.default_rng(0)
     for batch, iters in ((1, args.iters), (64, args.iters64)):
         xb = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
         for _ in range(args.warmup):
             for s in sessions.values():
                 s.run(xb)
-        times: Dict[str, List[float]] = {k: [] for k in sessions}
+        times: Dict = {c: [] for c in sessions}
         for _ in range(iters):
-            for k, s in sessions.items():  # round-robin: drift hits all graphs alike
+            for c, s in sessions.items():
                 t0 = time.perf_counter()
                 s.run(xb)
-                times[k].append((time.perf_counter() - t0) * 1e3)
-        for k, v in times.items():
+                times[c].append((time.perf_counter() - t0) * 1e3)
+        for c, v in times.items():
             med = statistics.median(v)
-            files[k][f'batch{batch}_median_ms'] = med
-            files[k][f'batch{batch}_iters'] = iters
+            cells[c][f'batch{batch}_median_ms'] = med
+            cells[c][f'batch{batch}_iters'] = iters
             if batch != 1:
-                files[k][f'batch{batch}_images_per_s'] = batch / (med / 1e3)
-        _log(f'latency batch {batch}: ' + ', '.join(f'{k} {statistics.median(v):.2f} ms' for k, v in times.items()))
+                cells[c][f'batch{batch}_images_per_s'] = batch / (med / 1e3)
+        _log(f'latency batch {batch}: ' + ', '.join(f'{k}@{t} {statistics.median(v):.2f} ms'
+                                                    for (k, t), v in times.items()))
     busy1 = cpu_busy()
-    for k, s in sessions.items():
-        files[k]['top1'] = round(100 * top1(s, x_test, y_test), 2)
-        files[k]['test_images'] = len(y_test)
-        files[k]['path'] = Path(files[k]['path']).name
+    for k in files:  # the thread count does not change the predictions: score each graph once
+        hit = round(100 * top1(sessions[(k, args.threads[0])], x_test, y_test), 2)
+        for t in args.threads:
+            cells[(k, t)].update(top1=hit, test_images=len(y_test), path=Path(files[k]['path']).name)
     final = args.iters >= 200 and args.iters64 >= 20 and (args.test_images or 10000) == 10000
-    out = dict(final=final, rows=files, threads=args.threads, warmup=args.warmup, iters=args.iters,
-               iters64=args.iters64, machine=describe(), busy=busy_note(busy0, busy1), busy_before=busy0,
-               busy_after=busy1, onnxruntime=onnxruntime.__version__, torch=torch.__version__,
-               date=time.strftime('%Y-%m-%d %H:%M:%S'), command=_command())
+    graphs = 'export' if args.repository else 'greedy_bn'
+    runs = [dict(final=final, rows={k: cells[(k, t)] for k in files}, threads=t, graphs=graphs,
+                 warmup=args.warmup, iters=args.iters, iters64=args.iters64, machine=describe(),
+                 busy=busy_note(busy0, busy1), busy_before=busy0, busy_after=busy1,
+                 onnxruntime=onnxruntime.__version__, torch=torch.__version__,
+                 date=time.strftime('%Y-%m-%d %H:%M:%S'), command=_command(), thread_counts=list(args.threads))
+            for t in args.threads]
     target = work / ('latency.json' if final else 'latency_smoke.json')
-    write_atomic(target, json.dumps(out, indent=2) + '\n')
+    write_atomic(target, json.dumps(runs, indent=2) + '\n')
     _log(f'latency: written {target}' + ('' if final else ' (smoke test: not a results file)'))
-    return out
+    return runs
+
+
+def repository_graphs(repo: Path, n_total: int) -> Dict[str, Dict]:
+    """The entries ``sdzoo export [--keep-blocks N] [--int8] --repository REPO`` wrote, keyed like the graphs the
+    latency phase builds itself; blocks kept, precision and INT8 gate read from each graph's sdzoo metadata."""
+    import onnx
+    files: Dict[str, Dict] = {}
+    for path in sorted(repo.glob('*/1/model.onnx')):
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        depth = json.loads(meta['sdzoo.depth']) if meta.get('sdzoo.depth') else {}
+        keep = len(depth['kept_blocks']) if depth else n_total
+        precision = meta.get('sdzoo.precision', 'fp32')
+        row = dict(keep=keep, precision=precision, path=str(path), entry=path.parent.parent.name,
+                   heal=depth.get('heal'), strategy=depth.get('strategy'), depth_gate=depth.get('accuracy'))
+        if precision == 'int8':
+            row['gate'] = dict(json.loads(meta.get('sdzoo.accuracy') or '{}'), refused=None)
+        key = f'keep{keep}_{precision}'
+        if key in files:
+            raise SystemExit(f'{repo}: two entries with {keep} blocks at {precision} '
+                             f'({files[key]["entry"]}, {row["entry"]}): keep one')
+        files[key] = row
+    if not files:
+        raise SystemExit(f'{repo}: no */1/model.onnx entries (write them with sdzoo export --repository {repo})')
+    return dict(sorted(files.items(), key=lambda kv: (-kv[1]['keep'], kv[1]['precision'])))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -410,7 +445,7 @@ def plot(rows: List[Dict], out: Path, latencies: Optional[List[Dict]] = None) ->
     groups = [('ResNet-110 (54 blocks)', ('r110', 'r110_sd160', 'r110_nosd160')), ('ResNet-56 (27 blocks)', ('r56',)),
               ('ViT-Lite-7/4 (7 blocks)', ('vit',))]
     groups = [(t, ks) for t, ks in groups if any(r['model'] in ks for r in rows)]
-    latencies = latencies or []
+    latencies = [r for r in latencies or [] if r['machine'] == latencies[-1]['machine']]  # one CPU: comparable
     lat = bool(latencies)
     fig, axes = plt.subplots(1, len(groups) + lat, figsize=(5.2 * (len(groups) + lat), 4.4), squeeze=False)
     if lat:  # speed-up against each machine's own full-depth fp32 graph: machines differ in absolute ms
@@ -422,11 +457,11 @@ def plot(rows: List[Dict], out: Path, latencies: Optional[List[Dict]] = None) ->
                 pts = sorted(((base / r['batch1_median_ms'], r['top1'], r['keep']) for r in run['rows'].values()
                               if r['precision'] == prec), key=lambda p: -p[2])
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=mk, ls='-' if i == 0 else '--',
-                        label=f'ONNX {prec}, {cpu}')
+                        label=f"ONNX {prec}, {cpu}, {run['threads']} thr, {run.get('graphs', 'greedy_bn')}")
                 for x_, y_, k in pts:
                     ax.annotate(str(k), (x_, y_), fontsize=7, xytext=(3, 3), textcoords='offset points')
-        ax.set_title('sd_resnet110.sd_cifar10, greedy + BN (labels: blocks kept)', fontsize=9)
-        ax.set_xlabel(f"batch-1 speed-up vs 54 blocks fp32 (onnxruntime, {latencies[-1]['threads']} threads)")
+        ax.set_title('sd_resnet110.sd_cifar10 (labels: blocks kept)', fontsize=9)
+        ax.set_xlabel('batch-1 speed-up vs 54 blocks fp32 of the same run and thread count (onnxruntime)')
         ax.set_ylabel('top-1 % (test)')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -533,11 +568,17 @@ def _previous(results: Path) -> Dict:
                 runs=(d.get('meta') or {}).get('runs') or [], latencies=d.get('latencies') or [])
 
 
-def merge_latencies(previous: List[Dict], new: Optional[Dict]) -> List[Dict]:
-    """One final latency run per machine, oldest first; a new run on the same machine replaces the old one."""
+def _latency_key(run: Dict):
+    return run['machine'], run.get('threads'), run.get('graphs', 'greedy_bn')
+
+
+def merge_latencies(previous: List[Dict], new) -> List[Dict]:
+    """One final latency run per machine, thread count and graph source, oldest first; a new run replaces the
+    old one with the same three. ``new``: one run (older latency.json files) or the list one run writes."""
     out = [r for r in previous if r.get('final')]
-    if new and new.get('final'):
-        out = [r for r in out if r['machine'] != new['machine']] + [new]
+    for run in ([new] if isinstance(new, dict) else new or []):
+        if run.get('final'):
+            out = [r for r in out if _latency_key(r) != _latency_key(run)] + [run]
     return out
 
 
@@ -680,23 +721,28 @@ def report(args) -> None:
                ] + heal_table(healed)
     if args.note:
         md += [args.note, '']
-    md += ['## Latency (sd_resnet110.sd_cifar10, greedy + BN, onnxruntime, 2 intra-op threads)', '']
+    md += ['## Latency (sd_resnet110.sd_cifar10, onnxruntime)', '']
     lat_cmd = 'python benchmarks/depth.py --phase latency   # defaults: keep 54 42 36, --iters 300 --iters64 30, --threads 2'
     for lat in latencies:
-        md += [f"### {lat['machine']}", '',
+        together = lat.get('thread_counts') or [lat['threads']]
+        md += [f"### {lat['machine']}: {latency_title(lat)}", '',
                f"Measured {lat['date']}; onnxruntime {lat['onnxruntime']}. "
                f"{lat['busy']} Batch 1: median of {lat['iters']} runs, batch 64: median of "
-               f"{lat['iters64']} runs, after {lat['warmup']} warm-up runs, all six graphs round-robin "
+               f"{lat['iters64']} runs, after {lat['warmup']} warm-up runs, all {len(lat['rows']) * len(together)} "
+               f"sessions ({len(lat['rows'])} graphs x {', '.join(map(str, together))} intra-op thread(s)) round-robin "
                'in one process.', '', f"Command: `{lat['command']}`", '',
                '| blocks kept | precision | batch-1 latency ms | vs 54 fp32 | batch-64 img/s | vs 54 fp32 | '
-               'top-1 % (test, 10,000) | INT8 gate |',
+               'top-1 % (test, 10,000) | export gate (val images) |',
                '|---:|---|---:|---:|---:|---:|---:|---|']
         base = latency_base(lat['rows'])
         for k, r in lat['rows'].items():
-            g = r.get('gate')
+            g, dg = r.get('gate'), r.get('depth_gate')
             gate = '' if not g else ('**refused** by `sdzoo export --int8` (timed anyway)' if g.get('refused')
-                                     else f"passed ({g.get('top1_fp32', float('nan')):.2f} -> "
+                                     else f"INT8 passed ({g.get('top1_fp32', float('nan')):.2f} -> "
                                           f"{g.get('top1_int8', float('nan')):.2f} on {g.get('images')} val images)")
+            if dg:  # prune_depth's gate: the full network against the pruned one (fp32), --max-accuracy-drop
+                gate = (f"depth: full {dg['top1_fp32']:.2f} -> {dg['top1_int8']:.2f} on {dg['images']} val images, "
+                        f"allowed drop {dg['max_drop_points']:g}" + (f'; {gate}' if gate else ''))
             md.append(f"| {r['keep']} | {r['precision']} | {r['batch1_median_ms']:.2f} | "
                       f"{base['batch1_median_ms'] / r['batch1_median_ms']:.2f}x | {r['batch64_images_per_s']:.0f} | "
                       f"{r['batch64_images_per_s'] / base['batch64_images_per_s']:.2f}x | {r['top1']:.2f} | {gate} |")
@@ -741,7 +787,10 @@ def main(argv=None) -> int:
     p.add_argument('--min-test-images', type=int, default=10000, help=argparse.SUPPRESS)
     # latency
     p.add_argument('--keep', nargs='+', type=int, default=list(LATENCY_KEEP))
-    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--threads', nargs='+', type=int, default=[2],
+                   help='latency: onnxruntime intra-op threads, one session set per value; accuracy: torch threads of heal (one value)')
+    p.add_argument('--repository', default=None, metavar='DIR',
+                   help='latency: time the entries sdzoo export --repository DIR wrote instead of building graphs')
     p.add_argument('--iters', type=int, default=300, help='batch-1 timed runs (>= 200 for a results file)')
     p.add_argument('--iters64', type=int, default=30, help='batch-64 timed runs (>= 20 for a results file)')
     p.add_argument('--warmup', type=int, default=10)
@@ -749,6 +798,8 @@ def main(argv=None) -> int:
     p.add_argument('--int8-eval-images', type=int, default=None, help="the INT8 gate's val images (default all)")
     p.add_argument('--exporter', choices=('dynamo', 'torchscript'), default='dynamo')
     args = p.parse_args(argv)
+    if args.phase == 'accuracy' and len(args.threads) != 1:
+        p.error('--threads: the accuracy phase takes one value')
     os.environ.setdefault('SDZOO_DATA', str(REPO.parent / 'shared' / 'datasets'))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ chosen on held-out *training* images, reported on test.
 
 For one model of benchmarks/depth.py and each cut: remove the greedy order's first CUT blocks (the order the
 committed depth.json records), re-estimate the BatchNorms (2,000 training images), then heal 300 steps at each
-learning rate (`sdzoo.models.depth.heal`, 20,000 training images); score every network on the 5,000 validation
+learning rate and distillation temperature (`sdzoo.models.depth.heal`, 20,000 training images); score every network on the 5,000 validation
 images (held out of training: what chooses) and on the 10,000 test images (what is reported):
 
     SDZOO_DATA=/path/to/datasets python benchmarks/depth_heal_lr.py --model r110 --cuts 12 18 --lrs 0.002 0.005
@@ -67,11 +67,13 @@ def measure(args) -> None:
             kw = dict(common, cut=cut, calibration_images=n_cal, val_images=len(yv), removed_blocks=order[:cut])
             rows = [dict(kw, lr=0, steps=0, val=top1(base, xv, yv), test=top1(base, xt, yt))]
             for lr in args.lrs:
-                t0 = time.time()
-                healed = copy.deepcopy(base)
-                info = heal(healed, model, heal_x, args.steps, lr=lr, seed=0)
-                rows.append(dict(kw, lr=lr, steps=args.steps, val=top1(healed, xv, yv), test=top1(healed, xt, yt),
-                                 seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
+                for temperature in args.temperatures:
+                    t0 = time.time()
+                    healed = copy.deepcopy(base)
+                    info = heal(healed, model, heal_x, args.steps, lr=lr, temperature=temperature, seed=0)
+                    rows.append(dict(kw, lr=lr, temperature=temperature, steps=args.steps, val=top1(healed, xv, yv),
+                                     test=top1(healed, xt, yt), seconds=round(time.time() - t0),
+                                     kl_last=info.get('kl_last')))
             with open(args.out, 'a') as f:
                 for r in rows:
                     print({k: v for k, v in r.items() if k != 'removed_blocks'}, flush=True)
@@ -85,17 +87,20 @@ def report(path: Path) -> str:
            'BatchNorms re-estimated on 2,000 training images, then 300 steps of `sdzoo.models.depth.heal` (SGD for the '
            'ResNets, AdamW for the ViT) at each learning rate; top-1 on validation images held out of training (what '
            'chooses the default: all 5,000, or the 3,000 that neither calibration draw used) and on the 10,000 test '
-           'images of CIFAR-10 (JPEG q75 copy). lr 0: not healed.', '',
+           'images of CIFAR-10 (JPEG q75 copy). lr 0: not healed. Temperature: of the distillation (heal\'s '
+           'default 1); at 18 removed, temperature 4 diverged (loss NaN, every image one class: 10%).', '',
            'Machine and load of every row (as recorded in the .jsonl):', '']
     out += [f'- {m}; {n}' for m, n in dict.fromkeys((r.get('machine', '?'), r.get('note', '')) for r in rows)]
-    out += ['', '| model | blocks removed | greedy calibration images | lr | steps | val images | val top-1 % '
-            '| test top-1 % | heal seconds | date |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+    out += ['', '| model | blocks removed | greedy calibration images | lr | temperature | steps | val images '
+            '| val top-1 % | test top-1 % | heal seconds | date |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
     def order(r):
-        return r['model'], r['cut'], r.get('val_images', 5000), r.get('calibration_images', 500), r['lr'], r['steps']
+        return (r['model'], r['cut'], r.get('val_images', 5000), r.get('calibration_images', 500), r['lr'],
+                r.get('temperature', 1.0), r['steps'])
     for r in sorted(rows, key=order):
+        temperature = f"{r.get('temperature', 1.0):g}" if r['lr'] else '-'
         out.append(f"| {r['model']} | {r['cut']} | {r.get('calibration_images', 500)} | {r['lr'] or '-'} "
-                   f"| {r['steps'] or '-'} | {r.get('val_images', 5000)} | {r['val']:.2f} | {r['test']:.2f} "
-                   f"| {r.get('seconds', '')} | {r.get('date', '')} |")
+                   f"| {temperature} | {r['steps'] or '-'} | {r.get('val_images', 5000)} | {r['val']:.2f} "
+                   f"| {r['test']:.2f} | {r.get('seconds', '')} | {r.get('date', '')} |")
     out += ['', 'Commands:', ''] + [f'    {c}' for c in dict.fromkeys(r['command'] for r in rows if r.get('command'))]
     return '\n'.join(out) + '\n'
 
@@ -105,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument('--model', choices=list(D.MODELS), default='r110')
     p.add_argument('--cuts', nargs='+', type=int, default=[12, 18])
     p.add_argument('--lrs', nargs='+', type=float, default=[0.002, 0.005])
+    p.add_argument('--temperatures', nargs='+', type=float, default=[1.0],
+                   help="distillation temperatures (heal's default 1), each at every lr")
     p.add_argument('--steps', type=int, default=300)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--work', default='/tmp/depth')

@@ -333,10 +333,10 @@ def test_model_cards_depth_table_is_the_benchmark_record(tmp_path):
                   cells=[dict(model='m', strategy='full', removed=0, blocks_total=9, top1=90.0),
                          dict(model='m', strategy='survival', removed=2, blocks_total=9, top1=80.5),
                          dict(model='m', strategy='greedy', removed=2, blocks_total=9, top1=88.25)],
-                  latencies=[dict(machine='CPU one', date='d1', rows=dict(
+                  latencies=[dict(machine='CPU one', date='d1', threads=2, rows=dict(
                       a=dict(keep=9, precision='fp32', batch1_median_ms=4.0, batch64_images_per_s=300, top1=90.0),
                       b=dict(keep=7, precision='int8', batch1_median_ms=2.0, batch64_images_per_s=600, top1=88.0))),
-                      dict(machine='CPU two', date='d2', rows=dict(
+                      dict(machine='CPU two', date='d2', threads=1, graphs='export', rows=dict(
                           a=dict(keep=9, precision='fp32', batch1_median_ms=3.0, batch64_images_per_s=400, top1=90.0),
                           b=dict(keep=7, precision='int8', batch1_median_ms=1.0, batch64_images_per_s=900, top1=88.1)))],
                   paired=[dict(strategy='greedy', removed=2, sd_top1=88.25, constant_top1=87.0,
@@ -347,7 +347,8 @@ def test_model_cards_depth_table_is_the_benchmark_record(tmp_path):
     assert '| 0 | 9 | 90.00 | 90.00 | 90.00 |' in text
     assert '| 2 | 7 | 80.50 | – | 88.25 |' in text and '| 4 | 5 | – | – | – |' in text
     # one latency table per CPU, each speed-up against that CPU's own full-depth fp32 graph
-    one, two = text.index('CPU one, d1:'), text.index('CPU two, d2:')
+    one = text.index('CPU one, d1, 2 intra-op thread(s), greedy + BN graphs built by this script (not healed):')
+    two = text.index('CPU two, d2, 1 intra-op thread(s), the graphs `sdzoo export --keep-blocks N --int8')
     assert one < text.index('| 7 | int8 | 2.00 | 2.00x | 600 | 88.00 |') < two
     assert two < text.index('| 7 | int8 | 1.00 | 3.00x | 900 | 88.10 |')
     assert '| greedy | 2 | 88.25 | 87.00 | -1.25 | [-2.00, -0.50] | 0.001 | differ |' in text
@@ -388,3 +389,64 @@ def test_depth_report_adds_this_machines_latency_to_the_committed_record(repo_ro
     md = (results / 'depth.md').read_text()
     assert '### CPU A' in md and '### CPU B' in md and 'Measured new B' in md and 'old B' not in md
     assert '| 36 | int8 | 1.33 | 3.00x |' in md  # against CPU B's own full-depth fp32 graph (4.00 ms)
+
+    # one run timing the export's graphs at 1 and 2 threads writes a list: each thread count is its own table,
+    # beside (not over) CPU B's run on graphs this script built; a rerun replaces only its own kind
+    def export_run(threads, ms, date):
+        return dict(lat('CPU B', ms, date), threads=threads, graphs='export', thread_counts=[1, 2])
+    (work / 'latency.json').write_text(json.dumps([export_run(1, 3.0, 'x1'), export_run(2, 2.0, 'x2')]))
+    done = subprocess.run([sys.executable, str(repo_root / 'benchmarks' / 'depth.py'), '--phase', 'report',
+                           '--work', str(work), '--results', str(results)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((results / 'depth.json').read_text())
+    assert [(r['machine'], r['threads'], r['date']) for r in record['latencies']] == [
+        ('CPU A', 2, 'old A'), ('CPU B', 2, 'new B'), ('CPU B', 1, 'x1'), ('CPU B', 2, 'x2')]
+    md = (results / 'depth.md').read_text()
+    assert '### CPU B: 1 intra-op thread(s), the graphs `sdzoo export' in md
+    assert '### CPU B: 2 intra-op thread(s), greedy + BN graphs built by this script (not healed)' in md
+    assert 'all 8 sessions (4 graphs x 1, 2 intra-op thread(s))' in md
+    assert '| 36 | int8 | 1.00 | 3.00x |' in md  # the 1-thread table against its own 1-thread fp32 (3.00 ms)
+
+
+def test_depth_latency_reads_the_entries_sdzoo_export_wrote(repo_root, tmp_path):
+    """benchmarks/depth.py --phase latency --repository DIR times what `sdzoo export [--keep-blocks N] [--int8]`
+    wrote: blocks kept, precision and both gates come from each graph's sdzoo metadata, two entries of one kind are
+    refused (which one would the table show?), and an empty directory says what to run."""
+    import importlib.util
+    import json
+    import sys
+    import onnx
+    from onnx import TensorProto, helper
+
+    def entry(name, **meta):
+        node = helper.make_node('Identity', ['x'], ['y'])
+        graph = helper.make_graph([node], 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph)
+        for k, v in meta.items():
+            model.metadata_props.add(key=k, value=v)
+        (tmp_path / 'repo' / name / '1').mkdir(parents=True)
+        onnx.save(model, str(tmp_path / 'repo' / name / '1' / 'model.onnx'))
+
+    gate = dict(top1_fp32=90.3, top1_int8=90.2, images=5000)
+    depth = dict(kept_blocks=['b0', 'b2'], strategy='greedy', heal=dict(steps=300),
+                 accuracy=dict(top1_fp32=91.0, top1_int8=90.5, images=4500, max_drop_points=0.5))
+    entry('net')
+    entry('net_int8', **{'sdzoo.precision': 'int8', 'sdzoo.accuracy': json.dumps(gate)})
+    entry('net_k2', **{'sdzoo.precision': 'fp32', 'sdzoo.depth': json.dumps(depth)})
+    sys.path.insert(0, str(repo_root / 'benchmarks'))
+    try:
+        spec = importlib.util.spec_from_file_location('bench_depth', repo_root / 'benchmarks' / 'depth.py')
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(repo_root / 'benchmarks'))
+    files = bench.repository_graphs(tmp_path / 'repo', n_total=3)
+    assert list(files) == ['keep3_fp32', 'keep3_int8', 'keep2_fp32']
+    assert files['keep3_int8']['gate']['top1_int8'] == 90.2 and 'gate' not in files['keep3_fp32']
+    assert files['keep2_fp32']['depth_gate']['images'] == 4500 and files['keep2_fp32']['entry'] == 'net_k2'
+    entry('net_again')  # a second full-depth fp32 graph
+    with pytest.raises(SystemExit, match='two entries with 3 blocks at fp32'):
+        bench.repository_graphs(tmp_path / 'repo', n_total=3)
+    with pytest.raises(SystemExit, match='no \\*/1/model.onnx entries'):
+        bench.repository_graphs(tmp_path / 'empty', n_total=3)

@@ -19,7 +19,8 @@ from ..train.records import clean_epoch_labels, hardware_summary
 from .comparison import (comparison_section, load_epoch_benchmarks, load_runs, load_step_benchmarks,
                          plot_comparison)
 
-__all__ = ['DATASET_NAMES', 'COMPARISON_FIGURE', 'render_cards', 'write_cards', 'data_location']
+__all__ = ['DATASET_NAMES', 'COMPARISON_FIGURE', 'render_cards', 'write_cards', 'data_location', 'latency_base',
+           'latency_title']
 
 # how each data set is named on cards (the shared CIFAR-10 copy is JPEG re-encoded: say so)
 DATASET_NAMES = {
@@ -274,6 +275,14 @@ def latency_base(rows: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
                  and r.get('keep') == max(x.get('keep', 0) for x in rows.values())), None)
 
 
+def latency_title(run: Dict[str, Any]) -> str:
+    """What one latency table timed: its thread count and where its graphs came from."""
+    graphs = ('the graphs `sdzoo export --keep-blocks N --int8 --data cifar10 --repository DIR` wrote (greedy + BN + '
+              'heal)' if run.get('graphs') == 'export' else 'greedy + BN graphs built by this script (not healed)')
+    threads = f"{run['threads']} intra-op thread(s)" if run.get('threads') else 'intra-op threads not recorded'
+    return f'{threads}, {graphs}'
+
+
 def depth_section(results: Path) -> List[str]:
     """Depth on demand from ``benchmarks/results/depth.json`` (``python benchmarks/depth.py``): top-1 against blocks
     removed per model and strategy, and the measured ONNX latency of the pruned exports."""
@@ -318,13 +327,14 @@ def depth_section(results: Path) -> List[str]:
                 ] + paired_table(paired)
     latencies = d.get('latencies') or []
     if latencies:
-        out += ['### Latency of the pruned exports (sd_resnet110.sd_cifar10, greedy + BN)', '',
-                'onnxruntime, 2 threads, every graph round-robin in one process, one table per CPU: median batch-1 '
-                'latency and batch-64 throughput (`python benchmarks/depth.py --phase latency`).', '']
+        out += ['### Latency of the pruned exports (sd_resnet110.sd_cifar10)', '',
+                'onnxruntime, every graph round-robin in one process, one table per CPU, thread count and graph '
+                'source: median batch-1 latency and batch-64 throughput (`python benchmarks/depth.py --phase '
+                'latency`; the command of each run is in benchmarks/results/depth.md).', '']
     for lat in latencies:
         rows = lat.get('rows') or {}
         base = latency_base(rows)
-        out += [f"{lat.get('machine', '?')}, {lat.get('date', '?')}:", '',
+        out += [f"{lat.get('machine', '?')}, {lat.get('date', '?')}, {latency_title(lat)}:", '',
                 '| blocks kept | precision | batch-1 ms | batch-1 speed-up | batch-64 images/s | test top-1 % |',
                 '|---:|---|---:|---:|---:|---:|']
         for r in sorted(rows.values(), key=lambda r: (-r['keep'], r['precision'])):
