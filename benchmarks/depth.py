@@ -411,14 +411,14 @@ def repository_graphs(repo: Path, n_total: int) -> Dict[str, Dict]:
                    heal=depth.get('heal'), strategy=depth.get('strategy'), depth_gate=depth.get('accuracy'))
         if precision == 'int8':
             row['gate'] = dict(json.loads(meta.get('sdzoo.accuracy') or '{}'), refused=None)
-        key = f'keep{keep}_{precision}'
-        if key in files:
-            raise SystemExit(f'{repo}: two entries with {keep} blocks at {precision} '
-                             f'({files[key]["entry"]}, {row["entry"]}): keep one')
-        files[key] = row
+        files[row['entry']] = row  # two graphs may keep as many blocks (e.g. chosen by two strategies)
     if not files:
         raise SystemExit(f'{repo}: no */1/model.onnx entries (write them with sdzoo export --repository {repo})')
-    return dict(sorted(files.items(), key=lambda kv: (-kv[1]['keep'], kv[1]['precision'])))
+    full = [r['entry'] for r in files.values() if r['precision'] == 'fp32' and r['keep'] == n_total]
+    if len(full) != 1:
+        raise SystemExit(f'{repo}: the speed-ups are against one full-depth fp32 entry, found {len(full)}'
+                         + (f' ({", ".join(full)})' if full else ' (add it: sdzoo export NAME --repository DIR)'))
+    return dict(sorted(files.items(), key=lambda kv: (-kv[1]['keep'], kv[1]['precision'], kv[0])))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -743,7 +743,8 @@ def report(args) -> None:
             if dg:  # prune_depth's gate: the full network against the pruned one (fp32), --max-accuracy-drop
                 gate = (f"depth: full {dg['top1_fp32']:.2f} -> {dg['top1_int8']:.2f} on {dg['images']} val images, "
                         f"allowed drop {dg['max_drop_points']:g}" + (f'; {gate}' if gate else ''))
-            md.append(f"| {r['keep']} | {r['precision']} | {r['batch1_median_ms']:.2f} | "
+            kept = f"{r['keep']} (`{r['entry']}`)" if r.get('entry') else f"{r['keep']}"
+            md.append(f"| {kept} | {r['precision']} | {r['batch1_median_ms']:.2f} | "
                       f"{base['batch1_median_ms'] / r['batch1_median_ms']:.2f}x | {r['batch64_images_per_s']:.0f} | "
                       f"{r['batch64_images_per_s'] / base['batch64_images_per_s']:.2f}x | {r['top1']:.2f} | {gate} |")
         md.append('')

@@ -115,6 +115,24 @@ def test_greedy_keeps_accuracy_at_mild_cut(r20, cifar_small):
     assert cut >= full - 5, (full, cut)
 
 
+def test_greedy_ranks_by_kl_per_unit_saved_when_told(r20, cifar_small):
+    """``greedy_order(..., saving=)`` ranks a candidate by its KL increase divided by what removing it saves (e.g. its
+    measured latency): equal savings give the plain order, and a block that saves far more than the others goes first
+    even when the plain order takes it late. The KL after each removal stays the real KL, not the ratio."""
+    from sdzoo.models.depth import greedy_order
+    x, _ = load_images(r20, str(cifar_small), 'val', 64, 0)
+    plain = greedy_order(r20, x, 4)
+    assert greedy_order(r20, x, 4, saving={b.name: 3.0 for b in residual_blocks(r20)}) == plain
+    late = greedy_order(r20, x)[-1][0]  # the block plain greedy keeps longest
+    weighted = greedy_order(r20, x, 4, saving={late: 1e6})
+    assert weighted[0][0] == late and weighted[0][0] != plain[0][0]
+    assert weighted[0][1] > plain[0][1] > 0  # the KL of removing the costly block first, not KL / 1e6
+    with pytest.raises(ValueError, match="no residual block 'layer9.0'"):
+        greedy_order(r20, x, 1, saving={'layer9.0': 2.0})
+    with pytest.raises(ValueError, match='finite and > 0'):
+        greedy_order(r20, x, 1, saving={late: 0.0})
+
+
 @torch.no_grad()
 def _kl_to(teacher, student, x) -> float:
     t = torch.log_softmax(teacher(x), -1)
@@ -410,8 +428,9 @@ def test_depth_report_adds_this_machines_latency_to_the_committed_record(repo_ro
 
 def test_depth_latency_reads_the_entries_sdzoo_export_wrote(repo_root, tmp_path):
     """benchmarks/depth.py --phase latency --repository DIR times what `sdzoo export [--keep-blocks N] [--int8]`
-    wrote: blocks kept, precision and both gates come from each graph's sdzoo metadata, two entries of one kind are
-    refused (which one would the table show?), and an empty directory says what to run."""
+    wrote: blocks kept, precision and both gates come from each graph's sdzoo metadata, rows are keyed by entry (two
+    strategies may keep as many blocks), exactly one full-depth fp32 entry is the base, and an empty directory says
+    what to run."""
     import importlib.util
     import json
     import sys
@@ -441,12 +460,14 @@ def test_depth_latency_reads_the_entries_sdzoo_export_wrote(repo_root, tmp_path)
         spec.loader.exec_module(bench)
     finally:
         sys.path.remove(str(repo_root / 'benchmarks'))
+    entry('net_k2b', **{'sdzoo.precision': 'fp32', 'sdzoo.depth': json.dumps(dict(depth, strategy='survival'))})
     files = bench.repository_graphs(tmp_path / 'repo', n_total=3)
-    assert list(files) == ['keep3_fp32', 'keep3_int8', 'keep2_fp32']
-    assert files['keep3_int8']['gate']['top1_int8'] == 90.2 and 'gate' not in files['keep3_fp32']
-    assert files['keep2_fp32']['depth_gate']['images'] == 4500 and files['keep2_fp32']['entry'] == 'net_k2'
-    entry('net_again')  # a second full-depth fp32 graph
-    with pytest.raises(SystemExit, match='two entries with 3 blocks at fp32'):
+    assert list(files) == ['net', 'net_int8', 'net_k2', 'net_k2b']  # two 2-block graphs, told apart by entry
+    assert [(r['keep'], r['precision']) for r in files.values()] == [(3, 'fp32'), (3, 'int8'), (2, 'fp32'), (2, 'fp32')]
+    assert files['net_int8']['gate']['top1_int8'] == 90.2 and 'gate' not in files['net']
+    assert files['net_k2']['depth_gate']['images'] == 4500 and files['net_k2b']['strategy'] == 'survival'
+    entry('net_again')  # a second full-depth fp32 graph: which one are the speed-ups against?
+    with pytest.raises(SystemExit, match='one full-depth fp32 entry, found 2 \\(net, net_again\\)'):
         bench.repository_graphs(tmp_path / 'repo', n_total=3)
     with pytest.raises(SystemExit, match='no \\*/1/model.onnx entries'):
         bench.repository_graphs(tmp_path / 'empty', n_total=3)
