@@ -398,8 +398,8 @@ def run_latency(args) -> Dict:
 
 
 def repository_graphs(repo: Path, n_total: int) -> Dict[str, Dict]:
-    """The entries ``sdzoo export [--keep-blocks N] [--int8] --repository REPO`` wrote, keyed like the graphs the
-    latency phase builds itself; blocks kept, precision and INT8 gate read from each graph's sdzoo metadata."""
+    """The entries ``sdzoo export [--keep-blocks N] [--int8] --repository REPO`` wrote, keyed by entry name; blocks
+    kept, precision and both gates (depth, INT8) read from each graph's sdzoo metadata."""
     import onnx
     files: Dict[str, Dict] = {}
     for path in sorted(repo.glob('*/1/model.onnx')):

@@ -365,7 +365,7 @@ def test_model_cards_depth_table_is_the_benchmark_record(tmp_path):
     assert '| 0 | 9 | 90.00 | 90.00 | 90.00 |' in text
     assert '| 2 | 7 | 80.50 | – | 88.25 |' in text and '| 4 | 5 | – | – | – |' in text
     # one latency table per CPU, each speed-up against that CPU's own full-depth fp32 graph
-    one = text.index('CPU one, d1, 2 intra-op thread(s), greedy + BN graphs built by this script (not healed):')
+    one = text.index('CPU one, d1, 2 intra-op thread(s), greedy + BN graphs built by benchmarks/depth.py (not healed):')
     two = text.index('CPU two, d2, 1 intra-op thread(s), the graphs `sdzoo export --keep-blocks N --int8')
     assert one < text.index('| 7 | int8 | 2.00 | 2.00x | 600 | 88.00 |') < two
     assert two < text.index('| 7 | int8 | 1.00 | 3.00x | 900 | 88.10 |')
@@ -421,7 +421,7 @@ def test_depth_report_adds_this_machines_latency_to_the_committed_record(repo_ro
         ('CPU A', 2, 'old A'), ('CPU B', 2, 'new B'), ('CPU B', 1, 'x1'), ('CPU B', 2, 'x2')]
     md = (results / 'depth.md').read_text()
     assert '### CPU B: 1 intra-op thread(s), the graphs `sdzoo export' in md
-    assert '### CPU B: 2 intra-op thread(s), greedy + BN graphs built by this script (not healed)' in md
+    assert '### CPU B: 2 intra-op thread(s), greedy + BN graphs built by benchmarks/depth.py (not healed)' in md
     assert 'all 8 sessions (4 graphs x 1, 2 intra-op thread(s))' in md
     assert '| 36 | int8 | 1.00 | 3.00x |' in md  # the 1-thread table against its own 1-thread fp32 (3.00 ms)
 

@@ -278,7 +278,7 @@ def latency_base(rows: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 def latency_title(run: Dict[str, Any]) -> str:
     """What one latency table timed: its thread count and where its graphs came from."""
     graphs = ('the graphs `sdzoo export --keep-blocks N --int8 --data cifar10 --repository DIR` wrote (greedy + BN + '
-              'heal)' if run.get('graphs') == 'export' else 'greedy + BN graphs built by this script (not healed)')
+              'heal)' if run.get('graphs') == 'export' else 'greedy + BN graphs built by benchmarks/depth.py (not healed)')
     threads = f"{run['threads']} intra-op thread(s)" if run.get('threads') else 'intra-op threads not recorded'
     return f'{threads}, {graphs}'
 
