@@ -1,8 +1,10 @@
 """Research (issue 50): greedy block removal ranked by KL increase per microsecond saved, instead of per block.
 
 onnxruntime's profile of the INT8 sd_resnet110.sd_cifar10 graph (Intel Xeon AMX, family 6 model 207, 1 thread,
-batch 1) puts an INT8 residual block at 32x32x16 at about 47 us, at 16x16x32 at 28.7 us and at 8x8x64 at 25.0 us
-(two QLinearConv + one QLinearAdd each), so removing a first-stage block saves nearly twice as much. This script
+batch 1; ``python benchmarks/ort_profile.py FP32 INT8 --by-shape``, benchmarks/results/ort_profile_r110_shapes_amx207.md,
+which a second profile reproduced within 2%) puts an INT8 residual block at 32x32x16 at about 47 us, at 16x16x32 at
+28.7 us and at 8x8x64 at 25.0 us (two QLinearConv + one QLinearAdd each), so removing a first-stage block saves nearly
+twice as much. This script
 chooses ``--keep`` blocks with ``sdzoo.models.depth.greedy_order(..., saving=STAGE_US)`` on the same 500 held-out
 training images ``prune_depth`` uses, then does what ``sdzoo export --keep-blocks N --int8 --data cifar10`` does after
 choosing (BatchNorm re-estimation, 300 heal steps, ONNX export, INT8 with its accuracy gate) and writes the pair into
