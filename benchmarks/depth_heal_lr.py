@@ -68,12 +68,14 @@ def measure(args) -> None:
             rows = [dict(kw, lr=0, steps=0, val=top1(base, xv, yv), test=top1(base, xt, yt))]
             for lr in args.lrs:
                 for temperature in args.temperatures:
-                    t0 = time.time()
-                    healed = copy.deepcopy(base)
-                    info = heal(healed, model, heal_x, args.steps, lr=lr, temperature=temperature, seed=0)
-                    rows.append(dict(kw, lr=lr, temperature=temperature, steps=args.steps, val=top1(healed, xv, yv),
-                                     test=top1(healed, xt, yt), seconds=round(time.time() - t0),
-                                     kl_last=info.get('kl_last')))
+                    for fw in args.feature_weights:
+                        t0 = time.time()
+                        healed = copy.deepcopy(base)
+                        info = heal(healed, model, heal_x, args.steps, lr=lr, temperature=temperature, seed=0,
+                                    feature_weight=fw)
+                        rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
+                                         val=top1(healed, xv, yv), test=top1(healed, xt, yt),
+                                         seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
             with open(args.out, 'a') as f:
                 for r in rows:
                     print({k: v for k, v in r.items() if k != 'removed_blocks'}, flush=True)
@@ -88,18 +90,22 @@ def report(path: Path) -> str:
            'ResNets, AdamW for the ViT) at each learning rate; top-1 on validation images held out of training (what '
            'chooses the default: all 5,000, or the 3,000 that neither calibration draw used) and on the 10,000 test '
            'images of CIFAR-10 (JPEG q75 copy). lr 0: not healed. Temperature: of the distillation (heal\'s '
-           'default 1); at 18 removed, temperature 4 diverged (loss NaN, every image one class: 10%).', '',
+           'default 1); at 18 removed, temperature 4 diverged (loss NaN, every image one class: 10%). Stage-output '
+           'weight: heal\'s feature_weight, the layer1..3 outputs matched to the full network\'s besides the logits '
+           '(0: logits only, the default).', '',
            'Machine and load of every row (as recorded in the .jsonl):', '']
     out += [f'- {m}; {n}' for m, n in dict.fromkeys((r.get('machine', '?'), r.get('note', '')) for r in rows)]
-    out += ['', '| model | blocks removed | greedy calibration images | lr | temperature | steps | val images '
-            '| val top-1 % | test top-1 % | heal seconds | date |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+    out += ['', '| model | blocks removed | greedy calibration images | lr | temperature | stage-output weight | steps '
+            '| val images | val top-1 % | test top-1 % | heal seconds | date |',
+            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
     def order(r):
         return (r['model'], r['cut'], r.get('val_images', 5000), r.get('calibration_images', 500), r['lr'],
-                r.get('temperature', 1.0), r['steps'])
+                r.get('temperature', 1.0), r.get('feature_weight') or 0.0, r['steps'])
     for r in sorted(rows, key=order):
         temperature = f"{r.get('temperature', 1.0):g}" if r['lr'] else '-'
+        features = f"{r.get('feature_weight') or 0.0:g}" if r['lr'] else '-'
         out.append(f"| {r['model']} | {r['cut']} | {r.get('calibration_images', 500)} | {r['lr'] or '-'} "
-                   f"| {temperature} | {r['steps'] or '-'} | {r.get('val_images', 5000)} | {r['val']:.2f} "
+                   f"| {temperature} | {features} | {r['steps'] or '-'} | {r.get('val_images', 5000)} | {r['val']:.2f} "
                    f"| {r['test']:.2f} | {r.get('seconds', '')} | {r.get('date', '')} |")
     out += ['', 'Commands:', ''] + [f'    {c}' for c in dict.fromkeys(r['command'] for r in rows if r.get('command'))]
     return '\n'.join(out) + '\n'
@@ -112,6 +118,8 @@ def main(argv=None) -> int:
     p.add_argument('--lrs', nargs='+', type=float, default=[0.002, 0.005])
     p.add_argument('--temperatures', nargs='+', type=float, default=[1.0],
                    help="distillation temperatures (heal's default 1), each at every lr")
+    p.add_argument('--feature-weights', nargs='+', type=float, default=[0.0],
+                   help="weight of the stage-output matching term (heal's feature_weight; default 0: logits only)")
     p.add_argument('--steps', type=int, default=300)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--work', default='/tmp/depth')

@@ -160,6 +160,38 @@ def test_heal_distils_the_full_model_into_the_pruned_one(r20, cifar_small):
     assert all(torch.equal(before[k], v) for k, v in r20.state_dict().items())
 
 
+def test_heal_can_match_stage_outputs_too(r20, cifar_small):
+    """heal(..., feature_weight=w) adds the stages' outputs (layer1..3) to the loss: with it, the pruned network's
+    stage outputs end closer to the full one's than a logits-only heal of the same steps leaves them; the hooks it
+    used are gone afterwards, and the record names the stages."""
+    import copy
+    from sdzoo.models.depth import heal, remove_blocks
+    x, _ = load_images(r20, str(cifar_small), 'train', 200, 2)
+    gone = ['layer1.1', 'layer2.1']
+    students = {w: remove_blocks(copy.deepcopy(r20).eval(), gone) for w in (0.0, 10.0)}
+
+    def hooks(model) -> list:
+        return [len(m._forward_hooks) for m in model.modules()]
+    before = hooks(r20), hooks(students[10.0])
+    infos = {w: heal(s, r20, x, 40, seed=0, feature_weight=w) for w, s in students.items()}
+    assert (hooks(r20), hooks(students[10.0])) == before  # heal's own hooks are gone
+    assert infos[10.0]['feature_stages'] == ['layer1', 'layer2', 'layer3'] and 'feature_stages' not in infos[0.0]
+
+    @torch.no_grad()
+    def stage_outputs(model) -> list:
+        out: list = []
+        hooks = [getattr(model, n).register_forward_hook(lambda m, i, o: out.append(o)) for n in ('layer1', 'layer2', 'layer3')]
+        model(x[:64])
+        for h in hooks:
+            h.remove()
+        return out
+
+    def stage_gap(student) -> float:
+        return sum(((s - t) ** 2).mean().item() / (t ** 2).mean().item()
+                   for s, t in zip(stage_outputs(student), stage_outputs(r20)))
+    assert stage_gap(students[10.0]) < stage_gap(students[0.0])
+
+
 def test_heal_defaults_follow_the_architecture():
     """SGD at lr 0.002 for a BatchNorm convnet, AdamW at 1e-4 for a ViT (the rates depth_heal_lr.md chose on held-out
     training images); the student moves, the teacher does not."""

@@ -325,9 +325,32 @@ def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
     return out
 
 
+def _stage_modules(model: nn.Module) -> List[str]:
+    """Names of the modules that hold residual blocks (a ResNet's layer1..4, a ViT's blocks): their outputs are the
+    features :func:`heal` can match."""
+    return list(dict.fromkeys(b.name.rsplit('.', 1)[0] for b in residual_blocks(model) if '.' in b.name))
+
+
+class _StageOutputs:
+    """Forward hooks that keep the named modules' latest outputs."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        self.out: Dict[str, torch.Tensor] = {}
+        self.handles = [model.get_submodule(n).register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name: str):
+        def hook(_module, _inputs, output):
+            self.out[name] = output
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, batch_size: int = 64,
          lr: Optional[float] = None, temperature: float = 1.0, train_bn: bool = False, augment: bool = True,
-         seed: int = 0, log: Optional[Callable[[str], None]] = None) -> Dict:
+         seed: int = 0, log: Optional[Callable[[str], None]] = None, feature_weight: float = 0.0) -> Dict:
     """Distil ``teacher`` (the full network) into ``student`` (its pruned copy) in place: ``steps`` SGD steps on
     (augmented) training images ``x``, loss KL(teacher || student) at ``temperature``, cosine-decayed. Needs no
     labels. The student runs as it is served (eval mode: every kept block scaled by its p_l, BatchNorms on
@@ -338,7 +361,8 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
     0.002, 90.22 at 0.005; at 36 blocks 89.08 -> 89.70 at 0.002): lr 0.01 cost the mild cuts (test 90.05 at 42 blocks
     against 90.33 unhealed, benchmarks/results/depth.md). AdamW's default 1e-4 likewise (the CIFAR ViT, 7 blocks; val
     top-1 with 1 / 2 removed: 83.06 / 80.10 unhealed, 83.54 / 80.58 at 1e-5, 83.80 / 80.84 at 3e-5, 83.92 / 81.72 at
-    1e-4; benchmarks/results/depth_heal_lr.md)."""
+    1e-4; benchmarks/results/depth_heal_lr.md). ``feature_weight`` > 0 adds the stages' outputs to the loss
+    (mean squared difference to the teacher's, over the teacher's mean square, per stage, times the weight)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f'heal steps must be an int >= 0, got {steps!r}')
     if not steps:
@@ -358,6 +382,8 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
     for m in bns if train_bn else ():
         m.train()
     losses: List[float] = []
+    stages = _stage_modules(teacher) if feature_weight else []
+    t_feats, s_feats = _StageOutputs(teacher, stages), _StageOutputs(student, stages)
     try:
         for step in range(steps):
             xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=g)]
@@ -366,6 +392,9 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
                 target = F.log_softmax(teacher(xb) / temperature, -1)
             loss = F.kl_div(F.log_softmax(student(xb) / temperature, -1), target, log_target=True,
                             reduction='batchmean') * temperature ** 2
+            for n in stages:
+                ft = t_feats.out[n].detach()
+                loss = loss + feature_weight * F.mse_loss(s_feats.out[n], ft) / ft.pow(2).mean().clamp_min(1e-12)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -374,10 +403,14 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
             if log and (step + 1) % max(1, steps // 10) == 0:
                 log(f'heal step {step + 1}/{steps}: KL {statistics.fmean(losses[-10:]):.4f}')
     finally:
+        t_feats.close()
+        s_feats.close()
         student.eval()
         for p_ in params:
             p_.grad = None
+    extra = dict(feature_weight=feature_weight, feature_stages=stages) if feature_weight else {}
     return dict(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, train_bn=train_bn, augment=augment,
+                **extra,
                 optimizer=type(opt).__name__, kl_first=round(statistics.fmean(losses[:10]), 5),
                 kl_last=round(statistics.fmean(losses[-10:]), 5))
 
