@@ -362,7 +362,8 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
     against 90.33 unhealed, benchmarks/results/depth.md). AdamW's default 1e-4 likewise (the CIFAR ViT, 7 blocks; val
     top-1 with 1 / 2 removed: 83.06 / 80.10 unhealed, 83.54 / 80.58 at 1e-5, 83.80 / 80.84 at 3e-5, 83.92 / 81.72 at
     1e-4; benchmarks/results/depth_heal_lr.md). ``feature_weight`` > 0 adds the stages' outputs to the loss
-    (mean squared difference to the teacher's, over the teacher's mean square, per stage, times the weight)."""
+    (mean squared difference to the teacher's, over the teacher's mean square, per stage, times the weight); the
+    record's ``kl_first`` / ``kl_last`` are then the whole loss."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f'heal steps must be an int >= 0, got {steps!r}')
     if not steps:
