@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import shlex
 import sys
@@ -66,16 +67,13 @@ def measure(args) -> None:
             bn_recalibrate(base, bn_x)
             kw = dict(common, cut=cut, calibration_images=n_cal, val_images=len(yv), removed_blocks=order[:cut])
             rows = [dict(kw, lr=0, steps=0, val=top1(base, xv, yv), test=top1(base, xt, yt))]
-            for lr in args.lrs:
-                for temperature in args.temperatures:
-                    for fw in args.feature_weights:
-                        t0 = time.time()
-                        healed = copy.deepcopy(base)
-                        info = heal(healed, model, heal_x, args.steps, lr=lr, temperature=temperature, seed=0,
-                                    feature_weight=fw)
-                        rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
-                                         val=top1(healed, xv, yv), test=top1(healed, xt, yt),
-                                         seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
+            for lr, temperature, fw in itertools.product(args.lrs, args.temperatures, args.feature_weights):
+                t0 = time.time()
+                healed = copy.deepcopy(base)
+                info = heal(healed, model, heal_x, args.steps, lr=lr, temperature=temperature, seed=0, feature_weight=fw)
+                rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
+                                 val=top1(healed, xv, yv), test=top1(healed, xt, yt),
+                                 seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
             with open(args.out, 'a') as f:
                 for r in rows:
                     print({k: v for k, v in r.items() if k != 'removed_blocks'}, flush=True)

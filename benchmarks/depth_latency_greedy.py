@@ -19,7 +19,6 @@ Results: benchmarks/results/depth_latency_greedy.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
@@ -39,22 +38,13 @@ def main(argv=None) -> int:
     import torch
     import sdzoo
     from sdzoo.export.quantize import quantize_onnx
-    from sdzoo.models.depth import bn_recalibrate, greedy_order, heal, load_images, remove_blocks, residual_blocks
+    from sdzoo.models.depth import residual_blocks
     torch.set_num_threads(args.threads)
     model = timm.create_model('sd_resnet110.sd_cifar10', pretrained=True).eval()
-    infos = residual_blocks(model)
-    saving = {b.name: STAGE_US[b.name.split('.')[0]] for b in infos}
-    calib, cdesc = load_images(model, 'cifar10', 'val', 500, 0)  # prune_depth's draws: val seed 0, train 1 and 2
-    order = [n for n, _ in greedy_order(model, calib, len(infos) - args.keep, saving=saving, log=print)]
-    pruned = remove_blocks(copy.deepcopy(model).eval(), order)
-    x, bdesc = load_images(model, 'cifar10', 'train', 2000, 1)
-    bn_recalibrate(pruned, x)
-    x, hdesc = load_images(model, 'cifar10', 'train', 20000, 2)
-    info = heal(pruned, model, x, 300, seed=0)
-    pruned.pretrained_cfg = dict(pruned.pretrained_cfg or {}, depth=dict(
-        kept_blocks=[b.name for b in infos if b.name not in set(order)], removed_blocks=order,
-        strategy='greedy, KL per us saved (research)', blocks_total=len(infos), calibration=cdesc,
-        bn_recalibration=bdesc, heal=dict(info, images=hdesc)))
+    saving = {b.name: STAGE_US[b.name.split('.')[0]] for b in residual_blocks(model)}
+    # what sdzoo export --keep-blocks does (greedy on 500 held-out images, BN, 300 heal steps), ranked per us saved
+    pruned = sdzoo.prune_depth(model, args.keep, data='cifar10', saving=saving, log=print)
+    order = pruned.pretrained_cfg['depth']['removed_blocks']
     name = f'sd_resnet110_k{args.keep}lat'
     fp32 = Path(args.repository) / name / '1' / 'model.onnx'
     int8 = Path(args.repository) / f'{name}_int8' / '1' / 'model.onnx'
@@ -62,7 +52,7 @@ def main(argv=None) -> int:
         f.parent.mkdir(parents=True, exist_ok=True)
     sdzoo.export_onnx(pruned, fp32, model_name='sd_resnet110', tag='sd_cifar10', write_report=False)
     report = quantize_onnx(fp32, int8, data='cifar10', max_accuracy_drop=args.max_accuracy_drop, write_report=False)
-    print(json.dumps(dict(removed=order, per_stage={s: sum(n.startswith(s) for n in order) for s in STAGE_US},
+    print(json.dumps(dict(removed_in_block_order=order, per_stage={s: sum(n.startswith(s) for n in order) for s in STAGE_US},
                           int8_gate=report['accuracy'])))
     return 0
 

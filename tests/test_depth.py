@@ -131,6 +131,13 @@ def test_greedy_ranks_by_kl_per_unit_saved_when_told(r20, cifar_small):
         greedy_order(r20, x, 1, saving={'layer9.0': 2.0})
     with pytest.raises(ValueError, match='finite and > 0'):
         greedy_order(r20, x, 1, saving={late: 0.0})
+    # prune_depth passes it on (same calibration draw: 64 val images, seed 0) and records it
+    pruned = sdzoo.prune_depth(r20, keep=8, data=str(cifar_small), calibration_images=64, bn_images=0, heal_steps=0,
+                               saving={late: 1e6})
+    assert pruned.pretrained_cfg['depth']['removed_blocks'] == [late]
+    assert pruned.pretrained_cfg['depth']['saving'] == {late: 1e6}
+    with pytest.raises(ValueError, match="strategy 'survival' takes none"):
+        sdzoo.prune_depth(r20, keep=8, strategy='survival', saving={late: 2.0})
 
 
 @torch.no_grad()

@@ -460,7 +460,8 @@ def remove_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
 
 def prune_depth(model: nn.Module, keep: int, strategy: str = 'greedy', data: Optional[str] = None,
                 calibration_images: int = 500, bn_images: int = 2000, heal_steps: Optional[int] = None,
-                heal_images: int = 20000, seed: int = 0, log: Optional[Callable[[str], None]] = None) -> nn.Module:
+                heal_images: int = 20000, seed: int = 0, log: Optional[Callable[[str], None]] = None,
+                saving: Optional[Dict[str, float]] = None) -> nn.Module:
     """A copy of ``model`` keeping ``keep`` residual blocks (the others become their shortcut), in eval mode.
 
     ``strategy`` 'greedy' (default) chooses by the KL to the full model on ``calibration_images`` held-out
@@ -468,11 +469,14 @@ def prune_depth(model: nn.Module, keep: int, strategy: str = 'greedy', data: Opt
     BatchNorms after the first removed block re-estimate their statistics on ``bn_images`` training images
     (0: off), and then ``heal_steps`` steps distil the full model into the pruned one (:func:`heal`) on up to
     ``heal_images`` training images: by default :data:`DEFAULT_HEAL_STEPS` whenever ``data`` is given (0 turns
-    it off; :func:`default_heal_steps` says why). The choice is recorded in
-    ``model.pretrained_cfg['depth']``. ValueError (one line) on bad input.
+    it off; :func:`default_heal_steps` says why). ``saving`` goes to :func:`greedy_order` (KL per unit saved; research,
+    benchmarks/depth_latency_greedy.py). The choice is recorded in ``model.pretrained_cfg['depth']``. ValueError
+    (one line) on bad input.
     """
     infos = residual_blocks(model)
     n_remove = _check_keep(model, infos, keep, strategy)
+    if saving and strategy != 'greedy':
+        raise ValueError(f"saving= ranks greedy's candidates; strategy {strategy!r} takes none")
     if strategy == 'greedy' and data is None and n_remove:
         raise ValueError("strategy 'greedy' needs data= (a data set name such as cifar10, or an image folder): "
                          "it scores blocks on held-out training images")
@@ -491,7 +495,9 @@ def prune_depth(model: nn.Module, keep: int, strategy: str = 'greedy', data: Opt
             remove: List[str] = []
         elif strategy == 'greedy':
             calib, record['calibration'] = load_images(model, data, 'val', calibration_images, seed)
-            remove = [n for n, _ in greedy_order(model, calib, n_remove, log=log)]
+            remove = [n for n, _ in greedy_order(model, calib, n_remove, log=log, saving=saving)]
+            if saving:
+                record['saving'] = dict(saving)
         else:
             remove = _static_choice(infos, keep, n_remove, strategy)
     finally:

@@ -9,7 +9,7 @@ from ..models import sd_model_class
 
 __all__ = ['TrainConfig', 'recipe', 'lr_at', 'check_schedule_change', 'jsonable', 'HEAD_INITS',
            'default_batch_size', 'default_lr', 'default_lr_rule', 'default_epochs', 'default_warmup_steps',
-           'VIT_LONG_RUN_STEPS', 'VIT_MAX_FINETUNE_LR']
+           'VIT_LONG_RUN_STEPS', 'VIT_MAX_FINETUNE_LR', 'MAX_FINETUNE_LR']
 
 # --head: how a fine-tune's new classifier starts (--keep-head keeps the old one as it is)
 HEAD_INITS = ('auto', 'matched', 'probe', 'fresh')
@@ -155,7 +155,7 @@ def default_lr(batch_size: int, head: str, vit: bool = False, steps: Optional[in
     0.08 the full Fashion-MNIST run was measured at. Against 0.01 per 16 (benchmarks/results/finetune.md, 3 seeds,
     paired): random Fashion-MNIST subsets of 500 and 1,000 images +0.7 to +1.1 points on 10,000 test images, every
     seed beyond chance; f5x50 +0.5 (p 0.004); f3hard at 3 epochs +2.3 (p 0.002); the rest within chance (f3hard
-    without --epochs -0.9, p 0.22). A tenth of 0.01 per 16 for a head copied from matching class names: the network
+    without --epochs -0.9, p 0.22). 0.001 per 16 for a head copied from matching class names: the network
     already knows those classes, and on four CIFAR folders 0.005 per 16 fell up to 2.6 points below the
     restricted zero-shot (unbal) where 0.001 stayed within 0.6 (benchmarks/results/finetune.md). ViTs: AdamW,
     5e-6 per 16 matched (closest to the ViT's zero-shot on two folders, 3 seeds); a new head 5e-5 per 16, or,
