@@ -37,6 +37,16 @@ from machine import describe  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / 'results'
 
 
+def average_weights(models):
+    """The models' parameters and buffers averaged (one architecture, one start): a uniform model soup."""
+    import torch
+    out = copy.deepcopy(models[0])
+    sds = [m.state_dict() for m in models]
+    out.load_state_dict({k: (torch.stack([sd[k].float() for sd in sds]).mean(0).to(v.dtype)
+                             if v.is_floating_point() else v) for k, v in sds[0].items()})
+    return out
+
+
 def measure(args) -> None:
     import torch
     from sdzoo.models.depth import bn_recalibrate, heal, load_images
@@ -68,12 +78,20 @@ def measure(args) -> None:
             kw = dict(common, cut=cut, calibration_images=n_cal, val_images=len(yv), removed_blocks=order[:cut])
             rows = [dict(kw, lr=0, steps=0, val=top1(base, xv, yv), test=top1(base, xt, yt))]
             for lr, temperature, fw in itertools.product(args.lrs, args.temperatures, args.feature_weights):
-                t0 = time.time()
-                healed = copy.deepcopy(base)
-                info = heal(healed, model, heal_x, args.steps, lr=lr, temperature=temperature, seed=0, feature_weight=fw)
-                rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
-                                 val=top1(healed, xv, yv), test=top1(healed, xt, yt),
-                                 seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
+                healed_seeds = []
+                for seed in args.seeds:
+                    t0 = time.time()
+                    healed = copy.deepcopy(base)
+                    info = heal(healed, model, heal_x, args.steps, lr=lr, temperature=temperature, seed=seed,
+                                feature_weight=fw)
+                    healed_seeds.append(healed)
+                    rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
+                                     val=top1(healed, xv, yv), test=top1(healed, xt, yt), seed=seed,
+                                     seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
+                if len(healed_seeds) > 1:  # the heals' weights averaged (a "model soup": one start, several seeds)
+                    soup = average_weights(healed_seeds)
+                    rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
+                                     val=top1(soup, xv, yv), test=top1(soup, xt, yt), seed=f'soup {args.seeds}'))
             with open(args.out, 'a') as f:
                 for r in rows:
                     print({k: v for k, v in r.items() if k != 'removed_blocks'}, flush=True)
@@ -90,20 +108,22 @@ def report(path: Path) -> str:
            'images of CIFAR-10 (JPEG q75 copy). lr 0: not healed. Temperature: of the distillation (heal\'s '
            'default 1); at 18 removed, temperature 4 diverged (loss NaN, every image one class: 10%). Stage-output '
            'weight: heal\'s feature_weight, the layer1..3 outputs matched to the full network\'s besides the logits '
-           '(0: logits only, the default).', '',
+           '(0: logits only, the default). Heal seed: the batch draw and augmentation of `heal` (default 0); "soup": '
+           'the listed seeds\' healed weights averaged (`--seeds` with two or more).', '',
            'Machine and load of every row (as recorded in the .jsonl):', '']
     out += [f'- {m}; {n}' for m, n in dict.fromkeys((r.get('machine', '?'), r.get('note', '')) for r in rows)]
     out += ['', '| model | blocks removed | greedy calibration images | lr | temperature | stage-output weight | steps '
-            '| val images | val top-1 % | test top-1 % | heal seconds | date |',
-            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+            '| heal seed | val images | val top-1 % | test top-1 % | heal seconds | date |',
+            '|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|']
     def order(r):
         return (r['model'], r['cut'], r.get('val_images', 5000), r.get('calibration_images', 500), r['lr'],
-                r.get('temperature', 1.0), r.get('feature_weight') or 0.0, r['steps'])
+                r.get('temperature', 1.0), r.get('feature_weight') or 0.0, r['steps'], str(r.get('seed', 0)))
     for r in sorted(rows, key=order):
         temperature = f"{r.get('temperature', 1.0):g}" if r['lr'] else '-'
         features = f"{r.get('feature_weight') or 0.0:g}" if r['lr'] else '-'
         out.append(f"| {r['model']} | {r['cut']} | {r.get('calibration_images', 500)} | {r['lr'] or '-'} "
-                   f"| {temperature} | {features} | {r['steps'] or '-'} | {r.get('val_images', 5000)} | {r['val']:.2f} "
+                   f"| {temperature} | {features} | {r['steps'] or '-'} | {r.get('seed', 0) if r['lr'] else '-'} "
+                   f"| {r.get('val_images', 5000)} | {r['val']:.2f} "
                    f"| {r['test']:.2f} | {r.get('seconds', '')} | {r.get('date', '')} |")
     out += ['', 'Commands:', ''] + [f'    {c}' for c in dict.fromkeys(r['command'] for r in rows if r.get('command'))]
     return '\n'.join(out) + '\n'
@@ -119,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument('--feature-weights', nargs='+', type=float, default=[0.0],
                    help="weight of the stage-output matching term (heal's feature_weight; default 0: logits only)")
     p.add_argument('--steps', type=int, default=300)
+    p.add_argument('--seeds', nargs='+', type=int, default=[0],
+                   help='heal seeds; with two or more, also their weights averaged (a row with seed "soup")')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--work', default='/tmp/depth')
     p.add_argument('--out', default=str(RESULTS / 'depth_heal_lr.jsonl'))
