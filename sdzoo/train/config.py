@@ -7,12 +7,15 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..models import sd_model_class
 
-__all__ = ['TrainConfig', 'recipe', 'lr_at', 'check_schedule_change', 'jsonable', 'HEAD_INITS',
+__all__ = ['TrainConfig', 'recipe', 'lr_at', 'check_schedule_change', 'jsonable', 'HEAD_INITS', 'KNOWN_HEADS',
            'default_batch_size', 'default_lr', 'default_lr_rule', 'default_epochs', 'default_warmup_steps',
            'VIT_LONG_RUN_STEPS', 'VIT_MAX_FINETUNE_LR', 'MAX_FINETUNE_LR']
 
 # --head: how a fine-tune's new classifier starts (--keep-head keeps the old one as it is)
-HEAD_INITS = ('auto', 'matched', 'probe', 'fresh')
+HEAD_INITS = ('auto', 'matched', 'predicted', 'probe', 'fresh')
+# heads whose start already classifies the folder's classes: the matched recipe (3 epochs, 0.001 x bs/16) and an
+# incumbent start (sdzoo.train.selection)
+KNOWN_HEADS = ('matched', 'keep', 'predicted')
 
 
 @dataclass
@@ -61,7 +64,7 @@ class TrainConfig:
     eval_test: bool = True
     optimizer: str = 'sgd'               # sgd | adamw
     reset_head: bool = False             # fine-tuning on new classes: a fresh classifier (timm's reset_classifier)
-    head_init: str = 'fresh'             # with reset_head: auto | matched | probe | fresh (HEAD_INITS)
+    head_init: str = 'fresh'             # with reset_head: auto | matched | predicted | probe | fresh (HEAD_INITS)
     drop_last: bool = True               # False: every image every epoch, in ceil(N/bs) near-equal batches
     class_weights: str = 'none'          # none | balanced (loss weight N / (K * n_c))
     holdout: str = 'last'                # last (fixed last-N per class) | stratified (random, split_seed)

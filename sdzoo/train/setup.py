@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -116,11 +116,34 @@ class SetupMixin:
         from .finetune import resolve_head, resolve_recipe
         self.head, self.head_pairs = resolve_head(self.cfg, self.model, self.data.classes) \
             if (self.cfg.pretrained or self.cfg.pretrained_file) else ('n/a', [])
+        self.head_note: Optional[str] = None
+        if self.head in ('probe', 'predicted') and self.cfg.head_init in ('auto', 'predicted') and not self.resume_path \
+                and (getattr(self.model, 'sd_old_head', None) is not None or self.cfg.head_init == 'predicted'):
+            self._head_by_prediction(train_split)
         if None in (self.cfg.batch_size, self.cfg.lr, self.cfg.epochs, self.cfg.warmup_epochs) \
                 or self.cfg.head_init == 'auto':
             self.cfg = resolve_recipe(self.cfg, len(train_split), self.head, self.world)
             self._apply_recipe_drop_path_rate()
         self.cfg.validate()
+
+    def _head_by_prediction(self, train_split) -> None:
+        """Classes the pretrained head knows under other names (kitty/ for cat) start from its rows, like classes
+        matched by name: decided on what it predicts for the first training images of each class."""
+        from .finetune import PREDICTED_IMAGES_PER_CLASS, predicted_pairs
+        labels = train_split.labels
+        idx = torch.cat([(labels == c).nonzero().squeeze(1)[:PREDICTED_IMAGES_PER_CLASS]
+                         for c in range(len(self.data.classes))])
+        loader = create_loader(train_split.subset(idx), 256, train=False, workers=self.cfg.workers,
+                               data_cfg=dict(self.data_cfg, input_size=self.input_size), cifar_aug=False,
+                               in_chans=self.input_size[0])
+        self.model.to(self.device)
+        with torch.no_grad():
+            pairs, why = predicted_pairs(self.model, loader, self.device)
+        if pairs:
+            self.head, self.head_pairs = 'predicted', pairs
+        elif self.cfg.head_init == 'predicted':
+            raise ValueError(f'--head predicted: {why}; use --head probe or fresh')
+        self.head_note = f"head by prediction: {why}"
 
     def _apply_recipe_drop_path_rate(self) -> None:
         """A rate the recipe chose from the data (the model was built with its weights' own): re-assign the survival
@@ -209,6 +232,8 @@ class SetupMixin:
         if self.cfg.pretrained or self.cfg.pretrained_file:
             lines = recipe_lines(self.cfg, self.head, self.head_pairs, self.data.classes, len(self.train_split),
                                  len(self.train_loader), getattr(self.model, 'sd_rebased_from', None))
+            if getattr(self, 'head_note', None):
+                lines.append('  ' + self.head_note)
         if not self.resume_path:
             loader = create_loader(self.train_split, 256, train=False, **self._loader_kwargs)
             done = init_head(self.model, self.head, self.head_pairs, loader, self.device)

@@ -46,7 +46,7 @@ def create_with_weights(cfg: Any, kwargs: Dict[str, Any]) -> nn.Module:
         kwargs = dict(kwargs, pretrained_cfg_overlay=dict(file=str(cfg.pretrained_file)))
     pretrained = cfg.pretrained or bool(cfg.pretrained_file)
     head_init = getattr(cfg, 'head_init', 'fresh')
-    if cfg.reset_head and cfg.pretrained and not cfg.pretrained_file and head_init in ('auto', 'matched', 'partial') \
+    if cfg.reset_head and cfg.pretrained and not cfg.pretrained_file and head_init in ('auto', 'matched', 'partial', 'predicted') \
             and 'num_classes' in kwargs:
         # build with the pretrained head first: its rows for class names the new data set shares are kept
         want = kwargs.pop('num_classes')

@@ -25,7 +25,7 @@ from .allocator import malloc_setting
 from ..files import atomic_write_json as _write_json, remove_orphaned_temp_files
 from .checkpoint import save_safetensors
 # the trainer's parts, one unit each; re-exported here, where they used to live
-from .config import TrainConfig, jsonable, check_schedule_change, lr_at, recipe  # noqa: F401
+from .config import KNOWN_HEADS, TrainConfig, jsonable, check_schedule_change, lr_at, recipe  # noqa: F401
 from .distributed import dist_env
 from .records import append_metrics, hardware_summary, plot_curves
 from .resume import CHECKPOINT_NAME, CheckpointMixin
@@ -106,7 +106,7 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         resume = self.resume_path
         # --select best / start-or-last: rank 0 keeps the candidate weights (it alone validates)
         self.best = BestWeights(self.out / 'best.safetensors', incumbent_start=cfg.select == 'start-or-last' and
-                                getattr(self, 'head', None) in ('matched', 'keep')) \
+                                getattr(self, 'head', None) in KNOWN_HEADS) \
             if cfg.select != 'last' and self.val_loader is not None and self.is_main else None
         src_dir: Optional[Path] = None
         if resume:
