@@ -1,6 +1,6 @@
 """Fine-tuning outcomes of `sdzoo finetune` on small image folders (issue 45).
 
-Builds the eight test folders itself (CIFAR-10 cuts from $SDZOO_DATA/cifar10, Fashion-MNIST cuts from the
+Builds the nine test folders itself (CIFAR-10 cuts from $SDZOO_DATA/cifar10, Fashion-MNIST cuts from the
 Debian IDX files), then per folder measures: zero-shot (pretrained logits restricted to the folder's classes,
 CIFAR classes only), a linear probe on all train images, today's defaults (bs 128, lr 0.01, drop_last, last-N
 holdout, fresh head), the new defaults and, for convnets, the previous default of keeping SD while fine-tuning
@@ -40,10 +40,13 @@ FOLDERS = {
     'f3hard': ('fm', {c: 125 for c in ('pullover', 'coat', 'shirt')}, 200, 300, 300),
     'f5x50': ('fm', {c: 50 for c in ('tshirt', 'trouser', 'coat', 'sneaker', 'bag')}, 200, 600, 600),
     'renamed': ('cifar', {c: 60 for c in ('cat', 'dog', 'ship')}, 60, 0, 0),
+    # the same classes and names from pictures the networks never saw: train/ from CIFAR-10 test images 100-159
+    'fresh': ('cifar_test', {c: 60 for c in ('cat', 'dog', 'ship')}, 60, 0, 100),
 }
 # folders whose CIFAR classes are saved under other names: the README cut as kitty/ doggo/ boat/ (known classes the
 # head cannot match by name; since 2026-12-08 matched by what the pretrained head predicts)
-RENAMES = {'renamed': {'cat': 'kitty', 'dog': 'doggo', 'ship': 'boat'}}
+RENAMES = {'renamed': {'cat': 'kitty', 'dog': 'doggo', 'ship': 'boat'},
+           'fresh': {'cat': 'kitty', 'dog': 'doggo', 'ship': 'boat'}}
 # the recipe flags that give today's (pre-issue-45) fine-tune defaults
 TODAY = ['--batch-size', '128', '--lr', '0.01', '--warmup-epochs', '0.5', '--drop-last', '--holdout', 'last',
          '--head', 'fresh', '--class-weights', 'none']
@@ -77,9 +80,10 @@ def build_folders(work: Path) -> None:
             dst = RENAMES.get(name, {}).get(c, c)
             for split, k, off in (('train', n, train_off), ('test', test_per, test_off)):
                 (tmp / split / dst).mkdir(parents=True, exist_ok=True)
-                if kind == 'cifar':
-                    for f in sorted(os.listdir(src / split / c))[off:off + k]:
-                        shutil.copy(src / split / c / f, tmp / split / dst / f)
+                if kind in ('cifar', 'cifar_test'):
+                    split_src = 'test' if kind == 'cifar_test' else split
+                    for f in sorted(os.listdir(src / split_src / c))[off:off + k]:
+                        shutil.copy(src / split_src / c / f, tmp / split / dst / f)
                 else:
                     x, y = fm[split]
                     for i in np.nonzero(y == FM_NAMES.index(c))[0][off:off + k]:

@@ -63,8 +63,9 @@ _FLAG_HELP = {
               'best (the epoch of best validation top-1, ties to the later epoch, the start as epoch 0) (default: '
               'last; fine-tuning: start-or-last)',
     'head_init': "fine-tuning: how the new head starts: auto (rows of the pretrained head for class names the "
-                 "folder shares with the model's label names; else, when each class's training images mostly (80%%) "
-                 'get one pretrained label and no two classes the same, those rows (kitty/ from cat: predicted); '
+                 "folder shares with the model's label names; else the rows of the labels the pretrained head gives "
+                 "each class most often, when they classify the folder's images about as well as a cross-validated "
+                 'linear probe (kitty/ from cat: predicted); '
                  'else a linear probe), matched, predicted, probe, fresh '
                  '(default: auto; --keep-head keeps the old head)',
     'class_weights': 'loss weights: balanced (N / (K * n_c) per class) or none (default: balanced fine-tuning, '
