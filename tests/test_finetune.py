@@ -394,6 +394,23 @@ def test_select_leaves_a_matched_start_only_for_a_win_beyond_chance(cifar_root, 
     assert 'hits' not in sel  # the start's per-image record stays in the checkpoint
 
 
+def test_a_long_new_head_run_makes_its_last_epoch_the_incumbent(cifar_root, tmp_path):
+    """The trainer picks the rule by head and length: a probe head trained for LAST_INCUMBENT_STEPS steps or more
+    validates the start and the last epoch image by image and records their duel; a short run keeps the old rule."""
+    from sdzoo.train.selection import LAST_INCUMBENT_STEPS
+    root = _cut(cifar_root, tmp_path / 'odd', {'cat': 12, 'ship': 12}, test=2)
+    base = ['finetune', 'sd_resnet20', '--data', str(root), '--num-classes', '2', '--threads', '1', '--workers', '0',
+            '--no-progress', '--no-test', '--head', 'probe']
+    long_epochs = -(-LAST_INCUMBENT_STEPS // 2)  # 22 training images at batch 16: 2 steps per epoch
+    assert cli_main(base + ['--epochs', str(long_epochs), '--out', str(tmp_path / 'long')]) == 0
+    assert cli_main(base + ['--epochs', '2', '--out', str(tmp_path / 'short')]) == 0
+    long_run, short_run = (json.loads((tmp_path / r / 'summary.json').read_text()) for r in ('long', 'short'))
+    assert long_run['steps'] >= LAST_INCUMBENT_STEPS > short_run['steps']
+    sel = long_run['selected']
+    assert f'at least {LAST_INCUMBENT_STEPS} steps' in sel['rule'] and sel['challenge']['incumbent'] == 'last', sel
+    assert sel['challenge']['epoch'] == long_epochs and 'strictly higher' in short_run['selected']['rule']
+
+
 @pytest.mark.timeout(300)
 def test_a_one_channel_finetune_scores_the_same_from_its_model_folder(tmp_path, capsys, fashion_mnist_root):
     """A 1-channel fine-tune (Fashion-MNIST from the RGB CIFAR weights) is trained on inputs normalized the way its
@@ -498,3 +515,35 @@ def test_an_incumbent_start_yields_only_to_a_win_beyond_chance(tmp_path):
     plain.offer(model, 0, 50.0, 0.5)
     assert plain.offer(model, 1, 55.0, 0.5, final=True) and 'hits' not in plain.record
     assert 'strictly higher' in plain.rule('start-or-last')
+
+
+def test_after_a_long_new_head_run_the_last_epoch_yields_only_to_a_start_better_beyond_chance(tmp_path):
+    """A probe start that leads the last epoch by a few of a few dozen validation images is noise: after
+    LAST_INCUMBENT_STEPS steps the last epoch stays unless the start beat it beyond chance (the sign test)."""
+    from sdzoo.train.selection import INCUMBENT_ALPHA, LAST_INCUMBENT_STEPS, BestWeights
+    model, labels = torch.nn.Linear(2, 2), torch.arange(20) % 3
+    with pytest.raises(ValueError, match='not both'):
+        BestWeights(tmp_path / 'x.safetensors', incumbent_start=True, incumbent_last=True)
+    keeper = BestWeights(tmp_path / 'best.safetensors', incumbent_last=True)
+    assert keeper.needs_hits and str(LAST_INCUMBENT_STEPS) in keeper.rule('start-or-last')
+    assert keeper.offer(model, 0, 70.0, 0.5, hits=_hits(14), labels=labels) and keeper.record['hits']['images'] == 20
+    # the start 4 images ahead, none behind: p = 1/16, not beyond chance -> the last epoch is kept all the same
+    assert keeper.offer(model, 30, 50.0, 0.6, final=True, hits=_hits(10), labels=labels)
+    duel = keeper.record['challenge']
+    assert keeper.record['epoch'] == 30 and duel['incumbent'] == 'last' and duel['p'] == pytest.approx(1 / 16)
+    assert (duel['wins'], duel['losses']) == (0, 4)
+    # 5 images ahead: p = 1/32 < INCUMBENT_ALPHA -> the start stays
+    again = BestWeights(tmp_path / 'again.safetensors', incumbent_last=True)
+    again.offer(model, 0, 75.0, 0.5, hits=_hits(15), labels=labels)
+    assert not again.offer(model, 30, 50.0, 0.6, final=True, hits=_hits(10), labels=labels)
+    assert again.record['epoch'] == 0 and again.record['challenge']['p'] == pytest.approx(1 / 32)
+    assert again.record['challenge']['p'] < INCUMBENT_ALPHA
+    # a last epoch that is no worse is kept (the start's p is 1)
+    tie = BestWeights(tmp_path / 'tie.safetensors', incumbent_last=True)
+    tie.offer(model, 0, 50.0, 0.5, hits=_hits(10), labels=labels)
+    assert tie.offer(model, 30, 55.0, 0.4, final=True, hits=_hits(11), labels=labels)
+    assert tie.record['epoch'] == 30 and tie.record['challenge']['p'] == 1.0
+    blind = BestWeights(tmp_path / 'blind.safetensors', incumbent_last=True)
+    blind.offer(model, 0, 50.0, 0.5, hits=_hits(10), labels=labels)
+    with pytest.raises(ValueError, match='per-image'):
+        blind.offer(model, 30, 50.0, 0.5, final=True)

@@ -59,7 +59,8 @@ _FLAG_HELP = {
     'select': 'the weights the run leaves behind: last (the last epoch), start-or-last (the start, i.e. the '
               'pretrained body with its matched or probed head, when the last epoch scores lower on validation; a '
               'start whose head rows all come from the pretrained head is kept unless the last epoch beats it '
-              'beyond chance: one-sided exact sign test, p < 0.05), or '
+              'beyond chance: one-sided exact sign test, p < 0.05; after 100 steps or more from a new head, the last '
+              'epoch is kept unless the start beats it beyond chance), or '
               'best (the epoch of best validation top-1, ties to the later epoch, the start as epoch 0) (default: '
               'last; fine-tuning: start-or-last)',
     'head_init': "fine-tuning: how the new head starts: auto (rows of the pretrained head for class names the "

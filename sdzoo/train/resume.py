@@ -63,8 +63,8 @@ class CheckpointMixin:
         self.partial = dict(ckpt.get('partial') or self.partial)
         if getattr(self, 'best', None) is not None and isinstance(ckpt.get('best'), dict):
             self.best.record = dict(ckpt['best'])
-            if self.best.record.get('hits'):  # the start was an incumbent when the run began: it stays one
-                self.best.incumbent_start = True
+            if self.best.record.get('hits') and not self.best.incumbent_last:
+                self.best.incumbent_start = True  # the start was an incumbent when the run began: it stays one
         self.model.sd_sampler.load_state_dict(ckpt['sd_sampler'])
         restore_rng_state(ckpt, self.rank, self.world, self.cfg.seed)
 

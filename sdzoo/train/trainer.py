@@ -29,7 +29,7 @@ from .config import KNOWN_HEADS, TrainConfig, jsonable, check_schedule_change, l
 from .distributed import dist_env
 from .records import append_metrics, hardware_summary, plot_curves
 from .resume import CHECKPOINT_NAME, CheckpointMixin
-from .selection import BestWeights
+from .selection import LAST_INCUMBENT_STEPS, BestWeights
 from .hardware import hardware_string  # noqa: F401  (re-exported: tests and benchmarks read the label)
 from .setup import SetupMixin, autocast_for, create_train_model  # noqa: F401
 from .stopping import StopMixin, TrainingInterrupted, threading_main  # noqa: F401
@@ -105,9 +105,8 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         cfg = self.cfg
         resume = self.resume_path
         # --select best / start-or-last: rank 0 keeps the candidate weights (it alone validates)
-        self.best = BestWeights(self.out / 'best.safetensors', incumbent_start=cfg.select == 'start-or-last' and
-                                getattr(self, 'head', None) in KNOWN_HEADS) \
-            if cfg.select != 'last' and self.val_loader is not None and self.is_main else None
+        self.best = self._best_weights() if cfg.select != 'last' and self.val_loader is not None and self.is_main \
+            else None
         src_dir: Optional[Path] = None
         if resume:
             path = Path(resume)
@@ -158,10 +157,19 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
             for s, h in old.items():
                 signal.signal(s, h)
 
+    def _best_weights(self) -> BestWeights:
+        """--select's keeper. start-or-last: a start that already classifies these classes (KNOWN_HEADS) is the
+        incumbent; so is the last epoch of another head's run of LAST_INCUMBENT_STEPS or more."""
+        start_or_last = self.cfg.select == 'start-or-last'
+        known = getattr(self, 'head', None) in KNOWN_HEADS
+        steps = len(self.train_loader) * self.cfg.epochs
+        return BestWeights(self.out / 'best.safetensors', incumbent_start=start_or_last and known,
+                           incumbent_last=start_or_last and not known and steps >= LAST_INCUMBENT_STEPS)
+
     def _offer_start(self) -> None:
         """The start (pretrained body, matched rows or probe head) is the first candidate: a fine-tune that does not
         beat it on the validation images leaves it unchanged."""
-        ev = evaluate(self.model, self.val_loader, self.device, amp=self.cfg.amp, per_image=self.best.incumbent_start)
+        ev = evaluate(self.model, self.val_loader, self.device, amp=self.cfg.amp, per_image=self.best.needs_hits)
         self.best.offer(self.model, 0, ev['top1'], ev['loss'], hits=ev.get('correct'), labels=ev.get('labels'))
         print(f"epoch 0 (start): val loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}%",
               file=sys.stderr if self.progress else sys.stdout, flush=True)
@@ -268,7 +276,7 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         if self.is_main and self.val_loader is not None:
             offer = self.best is not None and (cfg.select == 'best' or self.epoch + 1 == cfg.epochs)
             ev = evaluate(self.model, self.val_loader, self.device, amp=cfg.amp,
-                          per_image=offer and self.best.incumbent_start)
+                          per_image=offer and self.best.needs_hits)
             row.update(val_loss=ev['loss'], val_top1=ev['top1'])
             if offer:
                 # before the checkpoint records it; the last epoch's weights are the model at the end: no file
@@ -328,7 +336,13 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
         """Load the selected weights (--select best / start-or-last) and say which epoch the run leaves behind."""
         rec = {k: v for k, v in (self.best.record or {}).items() if k != 'hits'}
         rec.update(rule=self.best.rule(self.cfg.select), select=self.cfg.select, last_epoch=self.epoch)
+        duel = rec.get('challenge')
         if rec.get('epoch') is None or rec['epoch'] == self.epoch:
+            if duel and duel.get('incumbent') == 'last' and duel['losses'] > duel['wins']:
+                print(f"--select {self.cfg.select}: keeping the last epoch: the start won {duel['losses']} and lost "
+                      f"{duel['wins']} of the validation images they disagree on, p = {duel['p']:.2f}, not beyond "
+                      f"chance (p < {duel['alpha']}) after {LAST_INCUMBENT_STEPS} or more steps from a new head",
+                      file=sys.stderr if self.progress else sys.stdout, flush=True)
             return rec
         try:
             self.best.restore(self.model)
@@ -336,9 +350,11 @@ class Trainer(SetupMixin, CheckpointMixin, StopMixin):
             print(f'warning: --select {self.cfg.select}: cannot restore the best weights ({e}); keeping the last epoch',
                   file=sys.stderr, flush=True)
             return dict(rec, epoch=self.epoch, note=f'best weights not restorable: {e}')
-        duel = rec.get('challenge')
         what = 'the start (no epoch beat it)' if rec['epoch'] == 0 else f"epoch {rec['epoch']}"
-        if duel and rec['epoch'] == 0:
+        if duel and duel.get('incumbent') == 'last':
+            what = (f"the start: it won {duel['losses']} and lost {duel['wins']} of the validation images it and the "
+                    f"last epoch disagree on, p = {duel['p']:.2g}, beyond chance (p < {duel['alpha']})")
+        elif duel and rec['epoch'] == 0:
             what = (f"the start: the last epoch won {duel['wins']} and lost {duel['losses']} of the validation images "
                     f"they disagree on, p = {duel['p']:.2f}, not beyond chance (p < {duel['alpha']})")
         print(f"--select {self.cfg.select}: keeping {what}: val top-1 {rec['val_top1']:.2f}%, loss {rec['val_loss']:.4f} "
