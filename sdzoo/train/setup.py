@@ -137,8 +137,7 @@ class SetupMixin:
                                data_cfg=dict(self.data_cfg, input_size=self.input_size), cifar_aug=False,
                                in_chans=self.input_size[0])
         self.model.to(self.device)
-        with torch.no_grad():
-            pairs, why = predicted_pairs(self.model, loader, self.device)
+        pairs, why = predicted_pairs(self.model, loader, self.device)  # features without grad; the probe needs it
         if pairs:
             self.head, self.head_pairs = 'predicted', pairs
         elif self.cfg.head_init == 'predicted':
