@@ -55,7 +55,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from machine import busy_note, cpu_busy, describe  # benchmarks/machine.py
-from results_file import write_atomic  # benchmarks/results_file.py
+from results_file import append_jsonl, write_atomic  # benchmarks/results_file.py
 from sdzoo.reports.cards import latency_base, latency_title, paired_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,11 +90,6 @@ def _read_jsonl(path: Path) -> List[Dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _append(path: Path, row: Dict) -> None:
-    with open(path, 'a') as f:
-        f.write(json.dumps(row) + '\n')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -181,7 +176,7 @@ def greedy_removal_order(key: str, model, work: Path, n_remove: int, calibration
     row = dict(model=key, calibration_images=calibration_images, seed=seed, calibration=desc,
                order=[n for n, _ in order], kl=[round(k, 6) for _, k in order], seconds=round(time.time() - t0, 1),
                threads=torch.get_num_threads(), machine=describe(), date=time.strftime('%Y-%m-%d %H:%M:%S'))
-    _append(path, row)
+    append_jsonl(path, row)
     return row
 
 
@@ -217,7 +212,7 @@ def run_accuracy(args) -> None:
                        test_images=len(y), params=_n_params(pruned), removed_blocks=removed_names,
                        eval_seconds=round(time.time() - t_eval, 1), seconds=round(time.time() - t0, 1),
                        hits=_packbits(hits), date=time.strftime('%Y-%m-%d %H:%M:%S'), command=_command(), **extra)
-            _append(cells_path, row)
+            append_jsonl(cells_path, row)
             _log(f"{key} {strategy} -{row['removed']}: top-1 {row['top1']:.2f} ({row['seconds']:.0f} s)")
 
         if (key, 'full', 0) not in done:
@@ -292,7 +287,7 @@ def verify(key: str, model, work: Path, cut: int, args, x, y, bn_x) -> None:
                prune_depth_seconds=round(seconds, 1), depth_record={k: v for k, v in theirs.pretrained_cfg['depth'].items()
                                                                     if k not in ('kept_blocks', 'removed_blocks')},
                date=time.strftime('%Y-%m-%d %H:%M:%S'))
-    _append(path, row)
+    append_jsonl(path, row)
     _log(f"{key}: verify -{cut}: same blocks {row['same_blocks']}, max |dtensor| {max_tensor}, "
          f"max |dlogit| {row['max_abs_logit_diff_1000']:.2e}, same predictions {row['same_test_predictions']}/{len(y)}")
 
@@ -809,7 +804,7 @@ def main(argv=None) -> int:
         started = time.strftime('%Y-%m-%d %H:%M:%S')
         run_accuracy(args)
         if args.test_images is None:  # one line per accuracy run (several may run side by side)
-            _append(work / 'runs.jsonl', dict(command=_command(argv), started=started,
+            append_jsonl(work / 'runs.jsonl', dict(command=_command(argv), started=started,
                                               ended=time.strftime('%Y-%m-%d %H:%M:%S'), machine=_machine_line(),
                                               busy_before=busy0, busy_after=cpu_busy()))
     elif args.phase == 'latency':

@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import depth as D  # noqa: E402  benchmarks/depth.py: models, test set, greedy orders
 from machine import describe  # noqa: E402
+from results_file import append_jsonl  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / 'results'
 
@@ -92,10 +93,9 @@ def measure(args) -> None:
                     soup = average_weights(healed_seeds)
                     rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
                                      val=top1(soup, xv, yv), test=top1(soup, xt, yt), seed=f'soup {args.seeds}'))
-            with open(args.out, 'a') as f:
-                for r in rows:
-                    print({k: v for k, v in r.items() if k != 'removed_blocks'}, flush=True)
-                    f.write(json.dumps(r) + '\n')
+            for r in rows:
+                print({k: v for k, v in r.items() if k != 'removed_blocks'}, flush=True)
+                append_jsonl(args.out, r)
 
 
 def report(path: Path) -> str:

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import append_jsonl  # noqa: E402  benchmarks/results_file.py
+
 FM_NAMES = ['tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot']
 CIFAR = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 # name: (source, {class: train images}, test images per class, test offset, train offset)
@@ -300,8 +303,7 @@ def main(argv=None) -> int:
             for c in cells:
                 c.update(folder=name, model=args.model, date=time.strftime('%Y-%m-%d'))
                 print(json.dumps(c), flush=True)
-                with open(args.out, 'a') as f:
-                    f.write(json.dumps(c) + '\n')
+                append_jsonl(args.out, c)
     return 0
 
 

@@ -21,6 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import append_jsonl  # noqa: E402  benchmarks/results_file.py
+
 
 def last_epoch_test(run: Path, work: Path) -> dict:
     import torch
@@ -58,8 +61,7 @@ def main(argv=None) -> int:
         for run in dict.fromkeys(args.runs):  # each run once
             row = last_epoch_test(run, Path(tmp))
             print(json.dumps(row), flush=True)
-            with open(args.out, 'a') as f:
-                f.write(json.dumps(row) + '\n')
+            append_jsonl(args.out, row)
     return 0
 
 

@@ -1,6 +1,8 @@
-"""Results tables land whole: a benchmark killed while writing leaves the previous file, not half a table."""
+"""Results tables land whole: a benchmark killed while writing leaves the previous file, not half a table. Result
+rows (JSON lines) are appended one at a time, so a killed run keeps every cell it finished."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,3 +21,9 @@ def write_atomic(path: os.PathLike | str, text: str) -> Path:
         os.unlink(tmp)
         raise
     return path
+
+
+def append_jsonl(path: os.PathLike | str, row: dict) -> None:
+    """One result row, as a JSON line at the end of ``path``."""
+    with open(path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
