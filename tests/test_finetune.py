@@ -59,7 +59,8 @@ def test_default_rules():
     assert default_lr(32, 'new', vit=True) == pytest.approx(1e-4) and default_lr(32, 'new', True, 33) == pytest.approx(1e-4)
     assert default_lr(16, 'new', True, 300) == pytest.approx(3e-4) and default_lr(32, 'new', True, 308) == pytest.approx(4e-4)
     assert default_lr(128, 'new', True, 4300) == pytest.approx(4e-4) and default_lr(32, 'matched', True, 999) == pytest.approx(1e-5)
-    assert default_epochs(11, 'new') == 28 and default_epochs(100, 'new') == 10 and default_epochs(11, 'matched') == 3
+    assert default_epochs(11, 'new') == 55 and default_epochs(50, 'new') == 12 and default_epochs(100, 'new') == 10
+    assert default_epochs(11, 'new', vit=True) == 28 and default_epochs(11, 'matched') == 3
     assert default_warmup_steps(11, 28) == 6 and default_warmup_steps(11, 3) == 3 and default_warmup_steps(1, 3) == 1
 
 

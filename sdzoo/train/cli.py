@@ -33,7 +33,7 @@ _FLAGS = [
 _R = 'default: the recipe\'s'  # recipe(): paper CIFAR recipe, ViT recipe, or the short fine-tuning one
 _FLAG_HELP = {
     'epochs': f'{_R}: 500 CIFAR ResNets (the paper), 200 ViTs; fine-tuning: 3 with a head from matching class '
-              'names, else max(10, ceil(300 / steps per epoch))',
+              'names, else max(10, ceil(600 / steps per epoch)) (ViTs: 300 steps)',
     'batch_size': 'mini-batch size over all processes (default: 128; fine-tuning: clamp(2**floor(log2(N/10)), '
                   '16, 128) for N training images)',
     'lr': f'peak learning rate ({_R}: 0.1 SGD, 5e-4 AdamW for ViTs; fine-tuning: min(0.02*bs/16, 0.08), 0.001*bs/16 with a '

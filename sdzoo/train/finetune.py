@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import (KNOWN_HEADS, TrainConfig, default_batch_size, default_drop_path_rate, default_epochs,
-                     default_lr_rule, default_warmup_steps, is_vit)
+from .config import (KNOWN_HEADS, NEW_HEAD_STEPS, VIT_NEW_HEAD_STEPS, TrainConfig, default_batch_size,
+                     default_drop_path_rate, default_epochs, default_lr_rule, default_warmup_steps, is_vit)
 
 __all__ = ['match_classes', 'match_by_prediction', 'probe_cv_top1', 'predicted_pairs', 'PREDICTED_MARGIN',
            'PREDICTED_IMAGES_PER_CLASS', 'resolve_head', 'resolve_recipe', 'recipe_lines', 'init_head', 'class_weights',
@@ -138,9 +138,10 @@ def resolve_recipe(cfg: TrainConfig, n_train: int, head: str, world: int = 1) ->
     rule_head = 'matched' if head in KNOWN_HEADS else 'new'
     epochs = cfg.epochs
     if epochs is None:
-        epochs = d['epochs'] = default_epochs(spe, rule_head)
+        epochs = d['epochs'] = default_epochs(spe, rule_head, vit)
+        steps = VIT_NEW_HEAD_STEPS if vit else NEW_HEAD_STEPS
         notes['epochs'] = ('3 (head from pretrained rows)' if rule_head == 'matched'
-                           else f'max(10, ceil(300 steps / {spe} steps per epoch))')
+                           else f'max(10, ceil({steps} steps / {spe} steps per epoch))')
     if cfg.lr is None:
         d['lr'], notes['lr'] = default_lr_rule(bs, rule_head, vit, spe * epochs)
     if cfg.warmup_epochs is None:
