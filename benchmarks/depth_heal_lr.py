@@ -89,6 +89,11 @@ def measure(args) -> None:
                     rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
                                      val=top1(healed, xv, yv), test=top1(healed, xt, yt), seed=seed,
                                      seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
+                    if args.bn_after_heal:  # the heal moved the weights the statistics were estimated under
+                        again = copy.deepcopy(healed)
+                        bn_recalibrate(again, bn_x)
+                        rows.append(dict(rows[-1], bn_after_heal=True, val=top1(again, xv, yv),
+                                         test=top1(again, xt, yt)))
                 if len(healed_seeds) > 1:  # the heals' weights averaged (a "model soup": one start, several seeds)
                     soup = average_weights(healed_seeds)
                     rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
@@ -109,7 +114,8 @@ def report(path: Path) -> str:
            'default 1); at 18 removed, temperature 4 diverged (loss NaN, every image one class: 10%). Stage-output '
            'weight: heal\'s feature_weight, the layer1..3 outputs matched to the full network\'s besides the logits '
            '(0: logits only, the default). Heal seed: the batch draw and augmentation of `heal` (default 0); "soup": '
-           'the listed seeds\' healed weights averaged (`--seeds` with two or more).', '',
+           'the listed seeds\' healed weights averaged (`--seeds` with two or more); "BN re-estimated after": the '
+           'healed network\'s BatchNorms re-estimated once more on the same 2,000 images (`--bn-after-heal`).', '',
            'Machine and load of every row (as recorded in the .jsonl):', '']
     out += [f'- {m}; {n}' for m, n in dict.fromkeys((r.get('machine', '?'), r.get('note', '')) for r in rows)]
     out += ['', '| model | blocks removed | greedy calibration images | lr | temperature | stage-output weight | steps '
@@ -117,12 +123,14 @@ def report(path: Path) -> str:
             '|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|']
     def order(r):
         return (r['model'], r['cut'], r.get('val_images', 5000), r.get('calibration_images', 500), r['lr'],
-                r.get('temperature', 1.0), r.get('feature_weight') or 0.0, r['steps'], str(r.get('seed', 0)))
+                r.get('temperature', 1.0), r.get('feature_weight') or 0.0, r['steps'], str(r.get('seed', 0)),
+                bool(r.get('bn_after_heal')))
     for r in sorted(rows, key=order):
         temperature = f"{r.get('temperature', 1.0):g}" if r['lr'] else '-'
         features = f"{r.get('feature_weight') or 0.0:g}" if r['lr'] else '-'
         out.append(f"| {r['model']} | {r['cut']} | {r.get('calibration_images', 500)} | {r['lr'] or '-'} "
-                   f"| {temperature} | {features} | {r['steps'] or '-'} | {r.get('seed', 0) if r['lr'] else '-'} "
+                   f"| {temperature} | {features} | {r['steps'] or '-'} | {r.get('seed', 0) if r['lr'] else '-'}"
+                   f"{', BN re-estimated after' if r.get('bn_after_heal') else ''} "
                    f"| {r.get('val_images', 5000)} | {r['val']:.2f} "
                    f"| {r['test']:.2f} | {r.get('seconds', '')} | {r.get('date', '')} |")
     out += ['', 'Commands:', ''] + [f'    {c}' for c in dict.fromkeys(r['command'] for r in rows if r.get('command'))]
@@ -147,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument('--calibration-images', nargs='+', type=int, default=None,
                    help="greedy's held-out images (default: the committed order's 500)")
     p.add_argument('--val-skip', type=int, default=0, help='score on the validation draw after its first K images')
+    p.add_argument('--bn-after-heal', action='store_true',
+                   help='also score each healed network with its BatchNorms re-estimated again afterwards')
     p.add_argument('--note', default='', help='what else ran (accuracy does not depend on it; seconds do)')
     p.add_argument('--report', action='store_true', help='write benchmarks/results/depth_heal_lr.md and stop')
     args = p.parse_args(argv)
