@@ -222,7 +222,7 @@ def report(files: list) -> str:
                 '| folder | zero-shot (restricted logits) | linear probe (all train) | today `--epochs 3` | '
                 'new `--epochs 3` | new, no recipe flags | hand grid best e3 / e8 (research, fresh head) | '
                 'matched-head lr grid best (research, 3 seeds) | flag grid best (`sdzoo finetune` with bs, lr, epochs '
-                'given; the best cell by its mean over seeds) | SD kept (p_L 0.5, the previous default) `--epochs 3` / no other flags | wall s (new) |',
+                'given; the best cell by its mean over seeds) | SD kept (p_L 0.5, the previous default) `--epochs 3` / no other flags (run at the 300-step default of 2026-12-07) | wall s (new) |',
                 '|---|---|---|---|---|---|---|---|---|---|---|']
         for folder in FOLDERS:
             mine = [r for r in rows if r['model'] == model and r['folder'] == folder]
