@@ -360,11 +360,13 @@ def run_latency(args) -> Dict:
             for s in sessions.values():
                 s.run(xb)
         times: Dict = {c: [] for c in sessions}
-        for _ in range(iters):
+        turn = min(args.runs_per_turn, iters)
+        for _ in range(-(-iters // turn)):
             for c, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(xb)
-                times[c].append((time.perf_counter() - t0) * 1e3)
+                for _ in range(turn):  # 1: each graph's weights leave the cache between its calls
+                    t0 = time.perf_counter()
+                    s.run(xb)
+                    times[c].append((time.perf_counter() - t0) * 1e3)
         for c, v in times.items():
             med = statistics.median(v)
             cells[c][f'batch{batch}_median_ms'] = med
@@ -381,7 +383,8 @@ def run_latency(args) -> Dict:
     final = args.iters >= 200 and args.iters64 >= 20 and (args.test_images or 10000) == 10000
     graphs = 'export' if args.repository else 'greedy_bn'
     runs = [dict(final=final, rows={k: cells[(k, t)] for k in files}, threads=t, graphs=graphs,
-                 warmup=args.warmup, iters=args.iters, iters64=args.iters64, machine=describe(),
+                 warmup=args.warmup, iters=args.iters, iters64=args.iters64, runs_per_turn=args.runs_per_turn,
+                 machine=describe(),
                  busy=busy_note(busy0, busy1), busy_before=busy0, busy_after=busy1,
                  onnxruntime=onnxruntime.__version__, torch=torch.__version__,
                  date=time.strftime('%Y-%m-%d %H:%M:%S'), command=_command(), thread_counts=list(args.threads))
@@ -564,7 +567,7 @@ def _previous(results: Path) -> Dict:
 
 
 def _latency_key(run: Dict):
-    return run['machine'], run.get('threads'), run.get('graphs', 'greedy_bn')
+    return run['machine'], run.get('threads'), run.get('graphs', 'greedy_bn'), run.get('runs_per_turn', 1)
 
 
 def merge_latencies(previous: List[Dict], new) -> List[Dict]:
@@ -725,7 +728,8 @@ def report(args) -> None:
                f"{lat['busy']} Batch 1: median of {lat['iters']} runs, batch 64: median of "
                f"{lat['iters64']} runs, after {lat['warmup']} warm-up runs, all {len(lat['rows']) * len(together)} "
                f"sessions ({len(lat['rows'])} graphs x {', '.join(map(str, together))} intra-op thread(s)) round-robin "
-               'in one process.', '', f"Command: `{lat['command']}`", '',
+               f"in one process, {lat.get('runs_per_turn', 1)} consecutive run(s) of a session per turn.", '',
+               f"Command: `{lat['command']}`", '',
                '| blocks kept | precision | batch-1 latency ms | vs 54 fp32 | batch-64 img/s | vs 54 fp32 | '
                'top-1 % (test, 10,000) | export gate (val images) |',
                '|---:|---|---:|---:|---:|---:|---:|---|']
@@ -790,6 +794,9 @@ def main(argv=None) -> int:
     p.add_argument('--iters', type=int, default=300, help='batch-1 timed runs (>= 200 for a results file)')
     p.add_argument('--iters64', type=int, default=30, help='batch-64 timed runs (>= 20 for a results file)')
     p.add_argument('--warmup', type=int, default=10)
+    p.add_argument('--runs-per-turn', type=int, default=1,
+                   help='consecutive timed runs of one session before the next takes its turn (1: one call each, so '
+                        'every graph meets a cache the others filled; more: a graph serving a stream of requests)')
     p.add_argument('--int8-calibration-images', type=int, default=None, help='default: sdzoo export --int8\'s')
     p.add_argument('--int8-eval-images', type=int, default=None, help="the INT8 gate's val images (default all)")
     p.add_argument('--exporter', choices=('dynamo', 'torchscript'), default='dynamo')

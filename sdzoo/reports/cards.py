@@ -280,7 +280,10 @@ def latency_title(run: Dict[str, Any]) -> str:
     graphs = ('the graphs `sdzoo export --keep-blocks N --int8 --data cifar10 --repository DIR` wrote (greedy + BN + '
               'heal)' if run.get('graphs') == 'export' else 'greedy + BN graphs built by benchmarks/depth.py (not healed)')
     threads = f"{run['threads']} intra-op thread(s)" if run.get('threads') else 'intra-op threads not recorded'
-    return f'{threads}, {graphs}'
+    turn = run.get('runs_per_turn', 1)
+    warm = (f', {turn} consecutive runs per graph per turn (a graph serving a stream of requests: its weights stay '
+            'in cache)') if turn > 1 else ''
+    return f'{threads}, {graphs}{warm}'
 
 
 def depth_section(results: Path) -> List[str]:
