@@ -464,6 +464,20 @@ def test_depth_report_adds_this_machines_latency_to_the_committed_record(repo_ro
     assert 'all 8 sessions (4 graphs x 1, 2 intra-op thread(s))' in md
     assert '| 36 | int8 | 1.00 | 3.00x |' in md  # the 1-thread table against its own 1-thread fp32 (3.00 ms)
 
+    # the same graphs timed as served (--runs-per-turn 20: each session's calls in a row) sit beside the
+    # call-by-call tables, said in their titles, and do not replace them
+    (work / 'latency.json').write_text(json.dumps([dict(export_run(t, ms, 'w'), runs_per_turn=20)
+                                                   for t, ms in ((1, 2.5), (2, 1.5))]))
+    done = subprocess.run([sys.executable, str(repo_root / 'benchmarks' / 'depth.py'), '--phase', 'report',
+                           '--work', str(work), '--results', str(results)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((results / 'depth.json').read_text())
+    assert [(r['threads'], r['date'], r.get('runs_per_turn', 1)) for r in record['latencies'][2:]] == [
+        (1, 'x1', 1), (2, 'x2', 1), (1, 'w', 20), (2, 'w', 20)]
+    md = (results / 'depth.md').read_text()
+    assert md.count('20 consecutive runs per graph per turn') == 2 and '20 consecutive run(s) of a session per turn' in md
+    assert '1 consecutive run(s) of a session per turn' in md
+
 
 def test_depth_latency_reads_the_entries_sdzoo_export_wrote(repo_root, tmp_path):
     """benchmarks/depth.py --phase latency --repository DIR times what `sdzoo export [--keep-blocks N] [--int8]`
