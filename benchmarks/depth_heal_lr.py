@@ -84,9 +84,10 @@ def measure(args) -> None:
                     t0 = time.time()
                     healed = copy.deepcopy(base)
                     info = heal(healed, model, heal_x, args.steps, lr=lr, temperature=temperature, seed=seed,
-                                feature_weight=fw)
+                                feature_weight=fw, mixup_alpha=args.mixup)
                     healed_seeds.append(healed)
                     rows.append(dict(kw, lr=lr, temperature=temperature, feature_weight=fw, steps=args.steps,
+                                     **({'mixup_alpha': args.mixup} if args.mixup else {}),
                                      val=top1(healed, xv, yv), test=top1(healed, xt, yt), seed=seed,
                                      seconds=round(time.time() - t0), kl_last=info.get('kl_last')))
                     if args.bn_after_heal:  # the heal moved the weights the statistics were estimated under
@@ -115,7 +116,8 @@ def report(path: Path) -> str:
            'weight: heal\'s feature_weight, the layer1..3 outputs matched to the full network\'s besides the logits '
            '(0: logits only, the default). Heal seed: the batch draw and augmentation of `heal` (default 0); "soup": '
            'the listed seeds\' healed weights averaged (`--seeds` with two or more); "BN re-estimated after": the '
-           'healed network\'s BatchNorms re-estimated once more on the same 2,000 images (`--bn-after-heal`).', '',
+           'healed network\'s BatchNorms re-estimated once more on the same 2,000 images (`--bn-after-heal`); '
+           '"mixup": the heal\'s batches blended with shuffled copies of themselves (`--mixup ALPHA`).', '',
            'Machine and load of every row (as recorded in the .jsonl):', '']
     out += [f'- {m}; {n}' for m, n in dict.fromkeys((r.get('machine', '?'), r.get('note', '')) for r in rows)]
     out += ['', '| model | blocks removed | greedy calibration images | lr | temperature | stage-output weight | steps '
@@ -124,13 +126,15 @@ def report(path: Path) -> str:
     def order(r):
         return (r['model'], r['cut'], r.get('val_images', 5000), r.get('calibration_images', 500), r['lr'],
                 r.get('temperature', 1.0), r.get('feature_weight') or 0.0, r['steps'], str(r.get('seed', 0)),
-                bool(r.get('bn_after_heal')))
+                bool(r.get('bn_after_heal')), r.get('mixup_alpha') or 0.0)
     for r in sorted(rows, key=order):
         temperature = f"{r.get('temperature', 1.0):g}" if r['lr'] else '-'
         features = f"{r.get('feature_weight') or 0.0:g}" if r['lr'] else '-'
+        how = (', BN re-estimated after' if r.get('bn_after_heal') else '') + \
+            (f", mixup {r['mixup_alpha']:g}" if r.get('mixup_alpha') else '')
         out.append(f"| {r['model']} | {r['cut']} | {r.get('calibration_images', 500)} | {r['lr'] or '-'} "
                    f"| {temperature} | {features} | {r['steps'] or '-'} | {r.get('seed', 0) if r['lr'] else '-'}"
-                   f"{', BN re-estimated after' if r.get('bn_after_heal') else ''} "
+                   f"{how} "
                    f"| {r.get('val_images', 5000)} | {r['val']:.2f} "
                    f"| {r['test']:.2f} | {r.get('seconds', '')} | {r.get('date', '')} |")
     out += ['', 'Commands:', ''] + [f'    {c}' for c in dict.fromkeys(r['command'] for r in rows if r.get('command'))]
@@ -155,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument('--calibration-images', nargs='+', type=int, default=None,
                    help="greedy's held-out images (default: the committed order's 500)")
     p.add_argument('--val-skip', type=int, default=0, help='score on the validation draw after its first K images')
+    p.add_argument('--mixup', type=float, default=0.0, help="heal's mixup_alpha (0: off, the default)")
     p.add_argument('--bn-after-heal', action='store_true',
                    help='also score each healed network with its BatchNorms re-estimated again afterwards')
     p.add_argument('--note', default='', help='what else ran (accuracy does not depend on it; seconds do)')

@@ -350,7 +350,8 @@ class _StageOutputs:
 
 def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, batch_size: int = 64,
          lr: Optional[float] = None, temperature: float = 1.0, train_bn: bool = False, augment: bool = True,
-         seed: int = 0, log: Optional[Callable[[str], None]] = None, feature_weight: float = 0.0) -> Dict:
+         seed: int = 0, log: Optional[Callable[[str], None]] = None, feature_weight: float = 0.0,
+         mixup_alpha: float = 0.0) -> Dict:
     """Distil ``teacher`` (the full network) into ``student`` (its pruned copy) in place: ``steps`` SGD steps on
     (augmented) training images ``x``, loss KL(teacher || student) at ``temperature``, cosine-decayed. Needs no
     labels. The student runs as it is served (eval mode: every kept block scaled by its p_l, BatchNorms on
@@ -363,7 +364,9 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
     top-1 with 1 / 2 removed: 83.06 / 80.10 unhealed, 83.54 / 80.58 at 1e-5, 83.80 / 80.84 at 3e-5, 83.92 / 81.72 at
     1e-4; benchmarks/results/depth_heal_lr.md). ``feature_weight`` > 0 adds the stages' outputs to the loss
     (mean squared difference to the teacher's, over the teacher's mean square, per stage, times the weight); the
-    record's ``kl_first`` / ``kl_last`` are then the whole loss."""
+    record's ``kl_first`` / ``kl_last`` are then the whole loss. ``mixup_alpha`` > 0 blends each batch with a
+    shuffled copy of itself (weight ~ Beta(alpha, alpha), drawn from torch's global generator), teacher and student
+    seeing the same blend ("function matching", Beyer et al. 2022); research, not a default (depth_heal_lr.md)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f'heal steps must be an int >= 0, got {steps!r}')
     if not steps:
@@ -389,6 +392,9 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
         for step in range(steps):
             xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=g)]
             xb = _augment(xb, g) if augment else xb
+            if mixup_alpha:
+                lam = float(torch.distributions.Beta(mixup_alpha, mixup_alpha).sample())
+                xb = lam * xb + (1 - lam) * xb[torch.randperm(xb.shape[0], generator=g)]
             with torch.no_grad():
                 target = F.log_softmax(teacher(xb) / temperature, -1)
             loss = F.kl_div(F.log_softmax(student(xb) / temperature, -1), target, log_target=True,
@@ -410,6 +416,8 @@ def heal(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int, ba
         for p_ in params:
             p_.grad = None
     extra = dict(feature_weight=feature_weight, feature_stages=stages) if feature_weight else {}
+    if mixup_alpha:
+        extra['mixup_alpha'] = mixup_alpha
     return dict(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, train_bn=train_bn, augment=augment,
                 **extra,
                 optimizer=type(opt).__name__, kl_first=round(statistics.fmean(losses[:10]), 5),
