@@ -14,7 +14,6 @@ Results and what they decided: benchmarks/results/finetune.md ("600 steps agains
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 from collections import defaultdict
@@ -28,16 +27,17 @@ from results_file import append_jsonl  # noqa: E402  benchmarks/results_file.py
 
 
 def _run(d: Path) -> dict:
+    from sdzoo.train.records import decode_correct
     s = json.loads((d / 'summary.json').read_text())
     cfg = json.loads((d / 'config.json').read_text())
     t = s['test']
-    hits = np.unpackbits(np.frombuffer(base64.b64decode(t['per_image']['top1_correct']), np.uint8))[:t['images']]
+    hits = decode_correct(t['per_image'])
     data = s['data'] if isinstance(s['data'], str) else s['data'].get('path')
     if cfg.get('train_subset'):
         data = f"{data} (train subset {cfg['train_subset']})"
     return dict(dir=str(d), model=s['model'], data=str(data), seed=cfg.get('seed'), steps=s['steps'],
                 epochs=s['epochs'], lr=cfg['lr'], batch_size=cfg['batch_size'],
-                selected_epoch=(s.get('selected') or {}).get('epoch'), top1=t['top1'], hits=hits.astype(bool))
+                selected_epoch=(s.get('selected') or {}).get('epoch'), top1=t['top1'], hits=hits)
 
 
 def pair_row(label: str, a_dir: Path, b_dir: Path) -> dict:
