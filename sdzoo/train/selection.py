@@ -72,8 +72,7 @@ class BestWeights:
         best = self.record
         duel = None
         if self.incumbent_last and final and best is not None and best['epoch'] == 0 and best.get('hits'):
-            duel = self._duel(best, epoch, hits, labels)
-            duel.update(incumbent='last', p=sign_test_p(duel['losses'], duel['wins']))  # the start challenges
+            duel = self._duel(best, epoch, hits, labels, challenger='start')
             if duel['p'] < INCUMBENT_ALPHA:
                 best['challenge'] = duel
                 return False
@@ -94,8 +93,10 @@ class BestWeights:
         return True
 
     @staticmethod
-    def _duel(start_record: Dict[str, Any], epoch: int, hits: Any, labels: Any) -> Dict[str, Any]:
-        """The start against this epoch on the validation images they disagree on (wins: this epoch's)."""
+    def _duel(start_record: Dict[str, Any], epoch: int, hits: Any, labels: Any,
+              challenger: str = 'epoch') -> Dict[str, Any]:
+        """The start against this epoch on the validation images they disagree on (wins: this epoch's); ``p`` is the
+        challenger's: this epoch's against an incumbent start, the start's against an incumbent last epoch."""
         if hits is None:
             raise ValueError('the start is compared with an epoch only with per-image validation hits')
         start, mine = decode_correct(start_record['hits']), encode_per_image(hits, labels)
@@ -103,6 +104,9 @@ class BestWeights:
             raise ValueError('the start and this epoch were validated on different images')
         now = decode_correct(mine)
         wins, losses = int((now & ~start).sum()), int((start & ~now).sum())
+        if challenger == 'start':
+            return dict(epoch=int(epoch), wins=wins, losses=losses, p=sign_test_p(losses, wins), alpha=INCUMBENT_ALPHA,
+                        incumbent='last')
         return dict(epoch=int(epoch), wins=wins, losses=losses, p=sign_test_p(wins, losses), alpha=INCUMBENT_ALPHA)
 
     def rule(self, select: str) -> str:
